@@ -1,0 +1,162 @@
+//! The agent's cache of blobs (job executables and shared constants), fetched from the scheduler
+//! once each, checked against their hash, and bounded in size (oldest evicted first).
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use ladle_common::{
+    client::{self, TokenInterceptor},
+    token::Token,
+};
+use ladle_proto::v1::{FetchBlobRequest, blob_service_client::BlobServiceClient};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tracing::{debug, info};
+
+#[derive(Clone)]
+pub struct BlobCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    max_bytes: u64,
+    address: String,
+    token: Option<Token>,
+    /// One lock per blob, so concurrent needs of the same blob fetch it once.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn valid_hash(sha256: &str) -> bool {
+    sha256.len() == 64
+        && sha256
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+impl BlobCache {
+    pub fn new(dir: PathBuf, max_bytes: u64, address: String, token: Option<Token>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                dir,
+                max_bytes,
+                address,
+                token,
+                locks: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The local file of blob `sha256`, fetched from the scheduler if it is not here yet.
+    pub async fn get(&self, sha256: &str) -> Result<PathBuf, String> {
+        if !valid_hash(sha256) {
+            return Err(format!("{sha256:?} is not a blob hash"));
+        }
+        let path = self.inner.dir.join(sha256);
+        let lock = {
+            let mut locks = self.inner.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(sha256.to_owned()).or_default().clone()
+        };
+        let _held = lock.lock().await;
+        if path.is_file() {
+            touch(&path);
+            return Ok(path);
+        }
+        self.fetch(sha256, &path).await?;
+        self.evict(&path);
+        Ok(path)
+    }
+
+    async fn fetch(&self, sha256: &str, path: &Path) -> Result<(), String> {
+        tokio::fs::create_dir_all(&self.inner.dir)
+            .await
+            .map_err(|e| format!("cannot create {}: {e}", self.inner.dir.display()))?;
+        let channel = client::connect(&self.inner.address)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut client = BlobServiceClient::with_interceptor(
+            channel,
+            TokenInterceptor::new(self.inner.token.as_ref()),
+        )
+        .max_decoding_message_size(64 << 20);
+        let mut stream = client
+            .fetch_blob(FetchBlobRequest {
+                sha256: sha256.to_owned(),
+            })
+            .await
+            .map_err(|s| format!("cannot fetch blob {sha256}: {}", s.message()))?
+            .into_inner();
+        let tmp = path.with_extension(format!("part{}", std::process::id()));
+        let result = async {
+            let mut file = tokio::fs::File::create(&tmp)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut hasher = Sha256::new();
+            let mut size = 0u64;
+            while let Some(chunk) = stream.message().await.map_err(|s| s.message().to_owned())? {
+                hasher.update(&chunk.data);
+                size += chunk.data.len() as u64;
+                file.write_all(&chunk.data)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            file.flush().await.map_err(|e| e.to_string())?;
+            let actual = hex::encode(hasher.finalize());
+            if actual != sha256 {
+                return Err(format!("blob {sha256} arrived with hash {actual}: refused"));
+            }
+            set_executable(&tmp)?;
+            tokio::fs::rename(&tmp, path)
+                .await
+                .map_err(|e| e.to_string())?;
+            info!(blob = %sha256, bytes = size, "fetched blob from the scheduler");
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+
+    /// Keeps the cache under its bound, removing the least recently used blobs first.
+    fn evict(&self, keep: &Path) {
+        let Ok(entries) = std::fs::read_dir(&self.inner.dir) else {
+            return;
+        };
+        let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let meta = e.metadata().ok()?;
+                let modified = meta.modified().ok()?;
+                meta.is_file().then(|| (modified, meta.len(), e.path()))
+            })
+            .collect();
+        let mut total: u64 = files.iter().map(|f| f.1).sum();
+        files.sort();
+        for (_, len, path) in files {
+            if total <= self.inner.max_bytes {
+                break;
+            }
+            if path != keep && std::fs::remove_file(&path).is_ok() {
+                debug!(path = %path.display(), "evicted from the blob cache");
+                total -= len;
+            }
+        }
+    }
+}
+
+fn touch(path: &Path) {
+    if let Ok(file) = std::fs::File::options().append(true).open(path) {
+        let _ = file.set_modified(std::time::SystemTime::now());
+    }
+}
+
+fn set_executable(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,118 @@
+//! The agent as a whole: settings in, joined and serving until shut down. The binary and the
+//! SDK's embedded cluster both start it from here.
+
+use std::future::Future;
+
+use ladle_common::{address, token::Token};
+use ladle_proto::v1::Hello;
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::{
+    blobs::BlobCache,
+    executor,
+    gpu::{self, Discovery},
+    identity::{Identity, IdentityError},
+    resources,
+    session::{AgentError as SessionError, Session},
+    settings::AgentSettings,
+};
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error(
+        "no scheduler to join: set `scheduler` in the settings file, LADLE_SCHEDULER, or --scheduler"
+    )]
+    NoScheduler,
+    #[error(transparent)]
+    Address(#[from] address::AddressError),
+    #[error("cannot read the cluster token: {0}")]
+    Token(#[from] ladle_common::token::TokenError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("`cpu_slots` is 0 and this machine has no GPU: the agent could run nothing")]
+    NothingToOffer,
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(
+    settings: AgentSettings,
+    discovery: &str,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let scheduler = settings
+        .scheduler
+        .as_deref()
+        .ok_or(AgentError::NoScheduler)?;
+    let address = address::normalize(scheduler)?;
+    let token = Token::resolve(settings.token.as_deref(), settings.token_file.as_deref())?;
+    let state_dir = settings.state_dir();
+    let identity = Identity::load_or_create(&state_dir)?;
+
+    let found = gpu::discover();
+    match &found {
+        Discovery::NoDriver => {
+            info!("no CUDA driver on this machine (libcuda not found): no GPU slots")
+        }
+        Discovery::DriverError(err) => {
+            warn!("the CUDA driver is installed but failed ({err}): no GPU slots")
+        }
+        Discovery::Found(gpus) => {
+            for g in gpus {
+                info!(
+                    "GPU {}: {} ({} MiB, compute {})",
+                    g.ordinal,
+                    g.name,
+                    g.memory_bytes >> 20,
+                    g.compute_capability
+                );
+            }
+        }
+    }
+    let gpus = found.gpus();
+    let cpu_slots = settings.cpu_slots.unwrap_or_else(resources::cpus);
+    if cpu_slots == 0 && gpus.is_empty() {
+        return Err(AgentError::NothingToOffer);
+    }
+    let mut probe = resources::Probe::new();
+    let hello = Hello {
+        protocol_version: ladle_proto::PROTOCOL_VERSION,
+        agent_id: identity.id.clone(),
+        hostname: settings
+            .hostname
+            .clone()
+            .unwrap_or_else(resources::hostname),
+        version: ladle_common::VERSION.into(),
+        resources: Some(probe.resources(cpu_slots, gpus)),
+        labels: settings.labels.clone().into_iter().collect(),
+        discovery: discovery.into(),
+    };
+    info!(
+        "ladle-agent {} starting as {} (state in {})",
+        ladle_common::VERSION,
+        identity.id,
+        state_dir.display()
+    );
+
+    let cache = BlobCache::new(
+        state_dir.join("blobs"),
+        settings.cache_max_bytes,
+        address.clone(),
+        token.clone(),
+    );
+    let (executor, outgoing) = executor::start(cpu_slots, cache, state_dir.join("run"));
+    let session = Session {
+        address,
+        token,
+        hello,
+        reconnect_max_delay: settings.reconnect_max_delay,
+        executor,
+        outgoing,
+    };
+    session.run(shutdown).await?;
+    info!("stopped");
+    drop(identity);
+    Ok(())
+}

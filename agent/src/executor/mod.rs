@@ -1,0 +1,500 @@
+//! Runs the tasks the scheduler assigns: no more at once than the agent's slots, the rest in a
+//! short local queue; one worker process per job. Results and output lines go back in batches.
+
+pub mod worker;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+};
+
+use ladle_common::worker_protocol::{WorkerFailure, WorkerOutcome};
+use ladle_proto::v1::{self as pb, agent_task_result::Outcome};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use worker::{Dispatch, JobInfo, Stamped, WorkerCmd, WorkerContext, WorkerEvent};
+
+/// What the session hands the executor.
+pub enum Input {
+    Assign(pb::Assign),
+    Cancel(Vec<u64>),
+    EndJob(String),
+    /// A new stream to the scheduler: whatever was held belongs to the old one.
+    Reset,
+}
+
+/// What the executor hands the session to send.
+pub enum Outgoing {
+    Results(pb::AgentResults),
+    Output(pb::JobOutput),
+}
+
+#[derive(Clone)]
+pub struct ExecutorHandle {
+    tx: mpsc::UnboundedSender<Input>,
+    busy: Arc<AtomicU32>,
+}
+
+impl ExecutorHandle {
+    pub fn send(&self, input: Input) {
+        let _ = self.tx.send(input);
+    }
+
+    /// Tasks running now.
+    pub fn busy(&self) -> u32 {
+        self.busy.load(Ordering::Relaxed)
+    }
+}
+
+struct Running {
+    job: Arc<str>,
+    attempt: u32,
+    cancelled: bool,
+    /// In the job's solo worker (a task suspected of crashing workers runs there, alone).
+    solo: bool,
+    timeout: Option<std::time::Duration>,
+    /// When a timed task must be done by (set when its worker says it started).
+    deadline: Option<tokio::time::Instant>,
+    /// Its worker was stopped because the task outlived its timeout.
+    timed_out: bool,
+}
+
+/// A job's worker: the shared one, or the solo one for isolated tasks.
+type WorkerKey = (Arc<str>, bool);
+
+struct Queued {
+    job: Arc<str>,
+    task: pb::AssignedTask,
+}
+
+/// Work handed to a worker ahead of what it runs, so that it never waits for the agent and
+/// tiny tasks come back many to a message.
+const WORKER_QUEUE: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// The longest a result waits for others to travel with it.
+const RESULT_HOLD: std::time::Duration = std::time::Duration::from_micros(200);
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Executor {
+    /// Bumped by every reset: workers of an older generation are being killed, and what they
+    /// still report is ignored.
+    generation: u64,
+    /// When the oldest result not yet sent arrived.
+    held_since: Option<tokio::time::Instant>,
+    slots: u32,
+    /// Recent run time of a task (moving average), to size what workers are handed.
+    task_ns: Option<f64>,
+    ctx: Arc<WorkerContext>,
+    queue: VecDeque<Queued>,
+    running: HashMap<u64, Running>,
+    workers: HashMap<WorkerKey, mpsc::UnboundedSender<WorkerCmd>>,
+    jobs: HashMap<Arc<str>, Arc<JobInfo>>,
+    busy: Arc<AtomicU32>,
+    results: Vec<pb::AgentTaskResult>,
+    output: HashMap<Arc<str>, Vec<pb::OutputLine>>,
+    out: mpsc::UnboundedSender<Outgoing>,
+}
+
+/// Starts the executor; returns its handle and the stream of messages for the scheduler.
+pub fn start(
+    slots: u32,
+    cache: crate::blobs::BlobCache,
+    run_dir: std::path::PathBuf,
+) -> (ExecutorHandle, mpsc::UnboundedReceiver<Outgoing>) {
+    let (tx, inputs) = mpsc::unbounded_channel();
+    let (out, outgoing) = mpsc::unbounded_channel();
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let busy = Arc::new(AtomicU32::new(0));
+    let executor = Executor {
+        generation: 0,
+        held_since: None,
+        slots: slots.max(1),
+        task_ns: None,
+        ctx: Arc::new(WorkerContext {
+            cache,
+            threads: slots.max(1),
+            run_dir,
+            events: events_tx,
+        }),
+        queue: VecDeque::new(),
+        running: HashMap::new(),
+        workers: HashMap::new(),
+        jobs: HashMap::new(),
+        busy: busy.clone(),
+        results: Vec::new(),
+        output: HashMap::new(),
+        out,
+    };
+    tokio::spawn(executor.run(inputs, events));
+    (ExecutorHandle { tx, busy }, outgoing)
+}
+
+impl Executor {
+    async fn run(
+        mut self,
+        mut inputs: mpsc::UnboundedReceiver<Input>,
+        mut events: mpsc::UnboundedReceiver<Stamped>,
+    ) {
+        loop {
+            let held = self.held_since.map(|since| since + RESULT_HOLD);
+            let overdue = self.running.values().filter_map(|r| r.deadline).min();
+            let deadline = match (held, overdue) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            tokio::select! {
+                input = inputs.recv() => match input {
+                    Some(input) => self.input(input),
+                    None => return,
+                },
+                Some(event) = events.recv() => self.event(event),
+                () = sleep_until(deadline) => {}
+            }
+            // Take whatever else is ready before sending, so results travel in batches.
+            while let Ok(input) = inputs.try_recv() {
+                self.input(input);
+            }
+            while let Ok(event) = events.try_recv() {
+                self.event(event);
+            }
+            self.stop_overdue();
+            self.dispatch();
+            if self.should_flush() {
+                self.flush();
+            } else if self.held_since.is_none() {
+                self.held_since = Some(tokio::time::Instant::now());
+            }
+        }
+    }
+
+    /// Results go out at once when nothing else is running (a lone task's latency is never
+    /// raised); while more are on their way, they are gathered for up to [`RESULT_HOLD`] or
+    /// until half of what the workers hold, so that a stream of tiny tasks costs one message
+    /// per batch rather than one per task.
+    fn should_flush(&self) -> bool {
+        let live = self.running.values().filter(|r| !r.cancelled).count();
+        self.results.is_empty()
+            || live == 0
+            || self.results.len() >= (self.depth() as usize / 2).max(1)
+            || self
+                .held_since
+                .is_some_and(|since| since.elapsed() >= RESULT_HOLD)
+    }
+
+    fn input(&mut self, input: Input) {
+        match input {
+            Input::Assign(assign) => {
+                let Some(job) = assign.job else { return };
+                let id: Arc<str> = job.id.as_str().into();
+                self.jobs.entry(id.clone()).or_insert_with(|| {
+                    Arc::new(JobInfo {
+                        id: id.clone(),
+                        name: job.name.clone(),
+                        executable: job.executable.map(|e| e.sha256).unwrap_or_default(),
+                    })
+                });
+                for task in assign.tasks {
+                    self.queue.push_back(Queued {
+                        job: id.clone(),
+                        task,
+                    });
+                }
+            }
+            Input::Cancel(refs) => {
+                let mut jobs = Vec::new();
+                for task_ref in refs {
+                    if let Some(pos) = self.queue.iter().position(|q| q.task.task_ref == task_ref) {
+                        if let Some(q) = self.queue.remove(pos) {
+                            self.report_cancelled(task_ref, q.task.attempt);
+                        }
+                    } else if let Some(running) = self.running.get_mut(&task_ref) {
+                        running.cancelled = true;
+                        jobs.push(running.job.clone());
+                    }
+                }
+                // A worker busy only with cancelled tasks is stopped, so its slots free at once.
+                for job in jobs {
+                    for solo in [false, true] {
+                        let live = self
+                            .running
+                            .values()
+                            .any(|r| r.job == job && r.solo == solo && !r.cancelled);
+                        if !live && let Some(worker) = self.workers.get(&(job.clone(), solo)) {
+                            let _ = worker.send(WorkerCmd::Kill);
+                        }
+                    }
+                }
+            }
+            Input::EndJob(job_id) => {
+                let job: Arc<str> = job_id.as_str().into();
+                let (gone, kept): (Vec<_>, Vec<_>) =
+                    self.queue.drain(..).partition(|q| q.job == job);
+                self.queue = kept.into();
+                for q in gone {
+                    self.report_cancelled(q.task.task_ref, q.task.attempt);
+                }
+                for running in self.running.values_mut().filter(|r| r.job == job) {
+                    running.cancelled = true;
+                }
+                for solo in [false, true] {
+                    if let Some(worker) = self.workers.remove(&(job.clone(), solo)) {
+                        let _ = worker.send(WorkerCmd::Kill);
+                    }
+                }
+                self.jobs.remove(&job);
+                debug!(job = %job_id, "job ended");
+            }
+            Input::Reset => {
+                self.generation += 1;
+                self.queue.clear();
+                self.running.clear();
+                for (_, worker) in self.workers.drain() {
+                    let _ = worker.send(WorkerCmd::Kill);
+                }
+                self.jobs.clear();
+                self.results.clear();
+                self.output.clear();
+            }
+        }
+        self.publish_busy();
+    }
+
+    fn event(&mut self, stamped: Stamped) {
+        if stamped.generation != self.generation {
+            return; // a worker killed by a reset: its tasks are already someone else's
+        }
+        let event = stamped.event;
+        match event {
+            WorkerEvent::Done {
+                task_ref,
+                outcome,
+                run_ns,
+            } => {
+                let Some(running) = self.running.remove(&task_ref) else {
+                    return;
+                };
+                if run_ns > 0 {
+                    let ns = run_ns as f64;
+                    self.task_ns = Some(self.task_ns.map_or(ns, |old| 0.8 * old + 0.2 * ns));
+                }
+                let outcome = if running.cancelled {
+                    cancelled()
+                } else {
+                    match outcome {
+                        WorkerOutcome::Output(bytes) => Outcome::Output(bytes.into()),
+                        WorkerOutcome::Failed { kind, message } => failure(
+                            match kind {
+                                WorkerFailure::TaskError => pb::FailureKind::TaskError,
+                                WorkerFailure::UnknownTask => pb::FailureKind::UnknownTask,
+                                WorkerFailure::BadInput => pb::FailureKind::BadInput,
+                            },
+                            message,
+                        ),
+                    }
+                };
+                self.results.push(pb::AgentTaskResult {
+                    task_ref,
+                    attempt: running.attempt,
+                    outcome: Some(outcome),
+                    run_ns,
+                    crashed_with: 0,
+                });
+            }
+            WorkerEvent::Lost {
+                task_refs,
+                reason,
+                start_failed,
+            } => {
+                // How many tasks the worker took with it: the scheduler charges a crash only to a
+                // task that was alone.
+                let crashed_with = u32::try_from(task_refs.len()).unwrap_or(u32::MAX);
+                for task_ref in task_refs {
+                    let Some(running) = self.running.remove(&task_ref) else {
+                        continue;
+                    };
+                    let outcome = if running.cancelled {
+                        cancelled()
+                    } else if running.timed_out {
+                        let limit = running.timeout.unwrap_or_default();
+                        failure(
+                            pb::FailureKind::TimedOut,
+                            format!(
+                                "the task ran longer than its timeout of {limit:?}; its worker was stopped"
+                            ),
+                        )
+                    } else if start_failed {
+                        failure(pb::FailureKind::WorkerStart, reason.clone())
+                    } else {
+                        failure(pb::FailureKind::WorkerCrashed, reason.clone())
+                    };
+                    self.results.push(pb::AgentTaskResult {
+                        task_ref,
+                        attempt: running.attempt,
+                        outcome: Some(outcome),
+                        run_ns: 0,
+                        crashed_with,
+                    });
+                }
+            }
+            WorkerEvent::Started { task_ref } => {
+                if let Some(running) = self.running.get_mut(&task_ref)
+                    && let Some(timeout) = running.timeout
+                {
+                    running.deadline = Some(tokio::time::Instant::now() + timeout);
+                }
+            }
+            WorkerEvent::Output { job, stderr, line } => {
+                self.output
+                    .entry(job)
+                    .or_default()
+                    .push(pb::OutputLine { stderr, text: line });
+            }
+        }
+        self.publish_busy();
+    }
+
+    fn report_cancelled(&mut self, task_ref: u64, attempt: u32) {
+        self.results.push(pb::AgentTaskResult {
+            task_ref,
+            attempt,
+            outcome: Some(cancelled()),
+            run_ns: 0,
+            crashed_with: 0,
+        });
+    }
+
+    /// Hands queued tasks to workers: per slot, at least two (one running, one waiting), and as
+    /// many as cover [`WORKER_QUEUE`] of measured work, up to 64.
+    /// Tasks the workers hold at most: per slot, enough for [`WORKER_QUEUE`] of work.
+    fn depth(&self) -> u32 {
+        let per_slot = match self.task_ns {
+            Some(ns) if ns > 0.0 => (WORKER_QUEUE.as_nanos() as f64 / ns).clamp(2.0, 64.0) as u32,
+            _ => 2,
+        };
+        per_slot * self.slots
+    }
+
+    fn dispatch(&mut self) {
+        let depth = self.depth();
+        // Top workers up once they have run through half of what they hold, so that tasks go
+        // to them (and results come back) many at a time.
+        if self.running.len() as u32 > depth / 2 {
+            return;
+        }
+        while (self.running.len() as u32) < depth {
+            // The first task that may start: an isolated one waits while its job's solo worker
+            // is busy, and the tasks behind it go ahead.
+            let Some(pos) = self.queue.iter().position(|q| {
+                !q.task.isolated || !self.running.values().any(|r| r.solo && r.job == q.job)
+            }) else {
+                break;
+            };
+            let Some(Queued { job, task }) = self.queue.remove(pos) else {
+                break;
+            };
+            let Some(info) = self.jobs.get(&job).cloned() else {
+                self.report_cancelled(task.task_ref, task.attempt);
+                continue;
+            };
+            let solo = task.isolated;
+            let generation = self.generation;
+            let ctx = self.ctx.clone();
+            let worker = self.workers.entry((job.clone(), solo)).or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(worker::run(info, rx, ctx, generation));
+                tx
+            });
+            self.running.insert(
+                task.task_ref,
+                Running {
+                    job,
+                    attempt: task.attempt,
+                    cancelled: false,
+                    solo,
+                    timeout: (task.timeout_ms > 0)
+                        .then(|| std::time::Duration::from_millis(task.timeout_ms)),
+                    deadline: None,
+                    timed_out: false,
+                },
+            );
+            let _ = worker.send(WorkerCmd::Run(Dispatch {
+                task_ref: task.task_ref,
+                function: task.function,
+                reducer: (!task.reducer.is_empty()).then_some(task.reducer),
+                payload: task.payload,
+                shared: task.shared,
+                timeout: (task.timeout_ms > 0)
+                    .then(|| std::time::Duration::from_millis(task.timeout_ms)),
+            }));
+        }
+        self.publish_busy();
+    }
+
+    /// Stops the workers of tasks that outlived their timeout; the tasks fail as timed out (the
+    /// others the worker held are placed again by the scheduler).
+    fn stop_overdue(&mut self) {
+        let now = tokio::time::Instant::now();
+        let mut stop = Vec::new();
+        for running in self.running.values_mut() {
+            if running.deadline.is_some_and(|d| d <= now) && !running.timed_out {
+                running.timed_out = true;
+                running.deadline = None;
+                stop.push((running.job.clone(), running.solo));
+            }
+        }
+        for key in stop {
+            if let Some(worker) = self.workers.get(&key) {
+                let _ = worker.send(WorkerCmd::Kill);
+            }
+        }
+    }
+
+    /// Tasks running now: those waiting inside a worker behind another do not hold a slot.
+    fn publish_busy(&self) {
+        let live = self.running.values().filter(|r| !r.cancelled).count() as u32;
+        self.busy.store(live.min(self.slots), Ordering::Relaxed);
+    }
+
+    fn flush(&mut self) {
+        self.held_since = None;
+        tracing::trace!(
+            results = self.results.len(),
+            running = self.running.len(),
+            depth = self.depth(),
+            "flush"
+        );
+        if !self.results.is_empty() {
+            let results = std::mem::take(&mut self.results);
+            let _ = self
+                .out
+                .send(Outgoing::Results(pb::AgentResults { results }));
+        }
+        for (job, lines) in self.output.drain() {
+            let _ = self.out.send(Outgoing::Output(pb::JobOutput {
+                job_id: job.to_string(),
+                lines,
+            }));
+        }
+    }
+}
+
+fn failure(kind: pb::FailureKind, message: String) -> Outcome {
+    Outcome::Failure(pb::TaskFailure {
+        kind: kind.into(),
+        message,
+    })
+}
+
+fn cancelled() -> Outcome {
+    failure(pb::FailureKind::Cancelled, "cancelled".into())
+}

@@ -1,0 +1,411 @@
+//! One worker process for one job: the job's executable started in worker mode, fed tasks over
+//! a Unix socket. The actor starts the process on the first task, restarts it after a crash,
+//! and reports the tasks a dead process took with it.
+
+use std::{
+    collections::HashSet,
+    os::unix::process::ExitStatusExt,
+    path::PathBuf,
+    process::{ExitStatus, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use ladle_common::worker_protocol::{self as wp, FromWorker, ToWorker};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter},
+    net::{UnixListener, unix::OwnedWriteHalf},
+    process::{Child, Command},
+    sync::mpsc,
+};
+use tracing::{debug, warn};
+
+use crate::blobs::BlobCache;
+
+/// What the executor asks of a worker.
+pub enum WorkerCmd {
+    Run(Dispatch),
+    /// Stop the process now; its tasks are reported as crashed (the executor knows why).
+    Kill,
+}
+
+pub struct Dispatch {
+    pub task_ref: u64,
+    pub function: String,
+    pub reducer: Option<String>,
+    pub payload: Bytes,
+    pub shared: Vec<String>,
+    /// The task must not run longer than this; its start is reported so that it can be timed.
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// What a worker tells the executor, stamped with the generation of the executor that started
+/// it: after a reset, reports of the old workers (whose task numbers may be reused) are ignored.
+pub struct Stamped {
+    pub generation: u64,
+    pub event: WorkerEvent,
+}
+
+/// What a worker tells the executor.
+pub enum WorkerEvent {
+    Done {
+        task_ref: u64,
+        outcome: wp::WorkerOutcome,
+        run_ns: u64,
+    },
+    /// The process died (or could not start) with these tasks unfinished.
+    Lost {
+        task_refs: Vec<u64>,
+        reason: String,
+        start_failed: bool,
+    },
+    Output {
+        job: Arc<str>,
+        stderr: bool,
+        line: String,
+    },
+    /// A timed task started.
+    Started { task_ref: u64 },
+}
+
+pub struct WorkerContext {
+    pub cache: BlobCache,
+    pub threads: u32,
+    pub run_dir: PathBuf,
+    pub events: mpsc::UnboundedSender<Stamped>,
+}
+
+/// One worker actor's way to the executor.
+struct Events {
+    tx: mpsc::UnboundedSender<Stamped>,
+    generation: u64,
+}
+
+impl Events {
+    fn send(&self, event: WorkerEvent) {
+        let _ = self.tx.send(Stamped {
+            generation: self.generation,
+            event,
+        });
+    }
+
+    /// Reports a task that could not be handed to the worker.
+    fn refused(&self, task_ref: u64, kind: wp::WorkerFailure, message: String) {
+        self.send(WorkerEvent::Done {
+            task_ref,
+            outcome: wp::WorkerOutcome::Failed { kind, message },
+            run_ns: 0,
+        });
+    }
+}
+
+pub struct JobInfo {
+    pub id: Arc<str>,
+    pub name: String,
+    pub executable: String,
+}
+
+struct Process {
+    child: Child,
+    writer: BufWriter<OwnedWriteHalf>,
+    frames: mpsc::UnboundedReceiver<FromWorker>,
+    sent_shared: HashSet<String>,
+    inflight: HashSet<u64>,
+}
+
+static SOCKETS: AtomicU64 = AtomicU64::new(0);
+
+/// Serves one job until the executor drops its sender.
+pub async fn run(
+    job: Arc<JobInfo>,
+    mut commands: mpsc::UnboundedReceiver<WorkerCmd>,
+    ctx: Arc<WorkerContext>,
+    generation: u64,
+) {
+    let events = Events {
+        tx: ctx.events.clone(),
+        generation,
+    };
+    let mut process: Option<Process> = None;
+    loop {
+        tokio::select! {
+            command = commands.recv() => match command {
+                None => {
+                    if let Some(p) = process.take() {
+                        stop(p, &events, "the job ended").await;
+                    }
+                    return;
+                }
+                Some(WorkerCmd::Kill) => {
+                    if let Some(p) = process.take() {
+                        stop(p, &events, "stopped by the agent").await;
+                    }
+                }
+                Some(WorkerCmd::Run(dispatch)) => {
+                    if process.is_none() {
+                        match start(&job, &ctx, &events).await {
+                            Ok(p) => process = Some(p),
+                            Err(reason) => {
+                                warn!(job = %job.name, "cannot start a worker: {reason}");
+                                events.send(WorkerEvent::Lost {
+                                    task_refs: vec![dispatch.task_ref],
+                                    reason,
+                                    start_failed: true,
+                                });
+                                continue;
+                            }
+                        }
+                    }
+                    if let Some(p) = process.as_mut() {
+                        send(p, dispatch, &ctx, &events).await;
+                        // Flush once the burst of commands is through (and on every path).
+                        if commands.is_empty() && p.writer.flush().await.is_err() {
+                            debug!(job = %job.name, "the worker's socket is closed");
+                        }
+                    }
+                }
+            },
+            frame = next_frame(&mut process) => match frame {
+                Some(FromWorker::Done { task, outcome, run_ns }) => {
+                    if let Some(p) = process.as_mut() {
+                        p.inflight.remove(&task);
+                    }
+                    events.send(WorkerEvent::Done { task_ref: task, outcome, run_ns });
+                }
+                Some(FromWorker::Ready { pid, tasks }) => debug!(pid, tasks, job = %job.name, "worker ready"),
+                Some(FromWorker::Started { task }) => events.send(WorkerEvent::Started { task_ref: task }),
+                None => {
+                    if let Some(p) = process.take() {
+                        stop(p, &events, "").await;
+                    }
+                }
+            },
+        }
+    }
+}
+
+async fn next_frame(process: &mut Option<Process>) -> Option<FromWorker> {
+    match process {
+        Some(p) => p.frames.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends a task (and any shared constant it needs that this process has not seen). A task that
+/// cannot be handed over is reported at once; once it is in flight, the process's fate is its.
+async fn send(p: &mut Process, d: Dispatch, ctx: &WorkerContext, events: &Events) {
+    for sha in &d.shared {
+        if p.sent_shared.contains(sha) {
+            continue;
+        }
+        let data = match ctx.cache.get(sha).await {
+            Ok(path) => tokio::fs::read(&path)
+                .await
+                .map_err(|e| format!("cannot read {}: {e}", path.display())),
+            Err(reason) => Err(reason),
+        };
+        let data = match data {
+            Ok(data) => data,
+            Err(reason) => {
+                events.refused(
+                    d.task_ref,
+                    wp::WorkerFailure::BadInput,
+                    format!("cannot get shared constant {sha}: {reason}"),
+                );
+                return;
+            }
+        };
+        // A failed write means the process is going: its end is noticed by the reader.
+        p.inflight.insert(d.task_ref);
+        if write(
+            p,
+            &ToWorker::Shared {
+                sha256: sha.clone(),
+                data,
+            },
+        )
+        .await
+        .is_err()
+        {
+            return;
+        }
+        p.sent_shared.insert(sha.clone());
+    }
+    p.inflight.insert(d.task_ref);
+    let _ = write(
+        p,
+        &ToWorker::Run {
+            task: d.task_ref,
+            function: d.function,
+            reducer: d.reducer,
+            payload: d.payload.to_vec(),
+            report_start: d.timeout.is_some(),
+        },
+    )
+    .await;
+}
+
+async fn write(p: &mut Process, message: &ToWorker) -> Result<(), String> {
+    let frame = wp::encode(message).map_err(|e| e.to_string())?;
+    p.writer.write_all(&frame).await.map_err(|e| e.to_string())
+}
+
+/// Ends a process and reports the tasks it held.
+async fn stop(mut p: Process, events: &Events, why: &str) {
+    let _ = p.child.start_kill();
+    let status = p.child.wait().await;
+    let reason = if why.is_empty() {
+        match status {
+            Ok(status) => describe(status),
+            Err(e) => format!("the worker process was lost: {e}"),
+        }
+    } else {
+        why.to_owned()
+    };
+    if !p.inflight.is_empty() {
+        events.send(WorkerEvent::Lost {
+            task_refs: p.inflight.drain().collect(),
+            reason,
+            start_failed: false,
+        });
+    }
+}
+
+/// How a worker died, in words an operator recognises.
+pub fn describe(status: ExitStatus) -> String {
+    if let Some(signal) = status.signal() {
+        let name = match signal {
+            4 => "SIGILL",
+            6 => "SIGABRT",
+            7 => "SIGBUS",
+            8 => "SIGFPE",
+            9 => "SIGKILL (out of memory, or killed)",
+            11 => "SIGSEGV",
+            15 => "SIGTERM",
+            _ => "",
+        };
+        format!("the worker process was killed by signal {signal} {name}")
+            .trim_end()
+            .to_owned()
+    } else {
+        match status.code() {
+            Some(code) => format!("the worker process exited with status {code}"),
+            None => "the worker process ended".to_owned(),
+        }
+    }
+}
+
+async fn start(job: &JobInfo, ctx: &WorkerContext, events: &Events) -> Result<Process, String> {
+    let exe = ctx.cache.get(&job.executable).await?;
+    tokio::fs::create_dir_all(&ctx.run_dir)
+        .await
+        .map_err(|e| format!("cannot create {}: {e}", ctx.run_dir.display()))?;
+    let n = SOCKETS.fetch_add(1, Ordering::Relaxed);
+    let socket = ctx
+        .run_dir
+        .join(format!("w{}-{n}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket)
+        .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
+    let mut child = Command::new(&exe)
+        .env(wp::SOCKET_ENV, &socket)
+        .env(wp::THREADS_ENV, ctx.threads.to_string())
+        .env(wp::JOB_ENV, job.id.as_ref())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+    for (pipe, stderr) in [
+        (
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            false,
+        ),
+        (
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            true,
+        ),
+    ] {
+        if let Some(pipe) = pipe {
+            let events = Events {
+                tx: events.tx.clone(),
+                generation: events.generation,
+            };
+            let job = job.id.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(pipe).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    events.send(WorkerEvent::Output {
+                        job: job.clone(),
+                        stderr,
+                        line,
+                    });
+                }
+            });
+        }
+    }
+    let accepted = tokio::select! {
+        accepted = listener.accept() => accepted.map_err(|e| e.to_string()),
+        status = child.wait() => Err(match status {
+            Ok(status) => format!("the worker exited before connecting: {}", describe(status)),
+            Err(e) => e.to_string(),
+        }),
+        () = tokio::time::sleep(Duration::from_secs(30)) => Err("the worker did not connect within 30s".into()),
+    };
+    let _ = std::fs::remove_file(&socket);
+    let (stream, _) = accepted.map_err(|e| {
+        format!(
+            "{e} (is {} a Ladle program built with #[ladle::main]?)",
+            exe.display()
+        )
+    })?;
+    let (reader, writer) = stream.into_split();
+    // Results arrive many to a read: buffer, or each frame costs two system calls.
+    let mut reader = BufReader::with_capacity(1 << 16, reader);
+    let (tx, frames) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let mut len = [0u8; 4];
+            if reader.read_exact(&mut len).await.is_err() {
+                return;
+            }
+            let len = u32::from_le_bytes(len) as usize;
+            if len > wp::MAX_FRAME {
+                return;
+            }
+            let mut body = vec![0u8; len];
+            if reader.read_exact(&mut body).await.is_err() {
+                return;
+            }
+            match wp::decode::<FromWorker>(&body) {
+                Ok(frame) => {
+                    if tx.send(frame).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    warn!("a worker sent an undecodable frame: {e}");
+                    return;
+                }
+            }
+        }
+    });
+    Ok(Process {
+        child,
+        writer: BufWriter::with_capacity(1 << 16, writer),
+        frames,
+        sent_shared: HashSet::new(),
+        inflight: HashSet::new(),
+    })
+}

@@ -1,0 +1,11 @@
+//! Ladle's node daemon: it finds its resources, joins the scheduler, stays joined through
+//! restarts of either side, and (with the SDK's issue) runs tasks in worker processes.
+
+pub mod blobs;
+pub mod daemon;
+pub mod executor;
+pub mod gpu;
+pub mod identity;
+pub mod resources;
+pub mod session;
+pub mod settings;

@@ -1,0 +1,126 @@
+//! `ladle-agent`: the node daemon.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use ladle_agent::{daemon, settings::AgentSettings};
+use ladle_common::settings::{self, SettingsError, Sources};
+
+#[derive(Parser)]
+#[command(
+    name = "ladle-agent",
+    version,
+    about = "Ladle's node daemon: joins a scheduler and runs its tasks"
+)]
+struct Cli {
+    /// TOML settings file.
+    #[arg(long, env = "LADLE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The scheduler to join, e.g. http://10.0.0.1:7070 (also LADLE_SCHEDULER).
+    #[arg(long)]
+    scheduler: Option<String>,
+    /// Where the agent keeps its id.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// CPU tasks to run at once [default: the CPUs this process may use].
+    #[arg(long)]
+    cpu_slots: Option<u32>,
+    /// Name shown in the agent table [default: the hostname].
+    #[arg(long)]
+    hostname: Option<String>,
+    /// A label KEY=VALUE shown to operators; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ladle_common::logging::init("warn,ladle_agent=info");
+    let settings = match load_settings(&cli) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("ladle-agent: {err}");
+            return ExitCode::from(SettingsError::EXIT_CODE);
+        }
+    };
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("ladle-agent: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ladle-agent: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_settings(cli: &Cli) -> Result<AgentSettings, SettingsError> {
+    let mut flags: Vec<(&'static str, config::Value)> = Vec::new();
+    if let Some(s) = &cli.scheduler {
+        flags.push(("scheduler", s.clone().into()));
+    }
+    if let Some(dir) = &cli.state_dir {
+        flags.push(("state_dir", dir.display().to_string().into()));
+    }
+    if let Some(n) = cli.cpu_slots {
+        flags.push(("cpu_slots", n.to_string().into()));
+    }
+    if let Some(h) = &cli.hostname {
+        flags.push(("hostname", h.clone().into()));
+    }
+    let mut labels = config::Map::new();
+    for label in &cli.labels {
+        let Some((key, value)) = label.split_once('=') else {
+            return Err(SettingsError::Invalid {
+                key: "labels".into(),
+                message: format!("--label {label:?} is not KEY=VALUE"),
+                origin: String::new(),
+            });
+        };
+        labels.insert(key.to_owned(), config::Value::from(value));
+    }
+    if !labels.is_empty() {
+        flags.push(("labels", labels.into()));
+    }
+    settings::load(
+        &AgentSettings::default(),
+        Sources {
+            file: cli.config.as_deref(),
+            flags,
+            env: None,
+        },
+    )
+}
+
+async fn run(settings: AgentSettings) -> anyhow::Result<()> {
+    daemon::run(settings, "address", shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = terminate => {},
+    }
+}
+
+/// The agent only moves messages between sockets; the work happens in worker processes. One
+/// thread does that with no cross-thread wake-ups, which matters most on small machines.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}

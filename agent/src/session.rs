@@ -1,0 +1,229 @@
+//! The agent's link to the scheduler: one stream, hello then heartbeats, and a reconnect loop
+//! around it so that the agent rejoins by itself whenever the scheduler comes back.
+
+use std::{future::Future, time::Duration};
+
+use ladle_common::{
+    client::{self, TokenInterceptor},
+    token::Token,
+};
+use ladle_proto::v1::{
+    AgentMessage, Heartbeat, Hello, SchedulerMessage, Welcome, agent_message,
+    agent_service_client::AgentServiceClient, scheduler_message,
+};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Status};
+use tracing::{debug, info, warn};
+
+use crate::{
+    executor::{ExecutorHandle, Input, Outgoing},
+    resources::Probe,
+};
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    /// The scheduler said no in a way that retrying cannot fix (token, protocol version).
+    #[error("the scheduler at {address} refused this agent: {message}")]
+    Refused { address: String, message: String },
+}
+
+/// Why one session ended, when it was not the agent's own choice.
+enum Ended {
+    Refused(String),
+    /// Worth another try; `joined` says whether the scheduler had welcomed us.
+    Broken {
+        reason: String,
+        joined: bool,
+    },
+}
+
+pub struct Session {
+    pub address: String,
+    pub token: Option<Token>,
+    pub hello: Hello,
+    pub reconnect_max_delay: Duration,
+    pub executor: ExecutorHandle,
+    pub outgoing: mpsc::UnboundedReceiver<Outgoing>,
+}
+
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+
+impl Session {
+    /// Stays joined until `shutdown` resolves, reconnecting as often as it takes.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+        tokio::pin!(shutdown);
+        let mut probe = Probe::new();
+        let mut delay = FIRST_RETRY;
+        let mut failures = 0u32;
+        loop {
+            let ended = tokio::select! {
+                ended = self.once(&mut probe) => ended,
+                () = &mut shutdown => return Ok(()),
+            };
+            match ended {
+                Ended::Refused(message) => {
+                    return Err(AgentError::Refused {
+                        address: self.address.clone(),
+                        message,
+                    });
+                }
+                Ended::Broken {
+                    reason,
+                    joined: true,
+                } => {
+                    warn!(
+                        "lost the scheduler at {}: {reason}; reconnecting",
+                        self.address
+                    );
+                    delay = FIRST_RETRY;
+                    failures = 0;
+                }
+                Ended::Broken {
+                    reason,
+                    joined: false,
+                } => {
+                    failures += 1;
+                    // Say it on the first failure and then now and again, not on every retry.
+                    if failures.is_power_of_two() {
+                        warn!(
+                            "cannot join the scheduler at {} ({failures} attempts): {reason}",
+                            self.address
+                        );
+                    } else {
+                        debug!("cannot join the scheduler at {}: {reason}", self.address);
+                    }
+                }
+            }
+            // Jitter keeps a thousand agents from reconnecting in the same millisecond.
+            let pause = delay.mul_f64(0.5 + fastrand::f64());
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = &mut shutdown => return Ok(()),
+            }
+            delay = (delay * 2).min(self.reconnect_max_delay);
+        }
+    }
+
+    async fn once(&mut self, probe: &mut Probe) -> Ended {
+        let broken = |reason: String| Ended::Broken {
+            reason,
+            joined: false,
+        };
+        let channel = match client::connect(&self.address).await {
+            Ok(channel) => channel,
+            Err(err) => return broken(err.to_string()),
+        };
+        let mut client = AgentServiceClient::with_interceptor(
+            channel,
+            TokenInterceptor::new(self.token.as_ref()),
+        );
+        let (tx, rx) = mpsc::channel(64);
+        let hello = AgentMessage {
+            body: Some(agent_message::Body::Hello(self.hello.clone())),
+        };
+        if tx.send(hello).await.is_err() {
+            return broken("the outgoing stream closed".into());
+        }
+        let mut inbound = match client.attach(ReceiverStream::new(rx)).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return classify(&status, false),
+        };
+        let welcome = match inbound.message().await {
+            Ok(Some(SchedulerMessage {
+                body: Some(scheduler_message::Body::Welcome(welcome)),
+            })) => welcome,
+            Ok(Some(_)) => return broken("the scheduler's first message was not a welcome".into()),
+            Ok(None) => {
+                return broken("the scheduler closed the stream before welcoming us".into());
+            }
+            Err(status) => return classify(&status, false),
+        };
+        self.joined(&welcome);
+        // The scheduler placed again whatever this agent held on an earlier stream.
+        self.executor.send(Input::Reset);
+        while self.outgoing.try_recv().is_ok() {}
+
+        let interval = Duration::from_millis(welcome.heartbeat_interval_ms.max(10));
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    let heartbeat = AgentMessage {
+                        body: Some(agent_message::Body::Heartbeat(Heartbeat {
+                            load: Some(probe.load(self.executor.busy(), 0)),
+                        })),
+                    };
+                    if tx.send(heartbeat).await.is_err() {
+                        return Ended::Broken { reason: "the outgoing stream closed".into(), joined: true };
+                    }
+                }
+                Some(outgoing) = self.outgoing.recv() => {
+                    let body = match outgoing {
+                        Outgoing::Results(results) => agent_message::Body::Results(results),
+                        Outgoing::Output(output) => agent_message::Body::Output(output),
+                    };
+                    if tx.send(AgentMessage { body: Some(body) }).await.is_err() {
+                        return Ended::Broken { reason: "the outgoing stream closed".into(), joined: true };
+                    }
+                }
+                message = inbound.message() => match message {
+                    Ok(Some(message)) => self.handle(message),
+                    Ok(None) => return Ended::Broken { reason: "the scheduler closed the stream".into(), joined: true },
+                    Err(status) => return classify(&status, true),
+                },
+            }
+        }
+    }
+
+    fn joined(&self, welcome: &Welcome) {
+        info!(
+            "joined cluster {:?} at {} as agent {} (scheduler {}, heartbeat every {}ms){}",
+            welcome.cluster,
+            self.address,
+            self.hello.agent_id,
+            welcome.scheduler_version,
+            welcome.heartbeat_interval_ms,
+            if welcome.draining { ", draining" } else { "" }
+        );
+    }
+
+    fn handle(&self, message: SchedulerMessage) {
+        match message.body {
+            Some(scheduler_message::Body::Drain(drain)) if drain.draining => {
+                info!("the operator drained this agent: it takes no new work");
+            }
+            Some(scheduler_message::Body::Drain(_)) => info!("the operator undrained this agent"),
+            Some(scheduler_message::Body::Assign(assign)) => {
+                self.executor.send(Input::Assign(assign))
+            }
+            Some(scheduler_message::Body::Cancel(cancel)) => {
+                self.executor.send(Input::Cancel(cancel.task_refs))
+            }
+            Some(scheduler_message::Body::EndJob(end)) => {
+                self.executor.send(Input::EndJob(end.job_id))
+            }
+            Some(scheduler_message::Body::Welcome(_)) | None => {
+                debug!("ignoring an unexpected message")
+            }
+        }
+    }
+}
+
+fn classify(status: &Status, joined: bool) -> Ended {
+    match status.code() {
+        Code::Unauthenticated | Code::PermissionDenied | Code::FailedPrecondition => {
+            Ended::Refused(status.message().to_owned())
+        }
+        _ => Ended::Broken {
+            reason: if status.message().is_empty() {
+                status.code().description().to_owned()
+            } else {
+                status.message().to_owned()
+            },
+            joined,
+        },
+    }
+}

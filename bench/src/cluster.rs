@@ -1,0 +1,200 @@
+//! A real cluster for the benchmark: `ladle-scheduler` and `ladle-agent` processes on loopback,
+//! found next to this binary.
+
+use std::{
+    os::unix::process::CommandExt,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+pub struct LocalCluster {
+    pub address: String,
+    logs: Option<PathBuf>,
+    scheduler: Child,
+    pub agents: Vec<Child>,
+    dir: tempfile::TempDir,
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .context("the benchmark binary has no directory")?;
+    let path = dir.join(name);
+    if !path.is_file() {
+        bail!(
+            "{} not found: build it first (cargo build --release --bins)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn wait_for<T>(
+    what: &str,
+    within: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = probe() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl LocalCluster {
+    /// A scheduler and `agents` agents of `slots` CPU slots each, all joined.
+    /// With `logs`, the processes' stderr goes to files there, at the level RUST_LOG gives.
+    pub fn start(agents: usize, slots: u32, logs: Option<PathBuf>) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let address_file = dir.path().join("address");
+        let scheduler = Command::new(sibling("ladle-scheduler")?)
+            .args([
+                "serve",
+                "--port",
+                "0",
+                "--heartbeat-timeout",
+                "2s",
+                "--address-file",
+            ])
+            .arg(&address_file)
+            .env("LADLE_STATE_DIR", dir.path().join("scheduler"))
+            .env("RUST_LOG", log_level(&logs))
+            .stdout(Stdio::null())
+            .stderr(log_file(&logs, "scheduler")?)
+            .spawn()?;
+        let address = wait_for("the scheduler's address", Duration::from_secs(20), || {
+            std::fs::read_to_string(&address_file)
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        })?;
+        let mut cluster = Self {
+            logs,
+            address,
+            scheduler,
+            agents: Vec::new(),
+            dir,
+        };
+        for i in 0..agents {
+            cluster.add_agent(i, slots)?;
+        }
+        let want = agents;
+        let scheduler = sibling("ladle-scheduler")?;
+        let address = cluster.address.clone();
+        wait_for("the agents to join", Duration::from_secs(20), || {
+            let out = Command::new(&scheduler)
+                .args(["status", "--json", "--scheduler", &address])
+                .output()
+                .ok()?;
+            let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            (status["agents"]["alive"].as_u64()? as usize == want).then_some(())
+        })?;
+        Ok(cluster)
+    }
+
+    fn add_agent(&mut self, i: usize, slots: u32) -> anyhow::Result<()> {
+        let agent = Command::new(sibling("ladle-agent")?)
+            .args([
+                "--scheduler",
+                &self.address,
+                "--cpu-slots",
+                &slots.to_string(),
+                "--hostname",
+                &format!("bench-{i}"),
+            ])
+            .arg("--state-dir")
+            .arg(self.dir.path().join(format!("agent-{i}")))
+            .env("RUST_LOG", log_level(&self.logs))
+            .stdout(Stdio::null())
+            .stderr(log_file(&self.logs, &format!("agent-{i}"))?)
+            // Its own process group, so that a lost node can be simulated by killing the
+            // agent together with its workers.
+            .process_group(0)
+            .spawn()?;
+        self.agents.push(agent);
+        Ok(())
+    }
+
+    /// kill -9 of the agent and its workers: a lost node.
+    pub fn kill_node(&mut self, i: usize) {
+        let pid = self.agents[i].id();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .status();
+        let _ = self.agents[i].wait();
+    }
+
+    /// kill -9 of the agent's worker processes only.
+    pub fn kill_workers(&self, i: usize) -> usize {
+        let agent = self.agents[i].id();
+        let mut killed = 0;
+        for pid in children(agent) {
+            if Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                killed += 1;
+            }
+        }
+        killed
+    }
+}
+
+fn log_level(logs: &Option<PathBuf>) -> String {
+    match logs {
+        Some(_) => std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        None => "warn".into(),
+    }
+}
+
+fn log_file(logs: &Option<PathBuf>, name: &str) -> anyhow::Result<Stdio> {
+    Ok(match logs {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            Stdio::from(std::fs::File::create(dir.join(format!("{name}.log")))?)
+        }
+        None => Stdio::null(),
+    })
+}
+
+/// Processes whose parent is `parent`, from /proc.
+fn children(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for agent in &mut self.agents {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", agent.id())])
+                .status();
+            let _ = agent.wait();
+        }
+        let _ = self.scheduler.kill();
+        let _ = self.scheduler.wait();
+    }
+}

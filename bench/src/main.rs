@@ -1,0 +1,233 @@
+//! Runs the workloads of WORKLOADS.md (W1 to W5) against a cluster of one scheduler and two
+//! one-slot agents that it starts itself, and prints one JSON line per workload.
+//!
+//! cargo build --release --bins && target/release/ladle-bench [--reps 3] [--only W1a,W3]
+
+mod cluster;
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use cluster::LocalCluster;
+use ladle::Cluster;
+use serde_json::{Value, json};
+
+#[ladle::task]
+fn identity(x: u64) -> u64 {
+    x
+}
+
+#[ladle::task]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[ladle::task]
+fn sum(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+/// Spins on the clock for 10 ms (not sleeping: the slot is busy), returns its index.
+#[ladle::task]
+fn spin10ms(i: u64) -> u64 {
+    let until = Instant::now() + Duration::from_millis(10);
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+    i
+}
+
+/// W4's ideal wall time: its work spread perfectly over the cluster's slots.
+fn ideal_w4_s() -> f64 {
+    const TASKS: f64 = 200.0;
+    const TASK_S: f64 = 0.010;
+    const SLOTS: f64 = 2.0;
+    TASKS * TASK_S / SLOTS
+}
+
+#[derive(Parser)]
+struct Args {
+    /// Repetitions of each workload (the median and spread are reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Comma-separated workloads to run (W1a,W1b,W2,W3,W4,W5,W5w); all when omitted.
+    #[arg(long)]
+    only: Option<String>,
+    /// Write the cluster's logs (at RUST_LOG's level) to this directory.
+    #[arg(long)]
+    logs: Option<std::path::PathBuf>,
+}
+
+fn emit(workload: &str, params: Value, metrics: Value) {
+    println!(
+        "{}",
+        json!({ "system": "ladle", "workload": workload, "params": params, "metrics": metrics })
+    );
+}
+
+/// Median and spread of repeated measurements.
+fn summary(values: &mut [f64]) -> Value {
+    values.sort_by(f64::total_cmp);
+    let median = values[values.len() / 2];
+    json!({ "median": median, "min": values[0], "max": values[values.len() - 1], "reps": values.len() })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank]
+}
+
+#[ladle::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let wanted: Option<HashSet<String>> =
+        args.only.map(|o| o.split(',').map(str::to_owned).collect());
+    let run = |w: &str| wanted.as_ref().is_none_or(|set| set.contains(w));
+    let reps = args.reps.max(1);
+
+    let started = Instant::now();
+    let local = tokio::task::block_in_place(|| LocalCluster::start(2, 1, args.logs.clone()))?;
+    let cluster = Cluster::connect(&local.address).await?;
+    // The first task starts the workers: part of start-up, not of any workload.
+    cluster.submit(identity, 0)?.await?;
+    let startup_s = started.elapsed().as_secs_f64();
+    emit(
+        "startup",
+        json!({ "agents": 2, "slots_per_agent": 1 }),
+        json!({ "startup_s": startup_s }),
+    );
+
+    if run("W1a") {
+        let mut rates = Vec::new();
+        for _ in 0..reps {
+            let t = Instant::now();
+            let futures: Vec<_> = (0..10_000u64)
+                .map(|x| cluster.submit(identity, x))
+                .collect::<Result<_, _>>()?;
+            let results = ladle::gather(futures).await?;
+            anyhow::ensure!(
+                results.iter().enumerate().all(|(i, &r)| r == i as u64),
+                "W1a: wrong results"
+            );
+            rates.push(10_000.0 / t.elapsed().as_secs_f64());
+        }
+        let s = summary(&mut rates);
+        emit(
+            "W1a",
+            json!({ "tasks": 10_000 }),
+            json!({ "tasks_per_s": s["median"], "spread": s }),
+        );
+    }
+    if run("W1b") {
+        let mut rates = Vec::new();
+        for _ in 0..reps {
+            let t = Instant::now();
+            let results = cluster.map(identity, 0..10_000u64).await?;
+            anyhow::ensure!(results.len() == 10_000, "W1b: wrong count");
+            rates.push(10_000.0 / t.elapsed().as_secs_f64());
+        }
+        let s = summary(&mut rates);
+        emit(
+            "W1b",
+            json!({ "tasks": 10_000 }),
+            json!({ "tasks_per_s": s["median"], "spread": s }),
+        );
+    }
+    if run("W2") {
+        let (mut medians, mut p99s) = (Vec::new(), Vec::new());
+        for _ in 0..reps {
+            let mut lat = Vec::with_capacity(1000);
+            for x in 0..1000u64 {
+                let t = Instant::now();
+                cluster.submit(identity, x)?.await?;
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            lat.sort_by(f64::total_cmp);
+            medians.push(percentile(&lat, 0.5));
+            p99s.push(percentile(&lat, 0.99));
+        }
+        let (m, p) = (summary(&mut medians), summary(&mut p99s));
+        emit(
+            "W2",
+            json!({ "round_trips": 1000 }),
+            json!({ "median_us": m["median"], "p99_us": p["median"], "spread_median": m, "spread_p99": p }),
+        );
+    }
+    if run("W3") {
+        let mut walls = Vec::new();
+        let mut correct = true;
+        for _ in 0..reps {
+            let t = Instant::now();
+            let total = cluster.map_reduce(square, sum, 0..1_000_000u64).await?;
+            walls.push(t.elapsed().as_secs_f64());
+            correct &= total == 333_332_833_333_500_000;
+        }
+        let s = summary(&mut walls);
+        emit(
+            "W3",
+            json!({ "n": 1_000_000 }),
+            json!({ "wall_s": s["median"], "correct": correct, "spread": s }),
+        );
+    }
+    if run("W4") {
+        let mut walls = Vec::new();
+        for _ in 0..reps {
+            let t = Instant::now();
+            let results = cluster.map(spin10ms, 0..200u64).await?;
+            anyhow::ensure!(results.len() == 200, "W4: wrong count");
+            walls.push(t.elapsed().as_secs_f64());
+        }
+        let s = summary(&mut walls);
+        let wall = s["median"].as_f64().unwrap_or(f64::NAN);
+        emit(
+            "W4",
+            json!({ "tasks": 200, "task_ms": 10, "slots": 2 }),
+            json!({ "wall_s": wall, "efficiency": ideal_w4_s() / wall, "spread": s }),
+        );
+    }
+    drop(cluster);
+    drop(local);
+
+    for (name, node) in [("W5", true), ("W5w", false)] {
+        if !run(name) {
+            continue;
+        }
+        let mut walls = Vec::new();
+        let (mut all_completed, mut all_once) = (true, true);
+        let mut completed = 0;
+        for _ in 0..reps {
+            let mut local =
+                tokio::task::block_in_place(|| LocalCluster::start(2, 1, args.logs.clone()))?;
+            let cluster = Cluster::connect(&local.address).await?;
+            cluster.submit(identity, 0)?.await?;
+            let t = Instant::now();
+            let map = cluster.map(spin10ms, 0..400u64);
+            let results = tokio::spawn(map.into_future());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if node {
+                local.kill_node(0);
+            } else {
+                local.kill_workers(0);
+            }
+            let results = results.await??;
+            walls.push(t.elapsed().as_secs_f64());
+            completed = results.len();
+            let unique: HashSet<u64> = results.iter().copied().collect();
+            all_completed &= results.len() == 400;
+            all_once &=
+                unique.len() == 400 && results.iter().enumerate().all(|(i, &r)| r == i as u64);
+        }
+        let s = summary(&mut walls);
+        emit(
+            name,
+            json!({ "tasks": 400, "task_ms": 10, "kill_at_s": 0.5, "kill": if node { "agent and workers" } else { "workers only" } }),
+            json!({ "completed": completed, "all_completed": all_completed, "exactly_once": all_once, "wall_s": s["median"], "spread": s }),
+        );
+    }
+    Ok(())
+}
+
+use std::future::IntoFuture;

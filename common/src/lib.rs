@@ -1,0 +1,11 @@
+//! What the scheduler, the agent, the CLI and the SDK share.
+
+pub mod address;
+pub mod client;
+pub mod logging;
+pub mod settings;
+pub mod token;
+pub mod worker_protocol;
+
+/// This release of Ladle, as every binary reports it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

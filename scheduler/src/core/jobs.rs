@@ -1,0 +1,658 @@
+//! Sessions (one per driver, one job each), their tasks, and where the tasks run.
+//!
+//! A task is queued in its session, placed on an agent under an attempt number, and completed
+//! by the first result for that attempt from that agent; anything else that arrives for it is
+//! stale and dropped, which is what makes every result reach its driver exactly once.
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, HashSet, VecDeque},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tracing::{debug, info, warn};
+
+use super::{
+    AgentId, AgentResult, Assigned, Capacity, Command, ConnId, DriverResult, FailureKind, Job,
+    JobView, Outcome, SelectError, SessionOpen, TaskRef, TaskSpec, membership::Membership,
+};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum TaskState {
+    Queued,
+    Running(AgentId),
+}
+
+struct Task {
+    session: u64,
+    spec: TaskSpec,
+    attempt: u32,
+    /// Worker crashes while running this task, and the agents they happened on.
+    crashes: u32,
+    crashed_on: Vec<Arc<str>>,
+    /// Runs alone from now on: it was in a worker that crashed with others.
+    isolated: bool,
+    seq: u64,
+    state: TaskState,
+}
+
+struct Session {
+    job: Arc<Job>,
+    /// The driver's stream; none while the driver is away (within its grace period).
+    conn: Option<ConnId>,
+    /// Since when the driver has been away.
+    detached_at: Option<Instant>,
+    /// Results that came while the driver was away, for when it comes back.
+    held: Vec<DriverResult>,
+    /// Highest priority first, then oldest first. Entries of tasks that left the queue
+    /// (cancelled) are skipped when popped.
+    queue: BinaryHeap<(i32, Reverse<u64>, TaskRef)>,
+    by_task_id: HashMap<u64, TaskRef>,
+    /// Agents that have seen this job, to be told when it ends.
+    agents: HashSet<AgentId>,
+    delivered: u64,
+}
+
+pub(super) struct Jobs {
+    sessions: HashMap<u64, Session>,
+    by_conn: HashMap<ConnId, u64>,
+    by_job_id: HashMap<Arc<str>, u64>,
+    tasks: HashMap<TaskRef, Task>,
+    /// Sessions with queued tasks, served in turn so that jobs share the cluster.
+    ready: VecDeque<u64>,
+    next_session: u64,
+    next_ref: TaskRef,
+    next_seq: u64,
+    /// Worker crashes a task may cause before it fails.
+    pub(super) max_crashes: u32,
+}
+
+impl Jobs {
+    pub(super) fn new(max_crashes: u32) -> Self {
+        Self {
+            sessions: HashMap::new(),
+            by_conn: HashMap::new(),
+            by_job_id: HashMap::new(),
+            tasks: HashMap::new(),
+            ready: VecDeque::new(),
+            next_session: 1,
+            next_ref: 1,
+            next_seq: 0,
+            max_crashes,
+        }
+    }
+
+    /// Opens a session, or gives a driver back the one it had (same session id): then it
+    /// receives the results that came while it was away. Returns the stream the session
+    /// had before, which the caller should close.
+    pub(super) fn open(
+        &mut self,
+        conn: ConnId,
+        open: SessionOpen,
+        out: &mut Vec<Command>,
+    ) -> Option<ConnId> {
+        if let Some(&no) = self.by_job_id.get(open.session_id.as_str())
+            && let Some(session) = self.sessions.get_mut(&no)
+        {
+            let old = session.conn.replace(conn);
+            if let Some(old) = old {
+                self.by_conn.remove(&old);
+            }
+            session.detached_at = None;
+            self.by_conn.insert(conn, no);
+            info!(session = %session.job.id, held = session.held.len(), "driver came back to its job");
+            let held = std::mem::take(&mut session.held);
+            if !held.is_empty() {
+                out.push(Command::Deliver {
+                    conn,
+                    results: held,
+                });
+            }
+            return old;
+        }
+        let no = self.next_session;
+        self.next_session += 1;
+        let id: Arc<str> = open.session_id.as_str().into();
+        info!(session = %id, job = %open.job_name, driver = %open.driver_host, "job started");
+        let job = Arc::new(Job {
+            id: id.clone(),
+            name: open.job_name,
+            executable: open.executable,
+            driver_host: open.driver_host,
+        });
+        self.sessions.insert(
+            no,
+            Session {
+                job,
+                conn: Some(conn),
+                detached_at: None,
+                held: Vec::new(),
+                queue: BinaryHeap::new(),
+                by_task_id: HashMap::new(),
+                agents: HashSet::new(),
+                delivered: 0,
+            },
+        );
+        self.by_conn.insert(conn, no);
+        self.by_job_id.insert(id, no);
+        None
+    }
+
+    /// The driver's stream broke: its job goes on for `grace`, waiting for it to come back.
+    pub(super) fn detach(&mut self, conn: ConnId, now: Instant) {
+        let Some(no) = self.by_conn.remove(&conn) else {
+            return;
+        };
+        if let Some(session) = self.sessions.get_mut(&no) {
+            session.conn = None;
+            session.detached_at = Some(now);
+            info!(session = %session.job.id, "driver away; its job waits for it");
+        }
+    }
+
+    /// Ends the jobs whose drivers have been away longer than `grace`.
+    pub(super) fn expire(
+        &mut self,
+        now: Instant,
+        grace: Duration,
+        members: &Membership,
+        out: &mut Vec<Command>,
+    ) {
+        let expired: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.detached_at
+                    .is_some_and(|at| now.saturating_duration_since(at) > grace)
+            })
+            .map(|(&no, _)| no)
+            .collect();
+        for no in expired {
+            self.end(no, members, out);
+        }
+    }
+
+    pub(super) fn is_session(&self, conn: ConnId) -> bool {
+        self.by_conn.contains_key(&conn)
+    }
+
+    pub(super) fn submit(&mut self, conn: ConnId, specs: Vec<TaskSpec>, out: &mut Vec<Command>) {
+        let Some(&no) = self.by_conn.get(&conn) else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&no) else {
+            return;
+        };
+        let was_idle = session.queue.is_empty();
+        let mut duplicates = Vec::new();
+        for spec in specs {
+            if session.by_task_id.contains_key(&spec.task_id) {
+                // A resubmission of a task the scheduler already holds (a driver that
+                // reconnected): the first copy stands.
+                duplicates.push(spec.task_id);
+                continue;
+            }
+            let task_ref = self.next_ref;
+            self.next_ref += 1;
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            session.by_task_id.insert(spec.task_id, task_ref);
+            session.queue.push((spec.priority, Reverse(seq), task_ref));
+            self.tasks.insert(
+                task_ref,
+                Task {
+                    session: no,
+                    spec,
+                    attempt: 1,
+                    crashes: 0,
+                    crashed_on: Vec::new(),
+                    isolated: false,
+                    seq,
+                    state: TaskState::Queued,
+                },
+            );
+        }
+        if !duplicates.is_empty() {
+            debug!(count = duplicates.len(), "ignored resubmitted tasks");
+        }
+        if was_idle && !session.queue.is_empty() {
+            self.ready.push_back(no);
+        }
+        let _ = out;
+    }
+
+    /// Cancels tasks of a session: queued ones at once, running ones on their agents.
+    pub(super) fn cancel(
+        &mut self,
+        conn: ConnId,
+        ids: &[u64],
+        members: &Membership,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(&no) = self.by_conn.get(&conn) else {
+            return;
+        };
+        let mut on_agents: HashMap<ConnId, Vec<TaskRef>> = HashMap::new();
+        let mut results = Vec::new();
+        for &task_id in ids {
+            let Some(session) = self.sessions.get_mut(&no) else {
+                return;
+            };
+            let Some(task_ref) = session.by_task_id.remove(&task_id) else {
+                continue;
+            };
+            let Some(task) = self.tasks.remove(&task_ref) else {
+                continue;
+            };
+            if let TaskState::Running(agent) = &task.state
+                && let Some(agent_conn) = members.get(agent).and_then(|a| a.conn)
+            {
+                on_agents.entry(agent_conn).or_default().push(task_ref);
+            }
+            results.push(DriverResult {
+                task_id,
+                attempt: task.attempt,
+                agent: "".into(),
+                outcome: Outcome::Failed {
+                    kind: FailureKind::Cancelled,
+                    message: "cancelled by the driver".into(),
+                },
+                run_ns: 0,
+            });
+        }
+        for (agent_conn, refs) in on_agents {
+            out.push(Command::CancelOnAgent {
+                conn: agent_conn,
+                refs,
+            });
+        }
+        if !results.is_empty() {
+            out.push(Command::Deliver { conn, results });
+        }
+    }
+
+    /// The driver said goodbye: its tasks stop everywhere.
+    pub(super) fn close(&mut self, conn: ConnId, members: &Membership, out: &mut Vec<Command>) {
+        if let Some(no) = self.by_conn.remove(&conn) {
+            self.end(no, members, out);
+        }
+    }
+
+    fn end(&mut self, no: u64, members: &Membership, out: &mut Vec<Command>) {
+        let Some(session) = self.sessions.remove(&no) else {
+            return;
+        };
+        self.by_job_id.remove(&session.job.id);
+        if let Some(conn) = session.conn {
+            self.by_conn.remove(&conn);
+        }
+        self.ready.retain(|&s| s != no);
+        let mut dropped = 0usize;
+        for task_ref in session.by_task_id.values() {
+            if self.tasks.remove(task_ref).is_some() {
+                dropped += 1;
+            }
+        }
+        info!(session = %session.job.id, job = %session.job.name, delivered = session.delivered,
+              unfinished = dropped, "job ended");
+        for agent in &session.agents {
+            if let Some(agent_conn) = members.get(agent).and_then(|a| a.conn) {
+                out.push(Command::EndJob {
+                    conn: agent_conn,
+                    job_id: session.job.id.clone(),
+                });
+            }
+        }
+    }
+
+    /// Puts every task the agent held back in the queue, under a new attempt.
+    pub(super) fn requeue_from(&mut self, agent: &AgentId, members: &mut Membership) {
+        let Some(a) = members.get_mut(agent) else {
+            return;
+        };
+        let held: Vec<TaskRef> = a.assigned.drain().collect();
+        let mut requeued = 0usize;
+        for task_ref in held {
+            let Some(task) = self.tasks.get_mut(&task_ref) else {
+                continue;
+            };
+            if task.state != TaskState::Running(agent.clone()) {
+                continue;
+            }
+            requeued += 1;
+            self.queue_again(task_ref);
+        }
+        if requeued > 0 {
+            warn!(agent = %agent, tasks = requeued, "requeued the lost agent's tasks");
+        }
+    }
+
+    /// Puts a placed task back in its session's queue, in its original place, under a new
+    /// attempt: a result of the old attempt is dropped from now on.
+    fn queue_again(&mut self, task_ref: TaskRef) {
+        let Some(task) = self.tasks.get_mut(&task_ref) else {
+            return;
+        };
+        task.attempt += 1;
+        task.state = TaskState::Queued;
+        if let Some(session) = self.sessions.get_mut(&task.session) {
+            if session.queue.is_empty() {
+                self.ready.push_back(task.session);
+            }
+            session
+                .queue
+                .push((task.spec.priority, Reverse(task.seq), task_ref));
+        }
+    }
+
+    /// Results from the agent on stream `conn`.
+    pub(super) fn results(
+        &mut self,
+        conn: ConnId,
+        results: Vec<AgentResult>,
+        members: &mut Membership,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(agent) = members.current(conn) else {
+            return; // a stream the core let go of: its tasks were requeued already
+        };
+        let agent_id = agent.id().clone();
+        let host = agent.host.clone();
+        let mut deliveries: HashMap<u64, Vec<DriverResult>> = HashMap::new();
+        for result in results {
+            // The fence first: an old attempt of a task this agent runs again must not take
+            // the new attempt's place in its assignments.
+            let stale_here = self.tasks.get(&result.task_ref).is_some_and(|t| {
+                t.attempt != result.attempt && t.state == TaskState::Running(agent_id.clone())
+            });
+            if stale_here || !agent.assigned.remove(&result.task_ref) {
+                continue;
+            }
+            agent.observe(result.run_ns);
+            let Some(task) = self.tasks.get_mut(&result.task_ref) else {
+                continue; // cancelled, or its driver went away
+            };
+            if task.attempt != result.attempt || task.state != TaskState::Running(agent_id.clone())
+            {
+                continue;
+            }
+            if let Outcome::Failed {
+                kind: FailureKind::WorkerCrashed,
+                message,
+            } = &result.outcome
+            {
+                task.crashed_on.push(host.clone());
+                let message = if task.spec.items > 1 {
+                    // A chunk: the driver runs its items one by one, so that only the item
+                    // that kills workers fails.
+                    format!(
+                        "{message} while running a chunk of {} items",
+                        task.spec.items
+                    )
+                } else if result.crashed_with > 1 && !task.isolated {
+                    // One of several suspects: run it alone before holding it responsible.
+                    task.isolated = true;
+                    debug!(
+                        task = result.task_ref,
+                        "worker crashed with others; running the task alone"
+                    );
+                    self.queue_again(result.task_ref);
+                    continue;
+                } else {
+                    task.isolated = true;
+                    task.crashes += 1;
+                    if task.crashes < self.max_crashes {
+                        debug!(
+                            task = result.task_ref,
+                            "the task crashed its worker; placing it again"
+                        );
+                        self.queue_again(result.task_ref);
+                        continue;
+                    }
+                    format!(
+                        "{message}; the task crashed its worker {} times (on {})",
+                        task.crashes,
+                        task.crashed_on.join(", ")
+                    )
+                };
+                let (session, task_id, attempt) = (task.session, task.spec.task_id, task.attempt);
+                self.tasks.remove(&result.task_ref);
+                deliveries.entry(session).or_default().push(DriverResult {
+                    task_id,
+                    attempt,
+                    agent: host.clone(),
+                    outcome: Outcome::Failed {
+                        kind: FailureKind::WorkerCrashed,
+                        message,
+                    },
+                    run_ns: result.run_ns,
+                });
+                continue;
+            }
+            let (session, task_id, attempt) = (task.session, task.spec.task_id, task.attempt);
+            self.tasks.remove(&result.task_ref);
+            deliveries.entry(session).or_default().push(DriverResult {
+                task_id,
+                attempt,
+                agent: host.clone(),
+                outcome: result.outcome,
+                run_ns: result.run_ns,
+            });
+        }
+        for (no, results) in deliveries {
+            if let Some(session) = self.sessions.get_mut(&no) {
+                for r in &results {
+                    session.by_task_id.remove(&r.task_id);
+                }
+                session.delivered += results.len() as u64;
+                match session.conn {
+                    Some(conn) => out.push(Command::Deliver { conn, results }),
+                    None => session.held.extend(results),
+                }
+            }
+        }
+    }
+
+    /// Where a job's output lines go: its driver's stream.
+    pub(super) fn driver_of(&self, job_id: &str) -> Option<ConnId> {
+        let no = self.by_job_id.get(job_id)?;
+        self.sessions.get(no)?.conn
+    }
+
+    /// Hands queued tasks to agents with room: one at a time to the agent with the most free
+    /// slots, sessions in turn, until every agent holds its slots plus its prefetch queue.
+    pub(super) fn place(&mut self, members: &mut Membership, out: &mut Vec<Command>) {
+        if self.ready.is_empty() {
+            return;
+        }
+        // (free slots, tie-break, agent); free may go below zero down to -prefetch.
+        let mut room: BinaryHeap<(i64, Reverse<usize>, AgentId)> = BinaryHeap::new();
+        let mut floors: HashMap<AgentId, i64> = HashMap::new();
+        for (i, agent) in members.agents().enumerate() {
+            if !agent.accepts_work() {
+                continue;
+            }
+            let slots = agent.hello.resources.cpu_slots;
+            let free = i64::from(slots) - agent.assigned.len() as i64;
+            let floor = -agent.prefetch();
+            // Refill only once half the prefetch is used, then fully: tasks then travel many
+            // to a message instead of one per finished task.
+            if free > floor / 2 {
+                room.push((free, Reverse(i), agent.id().clone()));
+                floors.insert(agent.id().clone(), floor);
+            }
+        }
+        let mut batches: HashMap<(AgentId, u64), Vec<Assigned>> = HashMap::new();
+        while let Some((free, tie, agent_id)) = room.pop() {
+            let Some(task_ref) = self.next_queued() else {
+                break;
+            };
+            let Some(task) = self.tasks.get_mut(&task_ref) else {
+                continue;
+            };
+            task.state = TaskState::Running(agent_id.clone());
+            let session = task.session;
+            let assigned = Assigned {
+                task_ref,
+                attempt: task.attempt,
+                spec: task.spec.clone(),
+                isolated: task.isolated,
+            };
+            if let Some(agent) = members.get_mut(&agent_id) {
+                agent.assigned.insert(task_ref);
+            }
+            batches
+                .entry((agent_id.clone(), session))
+                .or_default()
+                .push(assigned);
+            if free - 1 > floors.get(&agent_id).copied().unwrap_or(0) {
+                room.push((free - 1, tie, agent_id));
+            }
+        }
+        for ((agent_id, no), tasks) in batches {
+            let Some(conn) = members.get(&agent_id).and_then(|a| a.conn) else {
+                continue;
+            };
+            let Some(session) = self.sessions.get_mut(&no) else {
+                continue;
+            };
+            session.agents.insert(agent_id);
+            out.push(Command::Assign {
+                conn,
+                job: session.job.clone(),
+                tasks,
+            });
+        }
+    }
+
+    /// The next task to place, taking sessions in turn.
+    fn next_queued(&mut self) -> Option<TaskRef> {
+        while let Some(no) = self.ready.pop_front() {
+            let Some(session) = self.sessions.get_mut(&no) else {
+                continue;
+            };
+            while let Some((_, _, task_ref)) = session.queue.pop() {
+                let queued = self
+                    .tasks
+                    .get(&task_ref)
+                    .is_some_and(|t| t.state == TaskState::Queued);
+                if queued {
+                    if !session.queue.is_empty() {
+                        self.ready.push_back(no);
+                    }
+                    return Some(task_ref);
+                }
+            }
+        }
+        None
+    }
+
+    pub(super) fn capacity(members: &Membership) -> Capacity {
+        let mut capacity = Capacity::default();
+        for agent in members.agents().filter(|a| a.accepts_work()) {
+            capacity.agents += 1;
+            capacity.cpu_slots += agent.hello.resources.cpu_slots;
+            capacity.gpu_slots += u32::try_from(agent.hello.resources.gpus.len()).unwrap_or(0);
+        }
+        capacity
+    }
+
+    pub(super) fn counts(&self) -> (usize, usize, usize) {
+        let running = self
+            .tasks
+            .values()
+            .filter(|t| matches!(t.state, TaskState::Running(_)))
+            .count();
+        (self.sessions.len(), self.tasks.len() - running, running)
+    }
+
+    pub(super) fn views(&self) -> Vec<JobView> {
+        self.sessions.values().map(|s| self.view(s)).collect()
+    }
+
+    fn view(&self, s: &Session) -> JobView {
+        let running = s
+            .by_task_id
+            .values()
+            .filter(|r| {
+                self.tasks
+                    .get(r)
+                    .is_some_and(|t| matches!(t.state, TaskState::Running(_)))
+            })
+            .count();
+        JobView {
+            job: s.job.clone(),
+            unfinished: s.by_task_id.len() as u64,
+            running: running as u64,
+            delivered: s.delivered,
+            driver_connected: s.conn.is_some(),
+        }
+    }
+
+    /// The session `selector` names: an id, a unique id prefix, or a unique job name.
+    fn select(&self, selector: &str) -> Result<u64, SelectError> {
+        if let Some(&no) = self.by_job_id.get(selector) {
+            return Ok(no);
+        }
+        for matches in [
+            self.sessions
+                .iter()
+                .filter(|(_, s)| !selector.is_empty() && s.job.id.starts_with(selector))
+                .collect::<Vec<_>>(),
+            self.sessions
+                .iter()
+                .filter(|(_, s)| s.job.name == selector)
+                .collect(),
+        ] {
+            match matches.as_slice() {
+                [] => {}
+                [(no, _)] => return Ok(**no),
+                many => {
+                    return Err(SelectError::Ambiguous {
+                        selector: selector.to_owned(),
+                        matches: many.iter().map(|(_, s)| s.job.id.to_string()).collect(),
+                    });
+                }
+            }
+        }
+        Err(SelectError::NotFound(selector.to_owned()))
+    }
+
+    /// Cancels every unfinished task of the job `selector` names (an operator's cancel): its
+    /// driver receives each as cancelled, and the agents stop them. Returns the job and how many
+    /// tasks were cancelled.
+    pub(super) fn cancel_job(
+        &mut self,
+        selector: &str,
+        members: &Membership,
+        out: &mut Vec<Command>,
+    ) -> Result<(JobView, usize), SelectError> {
+        let no = self.select(selector)?;
+        let session = self
+            .sessions
+            .get(&no)
+            .ok_or_else(|| SelectError::NotFound(selector.to_owned()))?;
+        let ids: Vec<u64> = session.by_task_id.keys().copied().collect();
+        let job = session.job.clone();
+        info!(session = %job.id, job = %job.name, tasks = ids.len(), "job cancelled by the operator");
+        match session.conn {
+            Some(conn) => self.cancel(conn, &ids, members, out),
+            None => {
+                // The driver is away: end the job now rather than at the end of its grace.
+                self.end(no, members, out);
+            }
+        }
+        let view = match self.sessions.get(&no) {
+            Some(s) => self.view(s),
+            None => JobView {
+                job,
+                unfinished: 0,
+                running: 0,
+                delivered: 0,
+                driver_connected: false,
+            },
+        };
+        Ok((view, ids.len()))
+    }
+}

@@ -1,0 +1,360 @@
+//! The scheduler's logic as a synchronous state machine: events in, commands out.
+//!
+//! It owns no sockets, clocks or tasks: the caller passes the current time with every event and
+//! carries out the commands. That is what lets the tests drive it through any interleaving of
+//! joins, heartbeats and losses deterministically, with simulated time.
+
+mod jobs;
+mod membership;
+mod types;
+
+pub use membership::{Agent, AgentState, SelectError};
+pub use types::{
+    AgentHello, AgentId, AgentResult, Assigned, BlobRef, Capacity, ConnId, DriverResult,
+    FailureKind, GpuInfo, Job, JobView, Load, Outcome, Resources, SessionOpen, TaskRef, TaskSpec,
+};
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use jobs::Jobs;
+use membership::Membership;
+
+/// The knobs of the core; the shell fills them from the scheduler's settings.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    pub protocol_version: u32,
+    /// An agent silent for longer than this is lost.
+    pub heartbeat_timeout: Duration,
+    /// A lost agent stays listed this long, then is forgotten.
+    pub forget_lost_after: Duration,
+    /// Worker crashes a task may cause before it fails with an error that says so.
+    pub max_crashes: u32,
+    /// How long a job waits for a driver whose stream broke before it is ended.
+    pub driver_grace: Duration,
+}
+
+/// Something that happened, as the shell saw it.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A stream opened and presented its hello.
+    AgentAttached {
+        conn: ConnId,
+        hello: AgentHello,
+    },
+    Heartbeat {
+        conn: ConnId,
+        load: Load,
+    },
+    /// The stream closed or broke.
+    AgentDetached {
+        conn: ConnId,
+    },
+    /// Time passed; timeouts are checked.
+    Tick,
+    /// A driver opened a session (one job).
+    DriverOpened {
+        conn: ConnId,
+        open: SessionOpen,
+    },
+    TasksSubmitted {
+        conn: ConnId,
+        tasks: Vec<TaskSpec>,
+    },
+    TasksCancelled {
+        conn: ConnId,
+        task_ids: Vec<u64>,
+    },
+    /// The driver's stream broke: its job waits for it to come back, for a while.
+    DriverDetached {
+        conn: ConnId,
+    },
+    /// The driver said goodbye: its job ends now.
+    DriverClosed {
+        conn: ConnId,
+    },
+    AgentResults {
+        conn: ConnId,
+        results: Vec<AgentResult>,
+    },
+    /// Lines a job's tasks printed on an agent.
+    AgentOutput {
+        conn: ConnId,
+        job_id: String,
+        lines: Vec<OutputLine>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutputLine {
+    pub stderr: bool,
+    pub text: String,
+}
+
+/// Something the shell must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    Welcome {
+        conn: ConnId,
+        draining: bool,
+    },
+    /// Refuse the stream with this reason; the agent is not a member.
+    Refuse {
+        conn: ConnId,
+        reason: Refusal,
+    },
+    /// Close a stream the core no longer listens to.
+    Disconnect {
+        conn: ConnId,
+        reason: String,
+    },
+    NotifyDrain {
+        conn: ConnId,
+        draining: bool,
+    },
+    SessionOpened {
+        conn: ConnId,
+        capacity: Capacity,
+    },
+    /// Run these tasks of this job (agent stream).
+    Assign {
+        conn: ConnId,
+        job: Arc<Job>,
+        tasks: Vec<Assigned>,
+    },
+    /// Stop these tasks if they have not finished (agent stream).
+    CancelOnAgent {
+        conn: ConnId,
+        refs: Vec<TaskRef>,
+    },
+    /// The job's driver is gone: stop its worker (agent stream).
+    EndJob {
+        conn: ConnId,
+        job_id: Arc<str>,
+    },
+    /// Results for a driver (session stream).
+    Deliver {
+        conn: ConnId,
+        results: Vec<DriverResult>,
+    },
+    /// Output of the driver's tasks (session stream).
+    ForwardOutput {
+        conn: ConnId,
+        agent: Arc<str>,
+        lines: Vec<OutputLine>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    #[error(
+        "protocol version mismatch: the {peer} speaks protocol {theirs}, this scheduler speaks protocol {scheduler}"
+    )]
+    ProtocolMismatch {
+        peer: &'static str,
+        theirs: u32,
+        scheduler: u32,
+    },
+    #[error("invalid hello: {0}")]
+    InvalidHello(String),
+}
+
+pub struct Core {
+    config: CoreConfig,
+    membership: Membership,
+    jobs: Jobs,
+}
+
+impl Core {
+    pub fn new(config: CoreConfig) -> Self {
+        Self {
+            jobs: Jobs::new(config.max_crashes),
+            config,
+            membership: Membership::default(),
+        }
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    /// Whether a peer's protocol version is this scheduler's; refuses the stream otherwise.
+    fn speaks(
+        &self,
+        conn: ConnId,
+        peer: &'static str,
+        version: u32,
+        out: &mut Vec<Command>,
+    ) -> bool {
+        if version == self.config.protocol_version {
+            return true;
+        }
+        out.push(Command::Refuse {
+            conn,
+            reason: Refusal::ProtocolMismatch {
+                peer,
+                theirs: version,
+                scheduler: self.config.protocol_version,
+            },
+        });
+        false
+    }
+
+    /// Applies one event at time `now`, appending what must be done to `out`.
+    pub fn handle(&mut self, now: Instant, event: Event, out: &mut Vec<Command>) {
+        match event {
+            Event::AgentAttached { conn, hello } => {
+                if !self.speaks(conn, "agent", hello.protocol_version, out) {
+                    return;
+                }
+                if let Err(why) = hello.validate() {
+                    out.push(Command::Refuse {
+                        conn,
+                        reason: Refusal::InvalidHello(why),
+                    });
+                    return;
+                }
+                // An agent that comes back has dropped whatever it held: place that again.
+                self.jobs
+                    .requeue_from(&hello.agent_id, &mut self.membership);
+                self.membership.attach(now, conn, hello, out);
+                self.jobs.place(&mut self.membership, out);
+            }
+            Event::Heartbeat { conn, load } => self.membership.heartbeat(now, conn, load),
+            Event::AgentDetached { conn } => {
+                if let Some(lost) = self.membership.detach(now, conn) {
+                    self.jobs.requeue_from(&lost, &mut self.membership);
+                    self.jobs.place(&mut self.membership, out);
+                }
+            }
+            Event::Tick => {
+                let lost = self.membership.expire(
+                    now,
+                    self.config.heartbeat_timeout,
+                    self.config.forget_lost_after,
+                    out,
+                );
+                for agent in &lost {
+                    self.jobs.requeue_from(agent, &mut self.membership);
+                }
+                self.jobs
+                    .expire(now, self.config.driver_grace, &self.membership, out);
+                if !lost.is_empty() {
+                    self.jobs.place(&mut self.membership, out);
+                }
+            }
+            Event::DriverOpened { conn, open } => {
+                if !self.speaks(conn, "driver", open.protocol_version, out) {
+                    return;
+                }
+                // The confirmation goes first; results held for a returning driver follow.
+                let mark = out.len();
+                if let Some(old) = self.jobs.open(conn, open, out) {
+                    out.push(Command::Disconnect {
+                        conn: old,
+                        reason: "the driver opened its session again on a new stream".into(),
+                    });
+                }
+                out.insert(
+                    mark,
+                    Command::SessionOpened {
+                        conn,
+                        capacity: Jobs::capacity(&self.membership),
+                    },
+                );
+            }
+            Event::TasksSubmitted { conn, tasks } => {
+                self.jobs.submit(conn, tasks, out);
+                self.jobs.place(&mut self.membership, out);
+            }
+            Event::TasksCancelled { conn, task_ids } => {
+                self.jobs.cancel(conn, &task_ids, &self.membership, out);
+                self.jobs.place(&mut self.membership, out);
+            }
+            Event::DriverDetached { conn } => self.jobs.detach(conn, now),
+            Event::DriverClosed { conn } => {
+                self.jobs.close(conn, &self.membership, out);
+                self.jobs.place(&mut self.membership, out);
+            }
+            Event::AgentResults { conn, results } => {
+                self.jobs.results(conn, results, &mut self.membership, out);
+                self.jobs.place(&mut self.membership, out);
+            }
+            Event::AgentOutput {
+                conn,
+                job_id,
+                lines,
+            } => {
+                let Some(agent) = self.membership.current(conn) else {
+                    return;
+                };
+                let agent = agent.host.clone();
+                if let Some(driver) = self.jobs.driver_of(&job_id) {
+                    out.push(Command::ForwardOutput {
+                        conn: driver,
+                        agent,
+                        lines,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The jobs now open, as operators see them.
+    pub fn jobs(&self) -> Vec<JobView> {
+        self.jobs.views()
+    }
+
+    /// Cancels every unfinished task of the job `selector` names (id, id prefix or name).
+    pub fn cancel_job(
+        &mut self,
+        selector: &str,
+        out: &mut Vec<Command>,
+    ) -> Result<(JobView, usize), SelectError> {
+        let result = self.jobs.cancel_job(selector, &self.membership, out);
+        self.jobs.place(&mut self.membership, out);
+        result
+    }
+
+    /// (sessions, queued tasks, running tasks).
+    pub fn task_counts(&self) -> (usize, usize, usize) {
+        self.jobs.counts()
+    }
+
+    pub fn is_session(&self, conn: ConnId) -> bool {
+        self.jobs.is_session(conn)
+    }
+
+    /// Drains or undrains the agent that `selector` names (id, id prefix or hostname).
+    pub fn set_drain(
+        &mut self,
+        selector: &str,
+        draining: bool,
+        out: &mut Vec<Command>,
+    ) -> Result<&Agent, SelectError> {
+        let agent = self
+            .membership
+            .set_drain(selector, draining, out)?
+            .id()
+            .clone();
+        if !draining {
+            self.jobs.place(&mut self.membership, out);
+        }
+        self.membership
+            .get(&agent)
+            .ok_or_else(|| SelectError::NotFound(selector.to_owned()))
+    }
+
+    pub fn agents(&self) -> impl Iterator<Item = &Agent> {
+        self.membership.agents()
+    }
+
+    pub fn agent(&self, id: &AgentId) -> Option<&Agent> {
+        self.membership.get(id)
+    }
+}
+
+#[cfg(test)]
+mod tests;

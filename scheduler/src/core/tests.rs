@@ -1,0 +1,796 @@
+//! The core driven by simulated events and time.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Sim {
+    core: Core,
+    now: Instant,
+    out: Vec<Command>,
+}
+
+impl Sim {
+    fn new() -> Self {
+        Self {
+            core: Core::new(CoreConfig {
+                protocol_version: 1,
+                heartbeat_timeout: TIMEOUT,
+                forget_lost_after: Duration::from_secs(3600),
+                max_crashes: 3,
+                driver_grace: Duration::from_secs(5),
+            }),
+            now: Instant::now(),
+            out: Vec::new(),
+        }
+    }
+
+    fn at(&mut self, secs: f64) -> &mut Self {
+        self.now += Duration::from_secs_f64(secs);
+        self
+    }
+
+    fn send(&mut self, event: Event) -> Vec<Command> {
+        self.out.clear();
+        self.core.handle(self.now, event, &mut self.out);
+        std::mem::take(&mut self.out)
+    }
+
+    fn join(&mut self, conn: ConnId, id: &str) -> Vec<Command> {
+        self.send(Event::AgentAttached {
+            conn,
+            hello: hello(id),
+        })
+    }
+
+    fn state(&self, id: &str) -> AgentState {
+        self.core
+            .agent(&AgentId(id.into()))
+            .expect("agent is listed")
+            .state()
+    }
+}
+
+fn hello(id: &str) -> AgentHello {
+    AgentHello {
+        protocol_version: 1,
+        agent_id: AgentId(id.into()),
+        hostname: format!("host-{id}"),
+        resources: Resources {
+            cpus: 4,
+            cpu_slots: 4,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_joining_agent_is_welcomed_and_alive() {
+    let mut sim = Sim::new();
+    assert_eq!(
+        sim.join(1, "a"),
+        vec![Command::Welcome {
+            conn: 1,
+            draining: false
+        }]
+    );
+    assert_eq!(sim.state("a"), AgentState::Alive);
+}
+
+#[test]
+fn heartbeats_keep_an_agent_alive_and_silence_loses_it() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    for _ in 0..10 {
+        sim.at(1.0);
+        sim.send(Event::Heartbeat {
+            conn: 1,
+            load: Load::default(),
+        });
+        assert!(sim.send(Event::Tick).is_empty());
+    }
+    assert_eq!(sim.state("a"), AgentState::Alive);
+    sim.at(5.5);
+    let cmds = sim.send(Event::Tick);
+    assert!(
+        matches!(cmds.as_slice(), [Command::Disconnect { conn: 1, .. }]),
+        "{cmds:?}"
+    );
+    assert_eq!(sim.state("a"), AgentState::Lost);
+    // A heartbeat on the stream the core let go of does not revive it.
+    sim.send(Event::Heartbeat {
+        conn: 1,
+        load: Load::default(),
+    });
+    assert_eq!(sim.state("a"), AgentState::Lost);
+}
+
+#[test]
+fn a_closed_stream_loses_the_agent_and_a_rejoin_revives_it_under_the_same_id() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    sim.join(2, "b");
+    sim.send(Event::AgentDetached { conn: 1 });
+    assert_eq!(sim.state("a"), AgentState::Lost);
+    assert_eq!(sim.state("b"), AgentState::Alive);
+    sim.at(2.0);
+    sim.join(3, "a");
+    assert_eq!(sim.state("a"), AgentState::Alive);
+    assert_eq!(sim.core.agents().count(), 2);
+}
+
+#[test]
+fn the_old_stream_closing_after_a_rejoin_does_not_lose_the_agent() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    // The agent reconnects before the scheduler noticed the first stream was dead.
+    let cmds = sim.join(2, "a");
+    assert!(cmds.contains(&Command::Disconnect {
+        conn: 1,
+        reason: "replaced by a newer stream from the same agent".into()
+    }));
+    sim.send(Event::AgentDetached { conn: 1 });
+    assert_eq!(sim.state("a"), AgentState::Alive);
+    sim.send(Event::AgentDetached { conn: 2 });
+    assert_eq!(sim.state("a"), AgentState::Lost);
+}
+
+#[test]
+fn a_protocol_mismatch_is_refused_naming_both_versions() {
+    let mut sim = Sim::new();
+    let mut h = hello("a");
+    h.protocol_version = 2;
+    let cmds = sim.send(Event::AgentAttached { conn: 1, hello: h });
+    let [Command::Refuse { reason, .. }] = cmds.as_slice() else {
+        panic!("{cmds:?}")
+    };
+    let text = reason.to_string();
+    assert!(
+        text.contains("protocol 2") && text.contains("protocol 1"),
+        "{text}"
+    );
+    assert_eq!(sim.core.agents().count(), 0);
+}
+
+#[test]
+fn malformed_hellos_are_refused() {
+    let mut sim = Sim::new();
+    for bad in ["", "has space", "../etc"] {
+        let cmds = sim.send(Event::AgentAttached {
+            conn: 1,
+            hello: hello(bad),
+        });
+        assert!(
+            matches!(
+                cmds.as_slice(),
+                [Command::Refuse {
+                    reason: Refusal::InvalidHello(_),
+                    ..
+                }]
+            ),
+            "{bad}: {cmds:?}"
+        );
+    }
+    let mut h = hello("a");
+    h.resources.cpu_slots = 0;
+    let cmds = sim.send(Event::AgentAttached { conn: 1, hello: h });
+    assert!(matches!(cmds.as_slice(), [Command::Refuse { .. }]));
+    assert_eq!(sim.core.agents().count(), 0);
+}
+
+#[test]
+fn drain_is_told_to_the_agent_and_survives_a_reconnect() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    let mut out = Vec::new();
+    sim.core.set_drain("a", true, &mut out).unwrap();
+    assert_eq!(
+        out,
+        vec![Command::NotifyDrain {
+            conn: 1,
+            draining: true
+        }]
+    );
+    assert_eq!(sim.state("a"), AgentState::Draining);
+    sim.send(Event::AgentDetached { conn: 1 });
+    assert_eq!(sim.state("a"), AgentState::Lost);
+    assert_eq!(
+        sim.join(2, "a"),
+        vec![Command::Welcome {
+            conn: 2,
+            draining: true
+        }]
+    );
+    assert_eq!(sim.state("a"), AgentState::Draining);
+    out.clear();
+    sim.core.set_drain("a", false, &mut out).unwrap();
+    assert_eq!(sim.state("a"), AgentState::Alive);
+}
+
+#[test]
+fn agents_are_selected_by_id_prefix_or_hostname() {
+    let mut sim = Sim::new();
+    sim.join(1, "abc1");
+    sim.join(2, "abc2");
+    sim.join(3, "xyz");
+    let mut out = Vec::new();
+    assert_eq!(
+        sim.core.set_drain("x", true, &mut out).unwrap().id().0,
+        "xyz"
+    );
+    assert_eq!(
+        sim.core
+            .set_drain("host-abc2", true, &mut out)
+            .unwrap()
+            .id()
+            .0,
+        "abc2"
+    );
+    assert!(matches!(
+        sim.core.set_drain("abc", true, &mut out),
+        Err(SelectError::Ambiguous { .. })
+    ));
+    assert!(matches!(
+        sim.core.set_drain("nope", true, &mut out),
+        Err(SelectError::NotFound(_))
+    ));
+    assert!(matches!(
+        sim.core.set_drain("", true, &mut out),
+        Err(SelectError::NotFound(_))
+    ));
+}
+
+#[test]
+fn lost_agents_are_forgotten_after_a_while() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    sim.send(Event::AgentDetached { conn: 1 });
+    sim.at(3000.0);
+    sim.send(Event::Tick);
+    assert_eq!(sim.core.agents().count(), 1);
+    sim.at(700.0);
+    sim.send(Event::Tick);
+    assert_eq!(sim.core.agents().count(), 0);
+}
+
+// ---- tasks ----
+
+fn open(sim: &mut Sim, conn: ConnId) {
+    let cmds = sim.send(Event::DriverOpened {
+        conn,
+        open: SessionOpen {
+            protocol_version: 1,
+            session_id: format!("s{conn}"),
+            job_name: "job".into(),
+            ..Default::default()
+        },
+    });
+    assert!(
+        matches!(cmds.as_slice(), [Command::SessionOpened { .. }]),
+        "{cmds:?}"
+    );
+}
+
+fn spec(task_id: u64) -> TaskSpec {
+    TaskSpec {
+        task_id,
+        function: "f".into(),
+        items: 1,
+        ..Default::default()
+    }
+}
+
+fn submit(sim: &mut Sim, conn: ConnId, ids: std::ops::Range<u64>) -> Vec<Command> {
+    sim.send(Event::TasksSubmitted {
+        conn,
+        tasks: ids.map(spec).collect(),
+    })
+}
+
+/// (agent conn, task_ref, attempt) of every assignment.
+fn assignments(cmds: &[Command]) -> Vec<(ConnId, TaskRef, u32)> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Assign { conn, tasks, .. } => Some(
+                tasks
+                    .iter()
+                    .map(|t| (*conn, t.task_ref, t.attempt))
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn delivered(cmds: &[Command]) -> Vec<(u64, Outcome)> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Deliver { results, .. } => Some(
+                results
+                    .iter()
+                    .map(|r| (r.task_id, r.outcome.clone()))
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn ok(task_ref: TaskRef, attempt: u32) -> AgentResult {
+    AgentResult {
+        task_ref,
+        attempt,
+        outcome: Outcome::Output(bytes::Bytes::from_static(b"ok")),
+        run_ns: 1_000_000,
+        crashed_with: 0,
+    }
+}
+
+#[test]
+fn tasks_are_spread_over_agents_up_to_slots_and_prefetch() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    sim.join(2, "b");
+    open(&mut sim, 10);
+    let placed = assignments(&submit(&mut sim, 10, 0..100));
+    // 4 slots each, plus one task per slot of prefetch before any task time is known.
+    assert_eq!(placed.len(), 16, "{placed:?}");
+    assert_eq!(placed.iter().filter(|p| p.0 == 1).count(), 8);
+    assert_eq!(placed.iter().filter(|p| p.0 == 2).count(), 8);
+    // A result of 1 ms teaches the core that 2 tasks per slot cover its 2 ms of prefetch:
+    // the agent is topped up to 4 running + 8 queued, in one assignment.
+    let (conn, task_ref, attempt) = placed[0];
+    let cmds = sim.send(Event::AgentResults {
+        conn,
+        results: vec![ok(task_ref, attempt)],
+    });
+    assert_eq!(delivered(&cmds).len(), 1);
+    let refill = assignments(&cmds);
+    assert_eq!(refill.len(), 5, "{refill:?}");
+    assert!(refill.iter().all(|p| p.0 == conn));
+}
+
+#[test]
+fn a_lost_agents_tasks_run_elsewhere_and_its_late_results_are_dropped() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    open(&mut sim, 10);
+    let first = assignments(&submit(&mut sim, 10, 0..2));
+    assert_eq!(first.len(), 2);
+    // The agent falls silent; another joins and gets the tasks under attempt 2.
+    sim.join(2, "b");
+    sim.at(6.0);
+    sim.send(Event::Heartbeat {
+        conn: 2,
+        load: Load::default(),
+    });
+    let cmds = sim.send(Event::Tick);
+    let again = assignments(&cmds);
+    assert_eq!(again.len(), 2, "{cmds:?}");
+    assert!(
+        again
+            .iter()
+            .all(|&(conn, _, attempt)| conn == 2 && attempt == 2)
+    );
+    // The old agent's results (old stream, old attempt) are dropped...
+    let late = sim.send(Event::AgentResults {
+        conn: 1,
+        results: first.iter().map(|&(_, r, a)| ok(r, a)).collect(),
+    });
+    assert!(delivered(&late).is_empty());
+    // ...even if it comes back and reports them on a new stream.
+    sim.join(3, "a");
+    let late = sim.send(Event::AgentResults {
+        conn: 3,
+        results: first.iter().map(|&(_, r, a)| ok(r, a)).collect(),
+    });
+    assert!(delivered(&late).is_empty(), "{late:?}");
+    // The new attempts complete, once each.
+    let results: Vec<_> = again.iter().map(|&(_, r, a)| ok(r, a)).collect();
+    let done = sim.send(Event::AgentResults {
+        conn: 2,
+        results: results.clone(),
+    });
+    assert_eq!(delivered(&done).len(), 2);
+    let twice = sim.send(Event::AgentResults { conn: 2, results });
+    assert!(delivered(&twice).is_empty());
+}
+
+#[test]
+fn a_result_racing_the_agents_loss_is_dropped_and_the_task_runs_again() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    sim.join(2, "b");
+    open(&mut sim, 10);
+    let placed = assignments(&submit(&mut sim, 10, 0..1));
+    let (conn, task_ref, attempt) = placed[0];
+    let other = if conn == 1 { 2 } else { 1 };
+    // The stream closes before its result is read.
+    let cmds = sim.send(Event::AgentDetached { conn });
+    let again = assignments(&cmds);
+    assert_eq!(again, vec![(other, task_ref, attempt + 1)]);
+    assert!(
+        delivered(&sim.send(Event::AgentResults {
+            conn,
+            results: vec![ok(task_ref, attempt)]
+        }))
+        .is_empty()
+    );
+    let done = sim.send(Event::AgentResults {
+        conn: other,
+        results: vec![ok(task_ref, attempt + 1)],
+    });
+    assert_eq!(delivered(&done).len(), 1);
+}
+
+#[test]
+fn cancelled_tasks_are_answered_at_once_and_their_results_dropped() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    open(&mut sim, 10);
+    let placed = assignments(&submit(&mut sim, 10, 0..20));
+    let (_, running_ref, attempt) = placed[0];
+    let cmds = sim.send(Event::TasksCancelled {
+        conn: 10,
+        task_ids: vec![0, 19],
+    });
+    let answered = delivered(&cmds);
+    assert_eq!(answered.len(), 2);
+    assert!(answered.iter().all(|(_, o)| matches!(
+        o,
+        Outcome::Failed {
+            kind: FailureKind::Cancelled,
+            ..
+        }
+    )));
+    assert!(
+        cmds.iter().any(
+            |c| matches!(c, Command::CancelOnAgent { refs, .. } if refs == &vec![running_ref])
+        )
+    );
+    let late = sim.send(Event::AgentResults {
+        conn: 1,
+        results: vec![ok(running_ref, attempt)],
+    });
+    assert!(delivered(&late).is_empty());
+}
+
+#[test]
+fn a_gone_driver_ends_its_job_on_the_agents_and_frees_them() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    open(&mut sim, 10);
+    open(&mut sim, 11);
+    submit(&mut sim, 10, 0..50);
+    // The stream breaks: the job waits for its driver through the grace period, then ends.
+    assert!(sim.send(Event::DriverDetached { conn: 10 }).is_empty());
+    sim.at(4.0);
+    sim.send(Event::Heartbeat {
+        conn: 1,
+        load: Load::default(),
+    });
+    assert!(sim.send(Event::Tick).is_empty());
+    sim.at(1.5);
+    sim.send(Event::Heartbeat {
+        conn: 1,
+        load: Load::default(),
+    });
+    let cmds = sim.send(Event::Tick);
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::EndJob { conn: 1, .. })),
+        "{cmds:?}"
+    );
+    // Another job's tasks take the room once the agent reports the dropped ones.
+    let placed = assignments(&submit(&mut sim, 11, 0..5));
+    assert!(
+        placed.is_empty(),
+        "the agent is still full of the gone job's tasks"
+    );
+    let refs: Vec<AgentResult> = (1..=8)
+        .map(|r| AgentResult {
+            task_ref: r,
+            attempt: 1,
+            outcome: Outcome::Failed {
+                kind: FailureKind::Cancelled,
+                message: String::new(),
+            },
+            run_ns: 0,
+            crashed_with: 1,
+        })
+        .collect();
+    let cmds = sim.send(Event::AgentResults {
+        conn: 1,
+        results: refs,
+    });
+    assert!(delivered(&cmds).is_empty());
+    assert_eq!(assignments(&cmds).len(), 5);
+    assert_eq!(sim.core.task_counts(), (1, 0, 5));
+}
+
+#[test]
+fn a_task_that_keeps_crashing_its_worker_fails_after_the_limit() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    open(&mut sim, 10);
+    let mut placed = assignments(&submit(&mut sim, 10, 0..1));
+    for round in 1..=3 {
+        let (conn, task_ref, attempt) = placed[0];
+        let crash = AgentResult {
+            task_ref,
+            attempt,
+            outcome: Outcome::Failed {
+                kind: FailureKind::WorkerCrashed,
+                message: "killed by signal 6 SIGABRT".into(),
+            },
+            run_ns: 0,
+            crashed_with: 1,
+        };
+        let cmds = sim.send(Event::AgentResults {
+            conn,
+            results: vec![crash],
+        });
+        if round < 3 {
+            assert!(delivered(&cmds).is_empty());
+            placed = assignments(&cmds);
+            assert_eq!(placed[0].2, attempt + 1);
+        } else {
+            let failed = delivered(&cmds);
+            let [
+                (
+                    0,
+                    Outcome::Failed {
+                        kind: FailureKind::WorkerCrashed,
+                        message,
+                    },
+                ),
+            ] = failed.as_slice()
+            else {
+                panic!("{failed:?}")
+            };
+            assert!(
+                message.contains("SIGABRT")
+                    && message.contains("3 times")
+                    && message.contains("host-a"),
+                "{message}"
+            );
+        }
+    }
+}
+
+#[test]
+fn sessions_share_the_cluster_in_turn() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    open(&mut sim, 10);
+    open(&mut sim, 11);
+    // Both jobs queue before the agent has room: it joins after.
+    sim.send(Event::AgentDetached { conn: 1 });
+    submit(&mut sim, 10, 0..100);
+    submit(&mut sim, 11, 0..100);
+    let cmds = sim.join(2, "a");
+    let mut per_job = std::collections::HashMap::new();
+    for c in &cmds {
+        if let Command::Assign { job, tasks, .. } = c {
+            *per_job.entry(job.id.to_string()).or_insert(0) += tasks.len();
+        }
+    }
+    assert_eq!(per_job.get("s10"), per_job.get("s11"), "{per_job:?}");
+}
+
+#[test]
+fn a_driver_that_comes_back_in_time_gets_the_results_of_its_absence() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    open(&mut sim, 10);
+    let placed = assignments(&submit(&mut sim, 10, 0..2));
+    sim.send(Event::DriverDetached { conn: 10 });
+    // Results arrive while it is away: held, not lost.
+    let cmds = sim.send(Event::AgentResults {
+        conn: 1,
+        results: vec![ok(placed[0].1, placed[0].2)],
+    });
+    assert!(delivered(&cmds).is_empty());
+    // It reopens the same session on a new stream and resubmits what it had no result for.
+    let cmds = sim.send(Event::DriverOpened {
+        conn: 11,
+        open: SessionOpen {
+            protocol_version: 1,
+            session_id: "s10".into(),
+            job_name: "job".into(),
+            ..Default::default()
+        },
+    });
+    assert!(
+        matches!(cmds.first(), Some(Command::SessionOpened { conn: 11, .. })),
+        "{cmds:?}"
+    );
+    assert_eq!(
+        delivered(&cmds),
+        vec![(0, Outcome::Output(bytes::Bytes::from_static(b"ok")))]
+    );
+    // Task 1 is still known: resubmitting it does not run it twice.
+    assert!(assignments(&submit(&mut sim, 11, 1..2)).is_empty());
+    let cmds = sim.send(Event::AgentResults {
+        conn: 1,
+        results: vec![ok(placed[1].1, placed[1].2)],
+    });
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::Deliver { conn: 11, .. })),
+        "{cmds:?}"
+    );
+    assert_eq!(sim.core.task_counts(), (1, 0, 0));
+}
+
+#[test]
+fn a_stale_attempt_on_the_same_agent_does_not_displace_the_current_one() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    open(&mut sim, 10);
+    let (_, task_ref, attempt) = assignments(&submit(&mut sim, 10, 0..1))[0];
+    // The agent reconnects: its task is placed on it again under attempt 2.
+    let again = assignments(&sim.join(2, "a"));
+    assert_eq!(again, vec![(2, task_ref, attempt + 1)]);
+    // A late report of attempt 1 on the new stream changes nothing...
+    assert!(
+        delivered(&sim.send(Event::AgentResults {
+            conn: 2,
+            results: vec![ok(task_ref, attempt)]
+        }))
+        .is_empty()
+    );
+    // ...and attempt 2 still completes.
+    let done = sim.send(Event::AgentResults {
+        conn: 2,
+        results: vec![ok(task_ref, attempt + 1)],
+    });
+    assert_eq!(delivered(&done).len(), 1);
+}
+
+fn crash(task_ref: TaskRef, attempt: u32, crashed_with: u32) -> AgentResult {
+    AgentResult {
+        task_ref,
+        attempt,
+        outcome: Outcome::Failed {
+            kind: FailureKind::WorkerCrashed,
+            message: "killed by signal 6 SIGABRT".into(),
+        },
+        run_ns: 0,
+        crashed_with,
+    }
+}
+
+#[test]
+fn a_task_that_crashed_with_others_runs_alone_before_it_is_charged() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    open(&mut sim, 10);
+    let (conn, task_ref, attempt) = assignments(&submit(&mut sim, 10, 0..1))[0];
+    // Three tasks were in the worker when it died: not charged, placed again to run alone.
+    let cmds = sim.send(Event::AgentResults {
+        conn,
+        results: vec![crash(task_ref, attempt, 3)],
+    });
+    assert!(delivered(&cmds).is_empty());
+    let isolated: Vec<bool> = cmds
+        .iter()
+        .filter_map(|c| match c {
+            Command::Assign { tasks, .. } => {
+                Some(tasks.iter().map(|t| t.isolated).collect::<Vec<_>>())
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(isolated, vec![true]);
+    // Alone, it is charged: two more crashes (three in all) and it fails.
+    let mut attempt = attempt + 1;
+    for _ in 0..2 {
+        let cmds = sim.send(Event::AgentResults {
+            conn,
+            results: vec![crash(task_ref, attempt, 1)],
+        });
+        assert!(delivered(&cmds).is_empty());
+        attempt += 1;
+    }
+    let cmds = sim.send(Event::AgentResults {
+        conn,
+        results: vec![crash(task_ref, attempt, 1)],
+    });
+    let failed = delivered(&cmds);
+    assert!(
+        matches!(
+            failed.as_slice(),
+            [(
+                0,
+                Outcome::Failed {
+                    kind: FailureKind::WorkerCrashed,
+                    ..
+                }
+            )]
+        ),
+        "{failed:?}"
+    );
+}
+
+#[test]
+fn a_crashed_chunk_goes_back_to_its_driver_to_be_split() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    open(&mut sim, 10);
+    let mut chunk = spec(0);
+    chunk.items = 50;
+    let cmds = sim.send(Event::TasksSubmitted {
+        conn: 10,
+        tasks: vec![chunk],
+    });
+    let (conn, task_ref, attempt) = assignments(&cmds)[0];
+    let cmds = sim.send(Event::AgentResults {
+        conn,
+        results: vec![crash(task_ref, attempt, 1)],
+    });
+    let failed = delivered(&cmds);
+    let [
+        (
+            0,
+            Outcome::Failed {
+                kind: FailureKind::WorkerCrashed,
+                message,
+            },
+        ),
+    ] = failed.as_slice()
+    else {
+        panic!("{failed:?}")
+    };
+    assert!(message.contains("chunk of 50 items"), "{message}");
+}
+
+#[test]
+fn a_cancel_racing_a_crash_requeue_is_answered_once() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    open(&mut sim, 10);
+    let (conn, task_ref, attempt) = assignments(&submit(&mut sim, 10, 0..1))[0];
+    // The worker crashes (alone): the task is placed again under attempt 2...
+    let again = assignments(&sim.send(Event::AgentResults {
+        conn,
+        results: vec![crash(task_ref, attempt, 1)],
+    }));
+    assert_eq!(again, vec![(conn, task_ref, attempt + 1)]);
+    // ...and the driver cancels it: answered at once, stopped on the agent.
+    let cmds = sim.send(Event::TasksCancelled {
+        conn: 10,
+        task_ids: vec![0],
+    });
+    assert!(matches!(
+        delivered(&cmds).as_slice(),
+        [(
+            0,
+            Outcome::Failed {
+                kind: FailureKind::Cancelled,
+                ..
+            }
+        )]
+    ));
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::CancelOnAgent { refs, .. } if refs == &vec![task_ref]))
+    );
+    // Whatever either attempt reports later is dropped.
+    for a in [attempt, attempt + 1] {
+        assert!(
+            delivered(&sim.send(Event::AgentResults {
+                conn,
+                results: vec![ok(task_ref, a)]
+            }))
+            .is_empty()
+        );
+    }
+    assert_eq!(sim.core.task_counts(), (1, 0, 0));
+}

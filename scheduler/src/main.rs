@@ -1,0 +1,290 @@
+//! `ladle-scheduler`: the server (`serve`) and the management CLI (every other command).
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use ladle_common::{
+    settings::{self, SettingsError, Sources},
+    token::Token,
+};
+use ladle_scheduler::{
+    cli::{self, Target},
+    server,
+    settings::SchedulerSettings,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "ladle-scheduler",
+    version,
+    about = "Ladle's scheduler and its management CLI"
+)]
+struct Cli {
+    /// TOML settings file (the same file serves `serve` and, for its token and port, the CLI).
+    #[arg(long, global = true, env = "LADLE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the scheduler.
+    Serve(ServeArgs),
+    /// List the agents and their state.
+    Agents {
+        /// Print JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// One-screen summary of the cluster.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// List the running jobs (one per driver session).
+    Jobs {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Cancel a job's unfinished tasks (id, id prefix or name): its driver's futures fail as
+    /// cancelled and the agents stop the work.
+    Cancel {
+        job: String,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Stop placing new work on an agent (id, id prefix or hostname).
+    Drain {
+        agent: String,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Let a drained agent take work again.
+    Undrain {
+        agent: String,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Interface to listen on [default: 0.0.0.0 with a token, 127.0.0.1 without].
+    #[arg(long)]
+    bind: Option<String>,
+    /// Port to listen on; 0 picks a free one [default: 7070].
+    #[arg(long)]
+    port: Option<u16>,
+    /// Cluster name [default: default].
+    #[arg(long)]
+    cluster: Option<String>,
+    /// Write the scheduler's address to this file once it listens.
+    #[arg(long, value_name = "FILE")]
+    address_file: Option<PathBuf>,
+    /// Address clients should use, when it differs from what the scheduler sees.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// An agent silent for this long is lost (e.g. "5s").
+    #[arg(long)]
+    heartbeat_timeout: Option<String>,
+}
+
+#[derive(Args)]
+struct TargetArgs {
+    /// The scheduler to talk to [default: this machine, on the configured port].
+    #[arg(long, env = "LADLE_SCHEDULER")]
+    scheduler: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, Command::Serve(_));
+    ladle_common::logging::init(if serving {
+        "warn,ladle_scheduler=info"
+    } else {
+        "warn"
+    });
+    let settings = match load_settings(&cli) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("ladle-scheduler: {err}");
+            return ExitCode::from(SettingsError::EXIT_CODE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("ladle-scheduler: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ladle-scheduler: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_settings(cli: &Cli) -> Result<SchedulerSettings, SettingsError> {
+    let mut flags: Vec<(&'static str, config::Value)> = Vec::new();
+    if let Command::Serve(args) = &cli.command {
+        let mut put = |key, value: Option<String>| {
+            if let Some(value) = value {
+                flags.push((key, config::Value::from(value)));
+            }
+        };
+        put("bind", args.bind.clone());
+        put("port", args.port.map(|p| p.to_string()));
+        put("cluster", args.cluster.clone());
+        put(
+            "address_file",
+            args.address_file.as_ref().map(|p| p.display().to_string()),
+        );
+        put("advertise", args.advertise.clone());
+        put("heartbeat_timeout", args.heartbeat_timeout.clone());
+    }
+    settings::load(
+        &SchedulerSettings::default(),
+        Sources {
+            file: cli.config.as_deref(),
+            flags,
+            env: None,
+        },
+    )
+}
+
+async fn run(command: Command, settings: SchedulerSettings) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(_) => {
+            let listening = server::listen(settings).await?;
+            listening.serve(shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Agents { json, target } => {
+            let target = target_of(&target, &settings)?;
+            let rows = target.agents().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{}", cli::agents_table(&rows));
+            }
+            Ok(())
+        }
+        Command::Status { json, target } => {
+            let target = target_of(&target, &settings)?;
+            let status = target.status().await?;
+            if json {
+                let value = serde_json::json!({
+                    "cluster": status.cluster,
+                    "scheduler_version": status.scheduler_version,
+                    "protocol_version": status.protocol_version,
+                    "uptime_ms": status.uptime_ms,
+                    "token_required": status.token_required,
+                    "agents": { "alive": status.agents_alive, "draining": status.agents_draining, "lost": status.agents_lost },
+                    "cpu_slots": { "busy": status.cpu_slots_busy, "total": status.cpu_slots_total },
+                    "gpu_slots": { "busy": status.gpu_slots_busy, "total": status.gpu_slots_total },
+                    "jobs": status.jobs,
+                    "tasks": { "queued": status.tasks_queued, "running": status.tasks_running },
+                    "blob_fetches": status.blob_fetches,
+                });
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                println!("{}", cli::status_text(&status, &target.address));
+            }
+            Ok(())
+        }
+        Command::Jobs { json, target } => {
+            let target = target_of(&target, &settings)?;
+            let rows = cli::job_rows(target.jobs().await?);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{}", cli::jobs_table(&rows));
+            }
+            Ok(())
+        }
+        Command::Cancel { job, target } => {
+            let target = target_of(&target, &settings)?;
+            let reply = target.cancel_job(&job).await?;
+            let name = reply
+                .job
+                .map(|j| format!("{} ({})", j.id, j.name))
+                .unwrap_or_default();
+            println!("job {name}: {} unfinished tasks cancelled", reply.cancelled);
+            Ok(())
+        }
+        Command::Drain { agent, target } => set_drain(&agent, true, &target, &settings).await,
+        Command::Undrain { agent, target } => set_drain(&agent, false, &target, &settings).await,
+    }
+}
+
+async fn set_drain(
+    agent: &str,
+    draining: bool,
+    target: &TargetArgs,
+    settings: &SchedulerSettings,
+) -> anyhow::Result<()> {
+    let target = target_of(target, settings)?;
+    let row = target.set_drain(agent, draining).await?;
+    println!("agent {} ({}) is {}", row.id, row.hostname, row.state);
+    Ok(())
+}
+
+/// The scheduler named on the command line or in LADLE_SCHEDULER, else the one these settings
+/// describe on this machine; and the token from the settings.
+fn target_of(args: &TargetArgs, settings: &SchedulerSettings) -> anyhow::Result<Target> {
+    let token = Token::resolve(settings.token.as_deref(), settings.token_file.as_deref())
+        .context("cannot read the cluster token")?;
+    let address = match &args.scheduler {
+        Some(address) => address.clone(),
+        None => {
+            let ip = settings.bind_address(token.is_some());
+            let host = if ip.is_unspecified() {
+                "127.0.0.1".to_owned()
+            } else {
+                ip.to_string()
+            };
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host
+            };
+            format!("http://{host}:{}", settings.port)
+        }
+    };
+    Ok(Target { address, token })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,131 @@
+//! The admin service behind the management CLI.
+
+use std::{sync::Arc, time::Instant};
+
+use ladle_proto::v1::{
+    CancelJobRequest, CancelJobResponse, ClusterStatusRequest, ClusterStatusResponse,
+    ListAgentsRequest, ListAgentsResponse, ListJobsRequest, ListJobsResponse, SetDrainRequest,
+    SetDrainResponse, admin_service_server,
+};
+use tonic::{Request, Response, Status};
+
+use super::{
+    convert,
+    state::{Shared, millis},
+};
+use crate::core::{AgentState, SelectError};
+
+pub struct AdminService {
+    shared: Arc<Shared>,
+}
+
+impl AdminService {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+#[tonic::async_trait]
+impl admin_service_server::AdminService for AdminService {
+    async fn list_agents(
+        &self,
+        _: Request<ListAgentsRequest>,
+    ) -> Result<Response<ListAgentsResponse>, Status> {
+        let now = Instant::now();
+        let mut agents: Vec<_> = self
+            .shared
+            .with_core(|core, _| core.agents().map(|a| convert::agent_info(a, now)).collect());
+        agents.sort_by(|a, b| (&a.hostname, &a.id).cmp(&(&b.hostname, &b.id)));
+        Ok(Response::new(ListAgentsResponse { agents }))
+    }
+
+    async fn cluster_status(
+        &self,
+        _: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        let settings = &self.shared.settings;
+        let mut status = ClusterStatusResponse {
+            cluster: settings.cluster.clone(),
+            scheduler_version: ladle_common::VERSION.into(),
+            protocol_version: ladle_proto::PROTOCOL_VERSION,
+            uptime_ms: millis(self.shared.started.elapsed()),
+            token_required: self.shared.token_required,
+            ..Default::default()
+        };
+        status.blob_fetches = self.shared.blobs.fetch_counts().into_iter().collect();
+        self.shared.with_core(|core, _| {
+            let (jobs, queued, running) = core.task_counts();
+            status.jobs = u32::try_from(jobs).unwrap_or(u32::MAX);
+            status.tasks_queued = queued as u64;
+            status.tasks_running = running as u64;
+            for agent in core.agents() {
+                let state = agent.state();
+                match state {
+                    AgentState::Alive => status.agents_alive += 1,
+                    AgentState::Draining => status.agents_draining += 1,
+                    AgentState::Lost => status.agents_lost += 1,
+                }
+                if state != AgentState::Lost {
+                    let gpus = u32::try_from(agent.hello.resources.gpus.len()).unwrap_or(u32::MAX);
+                    status.cpu_slots_total += agent.hello.resources.cpu_slots;
+                    status.cpu_slots_busy += agent.load.busy_cpu_slots;
+                    status.gpu_slots_total += gpus;
+                    status.gpu_slots_busy += agent.load.busy_gpu_slots;
+                }
+            }
+        });
+        Ok(Response::new(status))
+    }
+
+    async fn list_jobs(
+        &self,
+        _: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsResponse>, Status> {
+        let mut jobs: Vec<_> = self
+            .shared
+            .with_core(|core, _| core.jobs().iter().map(convert::job_info).collect());
+        jobs.sort_by(|a: &ladle_proto::v1::JobInfo, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+        Ok(Response::new(ListJobsResponse { jobs }))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<CancelJobRequest>,
+    ) -> Result<Response<CancelJobResponse>, Status> {
+        let selector = request.into_inner().job;
+        let (job, cancelled) = self
+            .shared
+            .with_core(|core, out| core.cancel_job(&selector, out))
+            .map_err(|err| match err {
+                SelectError::NotFound(_) => {
+                    Status::not_found(err.to_string().replace("agent", "job"))
+                }
+                SelectError::Ambiguous { .. } => {
+                    Status::invalid_argument(err.to_string().replace("agents", "jobs"))
+                }
+            })?;
+        Ok(Response::new(CancelJobResponse {
+            job: Some(convert::job_info(&job)),
+            cancelled: cancelled as u64,
+        }))
+    }
+
+    async fn set_drain(
+        &self,
+        request: Request<SetDrainRequest>,
+    ) -> Result<Response<SetDrainResponse>, Status> {
+        let SetDrainRequest { agent, draining } = request.into_inner();
+        let now = Instant::now();
+        let info = self
+            .shared
+            .with_core(|core, out| {
+                core.set_drain(&agent, draining, out)
+                    .map(|a| convert::agent_info(a, now))
+            })
+            .map_err(|err| match err {
+                SelectError::NotFound(_) => Status::not_found(err.to_string()),
+                SelectError::Ambiguous { .. } => Status::invalid_argument(err.to_string()),
+            })?;
+        Ok(Response::new(SetDrainResponse { agent: Some(info) }))
+    }
+}

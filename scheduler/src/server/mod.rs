@@ -1,0 +1,223 @@
+//! The shell around the core: gRPC services, the clock, and the listener.
+
+mod admin;
+mod agents;
+mod auth;
+mod blob_service;
+pub mod blobs;
+mod convert;
+mod drivers;
+mod state;
+
+use std::{
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
+
+use ladle_common::token::Token;
+use ladle_proto::v1::{
+    admin_service_server::AdminServiceServer, agent_service_server::AgentServiceServer,
+    blob_service_server::BlobServiceServer, driver_service_server::DriverServiceServer,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tracing::{info, warn};
+
+use crate::{core::CoreConfig, settings::SchedulerSettings};
+
+pub use state::Shared;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("invalid settings: {0}")]
+    Settings(#[from] crate::settings::SettingsCheck),
+    #[error(transparent)]
+    Token(#[from] ladle_common::token::TokenError),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot write the address file {path}: {source}")]
+    AddressFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot use the state directory {path}: {source}")]
+    StateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A scheduler that is listening, before it serves.
+pub struct Listening {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    token: Option<Token>,
+    /// The address clients should use (`http://host:port`).
+    pub advertised: String,
+    pub local: SocketAddr,
+}
+
+/// Binds the port and writes the address file: after this, clients can connect.
+pub async fn listen(settings: SchedulerSettings) -> Result<Listening, ServeError> {
+    listen_with(settings, true).await
+}
+
+/// As `listen`, without the start-up announcements: for a scheduler embedded in a program,
+/// on loopback, where they would only be noise.
+pub async fn listen_quietly(settings: SchedulerSettings) -> Result<Listening, ServeError> {
+    listen_with(settings, false).await
+}
+
+async fn listen_with(settings: SchedulerSettings, announce: bool) -> Result<Listening, ServeError> {
+    settings.check()?;
+    let token = Token::resolve(settings.token.as_deref(), settings.token_file.as_deref())?;
+    let ip = settings.bind_address(token.is_some());
+    let address = SocketAddr::new(ip, settings.port);
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| ServeError::Bind { address, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { address, source })?;
+
+    if token.is_none() && announce {
+        if ip.is_loopback() {
+            warn!(
+                "NO CLUSTER TOKEN IS SET: this scheduler accepts anyone who can reach it, so it listens on \
+                 loopback only ({local}). Set `token_file` or LADLE_TOKEN to let agents on other machines join."
+            );
+        } else {
+            warn!(
+                "NO CLUSTER TOKEN IS SET and `bind` is {ip}: ANYONE WHO CAN REACH {local} CAN JOIN AGENTS AND RUN \
+                 CODE ON THEM. Set `token_file` or LADLE_TOKEN."
+            );
+        }
+    }
+
+    let advertised = format!(
+        "http://{}",
+        settings
+            .advertise
+            .clone()
+            .unwrap_or_else(|| advertise_for(local))
+    );
+    if let Some(path) = &settings.address_file {
+        write_atomically(path, &format!("{advertised}\n")).map_err(|source| {
+            ServeError::AddressFile {
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
+    }
+    info!(cluster = %settings.cluster, "ladle-scheduler {} listening on {local}, advertised as {advertised}",
+          ladle_common::VERSION);
+
+    let core = CoreConfig {
+        protocol_version: ladle_proto::PROTOCOL_VERSION,
+        heartbeat_timeout: settings.heartbeat_timeout,
+        forget_lost_after: settings.forget_lost_after,
+        max_crashes: settings.max_task_crashes.max(1),
+        driver_grace: settings.driver_grace,
+    };
+    let state_dir = settings.state_dir();
+    let blobs = blobs::BlobStore::open(&state_dir.join("blobs"), settings.max_blob_bytes).map_err(
+        |source| ServeError::StateDir {
+            path: state_dir.display().to_string(),
+            source,
+        },
+    )?;
+    let shared = Arc::new(Shared::new(core, settings, token.is_some(), blobs));
+    Ok(Listening {
+        listener,
+        shared,
+        token,
+        advertised,
+        local,
+    })
+}
+
+impl Listening {
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+        let Listening {
+            listener,
+            shared,
+            token,
+            ..
+        } = self;
+        let ticker = tokio::spawn(state::tick_forever(shared.clone()));
+        let guard = auth::TokenCheck::new(token);
+        let incoming = TcpListenerStream::new(listener);
+        // Room for the largest payload plus the batch around it.
+        let limit = usize::try_from(shared.settings.max_message_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_add(16 << 20);
+        let result = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .add_service(InterceptedService::new(
+                AgentServiceServer::new(agents::AgentService::new(shared.clone()))
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit),
+                guard.clone(),
+            ))
+            .add_service(InterceptedService::new(
+                DriverServiceServer::new(drivers::DriverService::new(shared.clone()))
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit),
+                guard.clone(),
+            ))
+            .add_service(BlobServiceServer::with_interceptor(
+                blob_service::BlobService::new(shared.clone()),
+                guard.clone(),
+            ))
+            .add_service(AdminServiceServer::with_interceptor(
+                admin::AdminService::new(shared.clone()),
+                guard,
+            ))
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        ticker.abort();
+        result.map_err(ServeError::from)
+    }
+}
+
+/// What to tell clients when listening on every interface: the host's name, which the other
+/// machines of a cluster can usually resolve.
+fn advertise_for(local: SocketAddr) -> String {
+    match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => format!("{}:{}", hostname(), local.port()),
+        IpAddr::V6(ip) if ip.is_unspecified() => format!("{}:{}", hostname(), local.port()),
+        _ => local.to_string(),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Readers never see a half-written file.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}

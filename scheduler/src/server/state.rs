@@ -1,0 +1,253 @@
+//! The core under a lock, the outboxes of the open streams, and the clock that drives both.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use ladle_proto::v1::{
+    self as pb, DriverEvent, SchedulerMessage, driver_event, scheduler_message::Body,
+};
+use tokio::{sync::mpsc, task::AbortHandle};
+use tonic::Status;
+use tracing::debug;
+
+use super::{blobs::BlobStore, convert};
+use crate::{
+    core::{Command, ConnId, Core, CoreConfig, Event},
+    settings::SchedulerSettings,
+};
+
+pub type AgentOutbound = Result<SchedulerMessage, Status>;
+pub type DriverOutbound = Result<DriverEvent, Status>;
+
+enum Sender {
+    Agent(mpsc::UnboundedSender<AgentOutbound>),
+    Driver(mpsc::UnboundedSender<DriverOutbound>),
+}
+
+/// Where the core's commands for one stream go.
+struct Outbox {
+    tx: Sender,
+    /// The task reading the other side of the stream; stopped when the core lets go.
+    reader: Option<AbortHandle>,
+}
+
+struct Inner {
+    core: Core,
+    outboxes: HashMap<ConnId, Outbox>,
+}
+
+pub struct Shared {
+    inner: Mutex<Inner>,
+    next_conn: AtomicU64,
+    pub settings: SchedulerSettings,
+    pub token_required: bool,
+    pub started: Instant,
+    pub blobs: BlobStore,
+}
+
+impl Shared {
+    pub fn new(
+        core: CoreConfig,
+        settings: SchedulerSettings,
+        token_required: bool,
+        blobs: BlobStore,
+    ) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                core: Core::new(core),
+                outboxes: HashMap::new(),
+            }),
+            next_conn: AtomicU64::new(1),
+            settings,
+            token_required,
+            started: Instant::now(),
+            blobs,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves the core as it was between two events; carry on.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn open(&self, tx: Sender) -> ConnId {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        self.lock()
+            .outboxes
+            .insert(conn, Outbox { tx, reader: None });
+        conn
+    }
+
+    /// Opens an outbox for a new agent stream; its receiver becomes the response stream.
+    pub fn open_agent(&self) -> (ConnId, mpsc::UnboundedReceiver<AgentOutbound>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (self.open(Sender::Agent(tx)), rx)
+    }
+
+    pub fn open_driver(&self) -> (ConnId, mpsc::UnboundedReceiver<DriverOutbound>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (self.open(Sender::Driver(tx)), rx)
+    }
+
+    pub fn set_reader(&self, conn: ConnId, reader: AbortHandle) {
+        match self.lock().outboxes.get_mut(&conn) {
+            Some(outbox) => outbox.reader = Some(reader),
+            // The core already let go of this stream.
+            None => reader.abort(),
+        }
+    }
+
+    /// Feeds one event to the core and carries out its commands.
+    pub fn apply(&self, event: Event) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let mut commands = Vec::new();
+        inner.core.handle(now, event, &mut commands);
+        inner.execute(commands, &self.settings);
+    }
+
+    /// Runs `f` on the core (queries and operator actions) and carries out any commands.
+    pub fn with_core<R>(&self, f: impl FnOnce(&mut Core, &mut Vec<Command>) -> R) -> R {
+        let mut inner = self.lock();
+        let mut commands = Vec::new();
+        let result = f(&mut inner.core, &mut commands);
+        inner.execute(commands, &self.settings);
+        result
+    }
+
+    /// The reader of a stream ended: forget its outbox and tell the core with `event`.
+    pub fn detached(&self, conn: ConnId, event: Event) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.outboxes.remove(&conn);
+        let mut commands = Vec::new();
+        inner.core.handle(now, event, &mut commands);
+        inner.execute(commands, &self.settings);
+    }
+}
+
+impl Inner {
+    // Sends are non-blocking (unbounded channels), so doing them under the lock keeps the
+    // order of messages on each stream the order the core decided them in.
+    fn execute(&mut self, commands: Vec<Command>, settings: &SchedulerSettings) {
+        for command in commands {
+            match command {
+                Command::Welcome { conn, draining } => {
+                    let welcome = pb::Welcome {
+                        protocol_version: ladle_proto::PROTOCOL_VERSION,
+                        scheduler_version: ladle_common::VERSION.into(),
+                        cluster: settings.cluster.clone(),
+                        heartbeat_interval_ms: millis(settings.heartbeat_interval),
+                        heartbeat_timeout_ms: millis(settings.heartbeat_timeout),
+                        draining,
+                    };
+                    self.send_agent(conn, Body::Welcome(welcome));
+                }
+                Command::NotifyDrain { conn, draining } => {
+                    self.send_agent(conn, Body::Drain(pb::DrainState { draining }));
+                }
+                Command::Assign { conn, job, tasks } => {
+                    tracing::trace!(conn, tasks = tasks.len(), "assign");
+                    self.send_agent(conn, Body::Assign(convert::assign(&job, tasks)));
+                }
+                Command::CancelOnAgent { conn, refs } => {
+                    self.send_agent(conn, Body::Cancel(pb::CancelAssigned { task_refs: refs }));
+                }
+                Command::EndJob { conn, job_id } => {
+                    self.send_agent(
+                        conn,
+                        Body::EndJob(pb::EndJob {
+                            job_id: job_id.to_string(),
+                        }),
+                    );
+                }
+                Command::SessionOpened { conn, capacity } => {
+                    let opened = pb::SessionOpened {
+                        cluster: settings.cluster.clone(),
+                        cpu_slots: capacity.cpu_slots,
+                        gpu_slots: capacity.gpu_slots,
+                        agents: capacity.agents,
+                        max_payload_bytes: settings.max_message_bytes,
+                    };
+                    self.send_driver(conn, driver_event::Body::Opened(opened));
+                }
+                Command::Deliver { conn, results } => {
+                    self.send_driver(conn, driver_event::Body::Results(convert::results(results)));
+                }
+                Command::ForwardOutput { conn, agent, lines } => {
+                    self.send_driver(
+                        conn,
+                        driver_event::Body::Output(convert::output(&agent, lines)),
+                    );
+                }
+                Command::Refuse { conn, reason } => {
+                    self.close(conn, Status::failed_precondition(reason.to_string()));
+                }
+                Command::Disconnect { conn, reason } => {
+                    self.close(
+                        conn,
+                        Status::unavailable(format!("the scheduler closed this stream: {reason}")),
+                    );
+                }
+            }
+        }
+    }
+
+    fn send_agent(&mut self, conn: ConnId, body: Body) {
+        if let Some(Outbox {
+            tx: Sender::Agent(tx),
+            ..
+        }) = self.outboxes.get(&conn)
+            && tx.send(Ok(SchedulerMessage { body: Some(body) })).is_err()
+        {
+            debug!(conn, "agent stream already gone");
+        }
+    }
+
+    fn send_driver(&mut self, conn: ConnId, body: driver_event::Body) {
+        if let Some(Outbox {
+            tx: Sender::Driver(tx),
+            ..
+        }) = self.outboxes.get(&conn)
+            && tx.send(Ok(DriverEvent { body: Some(body) })).is_err()
+        {
+            debug!(conn, "driver stream already gone");
+        }
+    }
+
+    fn close(&mut self, conn: ConnId, status: Status) {
+        if let Some(outbox) = self.outboxes.remove(&conn) {
+            match outbox.tx {
+                Sender::Agent(tx) => drop(tx.send(Err(status))),
+                Sender::Driver(tx) => drop(tx.send(Err(status))),
+            }
+            if let Some(reader) = outbox.reader {
+                reader.abort();
+            }
+        }
+    }
+}
+
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The core's clock: a tick often enough that a timeout is noticed within a tenth of it.
+pub async fn tick_forever(shared: Arc<Shared>) {
+    let period = (shared.settings.heartbeat_timeout / 10)
+        .clamp(Duration::from_millis(10), Duration::from_millis(500));
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        shared.apply(Event::Tick);
+    }
+}

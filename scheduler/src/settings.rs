@@ -1,0 +1,139 @@
+//! The scheduler's settings: defaults < `--config` TOML file < `LADLE_*` environment < flags.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Port the scheduler listens on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 7070;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+// Missing keys take the value from Default, the same defaults the loader starts from.
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerSettings {
+    /// Name of the cluster; agents and drivers of another cluster are kept apart.
+    pub cluster: String,
+    /// Address to listen on. Unset: every interface when a token is configured, loopback
+    /// only when none is.
+    pub bind: Option<IpAddr>,
+    /// gRPC port; 0 picks a free one (see `address_file`).
+    pub port: u16,
+    /// The address clients should use, when it differs from what the scheduler can see
+    /// (NAT, containers). Written to `address_file`.
+    pub advertise: Option<String>,
+    /// A file the scheduler writes its address to once it listens (Slurm, tests, port 0).
+    pub address_file: Option<PathBuf>,
+    /// The cluster's shared token. Prefer `token_file`, or the LADLE_TOKEN variable.
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    /// How often agents send a heartbeat.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// An agent silent for longer than this is lost.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+    /// How long a lost agent stays in the agent table.
+    #[serde(with = "humantime_serde")]
+    pub forget_lost_after: Duration,
+    /// Where the scheduler keeps uploaded executables and shared constants. Default:
+    /// /var/lib/ladle/scheduler for root, else the user's state directory.
+    pub state_dir: Option<PathBuf>,
+    /// The largest task argument (one task's encoded input) the scheduler accepts.
+    pub max_message_bytes: u64,
+    /// The largest blob (executable, shared constant) the scheduler stores.
+    pub max_blob_bytes: u64,
+    /// Worker crashes a task may cause before it fails with an error that says so.
+    pub max_task_crashes: u32,
+    /// How long a job whose driver's stream broke waits for the driver to come back (it gets
+    /// the results of its absence) before its tasks are stopped.
+    #[serde(with = "humantime_serde")]
+    pub driver_grace: Duration,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        Self {
+            cluster: "default".into(),
+            bind: None,
+            port: DEFAULT_PORT,
+            advertise: None,
+            address_file: None,
+            token: None,
+            token_file: None,
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(5),
+            forget_lost_after: Duration::from_secs(3600),
+            state_dir: None,
+            max_message_bytes: 64 << 20,
+            max_blob_bytes: 16 << 30,
+            max_task_crashes: 3,
+            driver_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsCheck {
+    #[error(
+        "`heartbeat_timeout` ({timeout:?}) must be longer than `heartbeat_interval` ({interval:?})"
+    )]
+    TimeoutNotAboveInterval {
+        timeout: Duration,
+        interval: Duration,
+    },
+    #[error("`heartbeat_interval` must be at least 10ms")]
+    IntervalTooShort,
+    #[error("`cluster` must be a non-empty name of letters, digits, '-', '_' or '.'")]
+    BadClusterName,
+}
+
+impl SchedulerSettings {
+    /// Checks the relations between keys that serde cannot see.
+    pub fn check(&self) -> Result<(), SettingsCheck> {
+        if self.heartbeat_interval < Duration::from_millis(10) {
+            return Err(SettingsCheck::IntervalTooShort);
+        }
+        if self.heartbeat_timeout <= self.heartbeat_interval {
+            return Err(SettingsCheck::TimeoutNotAboveInterval {
+                timeout: self.heartbeat_timeout,
+                interval: self.heartbeat_interval,
+            });
+        }
+        if self.cluster.is_empty()
+            || !self
+                .cluster
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(SettingsCheck::BadClusterName);
+        }
+        Ok(())
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        if std::env::var_os("USER").is_some_and(|u| u == "root") {
+            return PathBuf::from("/var/lib/ladle/scheduler");
+        }
+        std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+            .unwrap_or_else(std::env::temp_dir)
+            .join("ladle/scheduler")
+    }
+
+    /// The interface to listen on, given whether a token guards the door.
+    pub fn bind_address(&self, has_token: bool) -> IpAddr {
+        self.bind.unwrap_or(if has_token {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        })
+    }
+}

@@ -1,0 +1,408 @@
+//! The cluster handle: where tasks are submitted, mapped and reduced.
+
+mod embedded;
+pub(crate) mod executable;
+pub(crate) mod session;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use ladle_common::{
+    client::{self, TokenInterceptor},
+    token::Token,
+};
+use ladle_proto::v1::{
+    OpenSession, SessionOpened, TaskSpec, blob_service_client::BlobServiceClient,
+};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    error::Error,
+    futures::TaskFuture,
+    map::{self, AsCompleted, MapStream},
+    shared::{self, Shared},
+    task::{ErrorKind, Reducer, Task, TaskError},
+};
+use session::{Request, Route};
+
+/// Environment variable naming the scheduler; without it, `from_env` starts an embedded one.
+pub const SCHEDULER_ENV: &str = "LADLE_SCHEDULER";
+
+/// How long a driver keeps trying to reach its scheduler again after losing it ("60s").
+pub const RECONNECT_TIMEOUT_ENV: &str = "LADLE_RECONNECT_TIMEOUT";
+
+fn reconnect_timeout() -> Result<Duration, Error> {
+    match std::env::var(RECONNECT_TIMEOUT_ENV) {
+        Ok(text) => humantime::parse_duration(text.trim()).map_err(|e| Error::Settings {
+            key: RECONNECT_TIMEOUT_ENV.into(),
+            message: format!("{text:?} is not a duration: {e}"),
+        }),
+        Err(_) => Ok(Duration::from_secs(60)),
+    }
+}
+
+/// Per-call options of `submit_with`, `map_with` and `map_reduce_with`.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Higher runs first, within the job.
+    pub priority: i32,
+    /// Runs again a task whose function returned an error or panicked, up to this many times.
+    pub retries: u32,
+    /// Fails a task that runs longer than this.
+    pub timeout: Option<Duration>,
+    /// Places the task only where a GPU slot is free.
+    pub gpu: bool,
+}
+
+impl Options {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+    pub fn gpu(mut self, gpu: bool) -> Self {
+        self.gpu = gpu;
+        self
+    }
+}
+
+/// A connection to a Ladle cluster (or to an embedded one). Cheap to clone; the session ends,
+/// and its unfinished tasks are cancelled, when the last clone is dropped.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    requests: mpsc::UnboundedSender<Request>,
+    next_id: AtomicU64,
+    opened: SessionOpened,
+    address: String,
+    token: Option<Token>,
+    channel: tonic::transport::Channel,
+    // Dropped last: the embedded scheduler and agent stop when the handle goes.
+    _embedded: Option<embedded::Embedded>,
+}
+
+impl Cluster {
+    /// The cluster named by `LADLE_SCHEDULER` (with `LADLE_TOKEN` or `LADLE_TOKEN_FILE`), or,
+    /// when it is unset, an embedded scheduler and agent inside this process with one slot per
+    /// core: the program runs with no set-up at all.
+    pub async fn from_env() -> Result<Self, Error> {
+        match std::env::var(SCHEDULER_ENV) {
+            Ok(address) if !address.trim().is_empty() => Self::connect(&address).await,
+            _ => Self::local().await,
+        }
+    }
+
+    /// The scheduler at `address` (`host:port` or `http://host:port`), presenting the token
+    /// from `LADLE_TOKEN` or `LADLE_TOKEN_FILE` when set.
+    pub async fn connect(address: &str) -> Result<Self, Error> {
+        let token = Token::resolve(
+            std::env::var("LADLE_TOKEN").ok().as_deref(),
+            std::env::var_os("LADLE_TOKEN_FILE")
+                .map(std::path::PathBuf::from)
+                .as_deref(),
+        )?;
+        Self::open(address, token, None).await
+    }
+
+    /// An embedded scheduler and agent inside this process, whatever the environment says.
+    pub async fn local() -> Result<Self, Error> {
+        let embedded = embedded::Embedded::start().await?;
+        let address = embedded.address.clone();
+        Self::open(&address, None, Some(embedded)).await
+    }
+
+    async fn open(
+        address: &str,
+        token: Option<Token>,
+        embedded: Option<embedded::Embedded>,
+    ) -> Result<Self, Error> {
+        let channel = client::connect(address).await?;
+        let path = executable::path()?;
+        let blob = executable::describe(&path)?;
+        let job_name = path
+            .file_stem()
+            .map_or_else(|| "job".to_owned(), |s| s.to_string_lossy().into_owned());
+        let opener = session::Opener {
+            address: address.to_owned(),
+            token: token.clone(),
+            executable: path,
+            blob: blob.clone(),
+            open: OpenSession {
+                protocol_version: ladle_proto::PROTOCOL_VERSION,
+                session_id: uuid::Uuid::new_v4().to_string(),
+                job_name,
+                executable: Some(blob),
+                driver_host: sysinfo_hostname(),
+            },
+            // An embedded scheduler lives and dies with this process: nothing to reconnect to.
+            give_up_after: if embedded.is_some() {
+                Duration::ZERO
+            } else {
+                reconnect_timeout()?
+            },
+        };
+        let (stream, opened) = opener.open().await?;
+        let (requests, requests_rx) = mpsc::unbounded_channel();
+        tokio::spawn(session::run(requests_rx, stream, opener));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                requests,
+                next_id: AtomicU64::new(1),
+                opened,
+                address: address.to_owned(),
+                token,
+                channel,
+                _embedded: embedded,
+            }),
+        })
+    }
+
+    /// The scheduler's address.
+    pub fn address(&self) -> &str {
+        &self.inner.address
+    }
+
+    /// CPU slots of the cluster when the session opened.
+    pub fn slots(&self) -> u32 {
+        self.inner.opened.cpu_slots
+    }
+
+    /// Agents of the cluster when the session opened.
+    pub fn agents(&self) -> u32 {
+        self.inner.opened.agents
+    }
+
+    /// Runs `task` on `input` somewhere in the cluster.
+    pub fn submit<T: Task>(
+        &self,
+        task: T,
+        input: T::Input,
+    ) -> Result<TaskFuture<T::Output>, Error> {
+        self.submit_with(task, input, &Options::default())
+    }
+
+    pub fn submit_with<T: Task>(
+        &self,
+        _task: T,
+        input: T::Input,
+        options: &Options,
+    ) -> Result<TaskFuture<T::Output>, Error> {
+        let (payload, shared) = self.encode_chunk::<T>(std::slice::from_ref(&input))?;
+        let id = self.next_task_id();
+        let (tx, rx) = oneshot::channel();
+        self.send_chunk::<T>(
+            id,
+            payload,
+            shared,
+            1,
+            None,
+            options,
+            Box::new(move |raw| {
+                let _ = tx.send(raw);
+            }),
+        )?;
+        Ok(TaskFuture::new(
+            id,
+            T::NAME,
+            rx,
+            self.inner.requests.clone(),
+        ))
+    }
+
+    /// Runs `task` over every input; results in input order, as a stream or all at once
+    /// (`.await` gives `Result<Vec<_>, TaskError>`).
+    pub fn map<T: Task>(
+        &self,
+        task: T,
+        inputs: impl IntoIterator<Item = T::Input>,
+    ) -> MapStream<T::Output> {
+        self.map_with(task, inputs, Options::default())
+    }
+
+    pub fn map_with<T: Task>(
+        &self,
+        _task: T,
+        inputs: impl IntoIterator<Item = T::Input>,
+        options: Options,
+    ) -> MapStream<T::Output> {
+        map::map::<T>(self, inputs.into_iter().collect(), options)
+    }
+
+    /// Like `map`, in the order the results complete: `(input index, result)`.
+    pub fn map_as_completed<T: Task>(
+        &self,
+        _task: T,
+        inputs: impl IntoIterator<Item = T::Input>,
+    ) -> AsCompleted<T::Output> {
+        map::map_as_completed::<T>(self, inputs.into_iter().collect(), Options::default())
+    }
+
+    /// Maps `task` over `inputs` and folds the results with `reducer`. Each chunk is folded on
+    /// the agent that ran it, so only one partial result per chunk travels back.
+    pub async fn map_reduce<T, R>(
+        &self,
+        task: T,
+        reducer: R,
+        inputs: impl IntoIterator<Item = T::Input>,
+    ) -> Result<T::Output, TaskError>
+    where
+        T: Task,
+        R: Reducer<Output = T::Output>,
+    {
+        self.map_reduce_with(task, reducer, inputs, Options::default())
+            .await
+    }
+
+    pub async fn map_reduce_with<T, R>(
+        &self,
+        _task: T,
+        _reducer: R,
+        inputs: impl IntoIterator<Item = T::Input>,
+        options: Options,
+    ) -> Result<T::Output, TaskError>
+    where
+        T: Task,
+        R: Reducer<Output = T::Output>,
+    {
+        let inputs: Vec<T::Input> = inputs.into_iter().collect();
+        if inputs.is_empty() {
+            return Err(TaskError {
+                kind: ErrorKind::Failed,
+                task: T::NAME.to_owned(),
+                message: "map_reduce over no inputs has nothing to reduce".into(),
+                agent: String::new(),
+                attempt: 0,
+            });
+        }
+        let (mut partials, cancel) = map::map_partials::<T>(self, inputs, R::NAME, options);
+        let mut acc: Option<T::Output> = None;
+        while let Some((_, partial)) = partials.recv().await {
+            let folded = partial.and_then(|value| match acc.take() {
+                None => Ok(value),
+                Some(a) => R::run((a, value)).map_err(|message| TaskError {
+                    kind: ErrorKind::Failed,
+                    task: R::NAME.to_owned(),
+                    message,
+                    agent: "the driver".into(),
+                    attempt: 1,
+                }),
+            });
+            match folded {
+                Ok(value) => acc = Some(value),
+                Err(err) => {
+                    // The result is decided: the rest of the map would only take the cluster's time.
+                    cancel.cancel();
+                    return Err(err);
+                }
+            }
+        }
+        acc.ok_or_else(|| crate::futures::disconnected(T::NAME))
+    }
+
+    /// Sends `value` to the cluster once; tasks take the returned handle as an argument, and
+    /// each agent fetches the value once, however many tasks use it.
+    pub async fn share<T: Serialize + Send + Sync + 'static>(
+        &self,
+        value: T,
+    ) -> Result<Shared<T>, Error> {
+        let bytes = postcard::to_allocvec(&value).map_err(|e| Error::Encode {
+            task: "share".into(),
+            message: e.to_string(),
+        })?;
+        let blob = executable::describe_bytes(&bytes);
+        let mut blobs = BlobServiceClient::with_interceptor(
+            self.inner.channel.clone(),
+            TokenInterceptor::new(self.inner.token.as_ref()),
+        );
+        executable::upload(&mut blobs, &blob, Bytes::from(bytes), "a shared constant").await?;
+        Ok(Shared::new(blob.sha256, value))
+    }
+
+    pub(crate) fn next_task_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Encodes a chunk of inputs; returns the payload and the shared constants it names.
+    pub(crate) fn encode_chunk<T: Task>(
+        &self,
+        inputs: &[T::Input],
+    ) -> Result<(Vec<u8>, Vec<String>), Error> {
+        let (encoded, shared) = shared::collect(|| postcard::to_allocvec(inputs));
+        let payload = encoded.map_err(|e| Error::Encode {
+            task: T::NAME.to_owned(),
+            message: e.to_string(),
+        })?;
+        Ok((payload, shared))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn send_chunk<T: Task>(
+        &self,
+        task_id: u64,
+        payload: Vec<u8>,
+        shared: Vec<String>,
+        items: usize,
+        reducer: Option<&'static str>,
+        options: &Options,
+        route: Route,
+    ) -> Result<(), Error> {
+        let limit = self.inner.opened.max_payload_bytes;
+        if payload.len() as u64 > limit {
+            return Err(Error::TooLarge {
+                task: T::NAME.to_owned(),
+                size: payload.len(),
+                limit,
+            });
+        }
+        let spec = TaskSpec {
+            task_id,
+            function: T::NAME.to_owned(),
+            payload: payload.into(),
+            items: u32::try_from(items).unwrap_or(u32::MAX),
+            reducer: reducer.unwrap_or_default().to_owned(),
+            shared,
+            priority: options.priority,
+            retries: options.retries,
+            timeout_ms: options
+                .timeout
+                .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            gpu: options.gpu || T::GPU,
+        };
+        self.inner
+            .requests
+            .send(Request::Submit(vec![(spec, route)]))
+            .map_err(|_| Error::Closed)
+    }
+
+    pub(crate) fn cancel_tasks(&self, ids: Vec<u64>) {
+        if !ids.is_empty() {
+            let _ = self.inner.requests.send(Request::Cancel(ids));
+        }
+    }
+}
+
+fn sysinfo_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}

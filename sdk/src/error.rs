@@ -1,0 +1,38 @@
+//! Errors of the cluster handle (connecting, uploading, refusing work). Errors of individual
+//! futures are [`TaskError`](crate::TaskError)s.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(transparent)]
+    Connect(#[from] ladle_common::client::ConnectError),
+    #[error("cannot read the cluster token: {0}")]
+    Token(#[from] ladle_common::token::TokenError),
+    #[error("the scheduler at {address} refused the session: {message}")]
+    Refused { address: String, message: String },
+    #[error("cannot read this program's executable {path}: {source}")]
+    Executable {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("uploading {what} to the scheduler failed: {message}")]
+    Upload { what: String, message: String },
+    #[error("cannot start the embedded cluster: {0}")]
+    Embedded(String),
+    #[error(
+        "the argument of task {task} is {size} bytes, more than the scheduler's limit of {limit} bytes \
+         (its max_message_bytes); pass large values with cluster.share()"
+    )]
+    TooLarge {
+        task: String,
+        size: usize,
+        limit: u64,
+    },
+    #[error("cannot encode the argument of task {task}: {message}")]
+    Encode { task: String, message: String },
+    #[error("the session with the scheduler has ended")]
+    Closed,
+    #[error("invalid setting {key}: {message}")]
+    Settings { key: String, message: String },
+}

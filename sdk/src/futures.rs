@@ -1,0 +1,230 @@
+//! Futures of single tasks, and waiting on several of them.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures::{Stream, stream::FuturesUnordered};
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    cluster::session::{RawResult, Request},
+    registry::ItemResult,
+    task::{ErrorKind, TaskError},
+};
+
+/// The result of one submitted task; a std `Future`. Dropping it does not cancel the task:
+/// call [`TaskFuture::cancel`].
+pub struct TaskFuture<R> {
+    id: u64,
+    task: &'static str,
+    rx: Option<oneshot::Receiver<RawResult>>,
+    done: Option<Result<R, TaskError>>,
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+impl<R: DeserializeOwned> TaskFuture<R> {
+    pub(crate) fn new(
+        id: u64,
+        task: &'static str,
+        rx: oneshot::Receiver<RawResult>,
+        requests: mpsc::UnboundedSender<Request>,
+    ) -> Self {
+        Self {
+            id,
+            task,
+            rx: Some(rx),
+            done: None,
+            requests,
+        }
+    }
+
+    /// Asks the cluster to drop the task. A task not yet started never runs; one running
+    /// finishes, and its result is discarded. The future then fails as cancelled.
+    pub fn cancel(&self) {
+        if self.rx.is_some() {
+            let _ = self.requests.send(Request::Cancel(vec![self.id]));
+        }
+    }
+
+    /// Whether the result is in (without waiting).
+    pub fn is_done(&mut self) -> bool {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        self.poll_ready(&mut cx).is_ready()
+    }
+
+    /// The task's registered name.
+    pub fn task(&self) -> &'static str {
+        self.task
+    }
+
+    /// Moves the result in when it arrives; keeps it for the next poll.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.done.is_some() {
+            return Poll::Ready(());
+        }
+        let Some(rx) = self.rx.as_mut() else {
+            return Poll::Ready(());
+        };
+        let raw = match Pin::new(rx).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(raw)) => Some(raw),
+            Poll::Ready(Err(_)) => None,
+        };
+        self.rx = None;
+        self.done = Some(match raw {
+            Some(raw) => decode_single(self.task, raw),
+            None => Err(disconnected(self.task)),
+        });
+        Poll::Ready(())
+    }
+
+    fn failed(&self) -> bool {
+        matches!(self.done, Some(Err(_)))
+    }
+}
+
+impl<R: DeserializeOwned> Future for TaskFuture<R> {
+    type Output = Result<R, TaskError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // TaskFuture holds no self-references: it is Unpin.
+        let this = self.get_mut();
+        match this.poll_ready(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => Poll::Ready(
+                this.done
+                    .take()
+                    .unwrap_or_else(|| Err(disconnected(this.task))),
+            ),
+        }
+    }
+}
+
+impl<R> Unpin for TaskFuture<R> {}
+
+pub(crate) fn disconnected(task: &str) -> TaskError {
+    TaskError {
+        kind: ErrorKind::Disconnected,
+        task: task.to_owned(),
+        message: "the session with the scheduler ended before the result arrived".into(),
+        agent: String::new(),
+        attempt: 0,
+    }
+}
+
+pub(crate) fn failure(task: &str, raw: &RawResult, kind: ErrorKind, message: String) -> TaskError {
+    TaskError {
+        kind,
+        task: task.to_owned(),
+        message,
+        agent: raw.agent.clone(),
+        attempt: raw.attempt,
+    }
+}
+
+/// Decodes the per-item results of a chunk.
+pub(crate) fn decode_items<R: DeserializeOwned>(
+    task: &str,
+    raw: &RawResult,
+) -> Result<Vec<ItemResult<R>>, TaskError> {
+    match &raw.outcome {
+        Ok(bytes) => postcard::from_bytes(bytes).map_err(|e| {
+            failure(
+                task,
+                raw,
+                ErrorKind::BadData,
+                format!("cannot decode the results: {e}"),
+            )
+        }),
+        Err((kind, message)) => Err(failure(task, raw, *kind, message.clone())),
+    }
+}
+
+fn decode_single<R: DeserializeOwned>(task: &str, raw: RawResult) -> Result<R, TaskError> {
+    let items = decode_items::<R>(task, &raw)?;
+    match items.into_iter().next() {
+        Some(Ok(value)) => Ok(value),
+        Some(Err(message)) => Err(failure(task, &raw, ErrorKind::Failed, message)),
+        None => Err(failure(
+            task,
+            &raw,
+            ErrorKind::BadData,
+            "the result holds no value".into(),
+        )),
+    }
+}
+
+/// When [`wait`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReturnWhen {
+    /// As soon as any future is done.
+    FirstCompleted,
+    /// As soon as any future fails, or when all are done.
+    FirstException,
+    AllCompleted,
+}
+
+/// What [`wait`] found: the futures that are done (their results wait inside them) and those
+/// that are not.
+pub struct Waited<R> {
+    pub done: Vec<TaskFuture<R>>,
+    pub pending: Vec<TaskFuture<R>>,
+}
+
+/// Waits on `futures` until `when` holds or `timeout` passes, like Python's
+/// `concurrent.futures.wait`.
+pub async fn wait<R: DeserializeOwned>(
+    mut futures: Vec<TaskFuture<R>>,
+    when: ReturnWhen,
+    timeout: Option<Duration>,
+) -> Waited<R> {
+    let condition = std::future::poll_fn(|cx| {
+        let mut done = 0usize;
+        let mut failed = false;
+        for f in &mut futures {
+            if f.poll_ready(cx).is_ready() {
+                done += 1;
+                failed |= f.failed();
+            }
+        }
+        let all = done == futures.len();
+        let met = match when {
+            ReturnWhen::FirstCompleted => done > 0 || all,
+            ReturnWhen::FirstException => failed || all,
+            ReturnWhen::AllCompleted => all,
+        };
+        if met { Poll::Ready(()) } else { Poll::Pending }
+    });
+    match timeout {
+        Some(limit) => {
+            let _ = tokio::time::timeout(limit, condition).await;
+        }
+        None => condition.await,
+    }
+    let (done, pending) = futures
+        .into_iter()
+        .partition(|f| f.done.is_some() || f.rx.is_none());
+    Waited { done, pending }
+}
+
+/// The results of `futures` in the order they complete.
+pub fn as_completed<R: DeserializeOwned>(
+    futures: Vec<TaskFuture<R>>,
+) -> impl Stream<Item = Result<R, TaskError>> {
+    futures.into_iter().collect::<FuturesUnordered<_>>()
+}
+
+/// Waits for every future; the first error wins.
+pub async fn gather<R: DeserializeOwned>(futures: Vec<TaskFuture<R>>) -> Result<Vec<R>, TaskError> {
+    let mut out = Vec::with_capacity(futures.len());
+    for f in futures {
+        out.push(f.await?);
+    }
+    Ok(out)
+}

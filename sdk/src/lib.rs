@@ -1,0 +1,76 @@
+//! Ladle's SDK: futures-based map/reduce over a cluster, or over an embedded one with no set-up.
+//!
+//! ```no_run
+//! #[ladle::task]
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! #[ladle::task]
+//! fn add(a: u64, b: u64) -> u64 {
+//!     a + b
+//! }
+//!
+//! #[ladle::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let cluster = ladle::Cluster::from_env().await?;
+//!     let squares = cluster.map(square, 0..10u64).await?;
+//!     let total = cluster.map_reduce(square, add, 0..10u64).await?;
+//!     assert_eq!(squares.iter().sum::<u64>(), total);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! The same executable is the driver when a person runs it and a worker when an agent starts
+//! it: `#[ladle::main]` sees to that, and `#[ladle::task]` registers the functions workers run.
+
+mod cluster;
+mod error;
+mod futures;
+mod map;
+mod registry;
+mod shared;
+mod task;
+mod worker;
+
+pub use cluster::{
+    Cluster, Options, RECONNECT_TIMEOUT_ENV, SCHEDULER_ENV, executable::EXECUTABLE_ENV,
+};
+pub use error::Error;
+pub use futures::{ReturnWhen, TaskFuture, Waited, as_completed, gather, wait};
+pub use ladle_macros::{main, task};
+pub use map::{AsCompleted, MapCancel, MapStream};
+pub use shared::Shared;
+pub use task::{ErrorKind, Reducer, Task, TaskError};
+
+/// Streams of results (`StreamExt::next`) without a dependency of your own.
+pub use ::futures::{Stream, StreamExt};
+
+/// What the attributes expand to; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::registry::Entry;
+    pub use crate::worker::serve_if_worker;
+    pub use inventory;
+
+    /// What `#[ladle::main]` does first: serve as a worker if an agent started this process;
+    /// otherwise log warnings (a lost scheduler, a reconnection) to stderr, `RUST_LOG` to change.
+    pub fn start() {
+        crate::worker::serve_if_worker();
+        ladle_common::logging::init("warn");
+    }
+
+    /// Runs an async `main` on a multi-threaded runtime.
+    pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(future),
+            Err(err) => {
+                eprintln!("ladle: cannot start the async runtime: {err}");
+                std::process::exit(1);
+            }
+        }
+    }
+}

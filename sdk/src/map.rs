@@ -1,0 +1,469 @@
+//! `map`, `map_as_completed` and `map_reduce`: many items of one task, sent in chunks sized
+//! from the measured time per item so that each chunk costs a few milliseconds.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    future::{Future, IntoFuture},
+    io::IsTerminal,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use futures::Stream;
+use tokio::sync::{Notify, mpsc};
+
+use crate::{
+    cluster::{Cluster, Options},
+    error::Error,
+    futures::{decode_items, failure},
+    task::{ErrorKind, Task, TaskError},
+};
+
+/// Each chunk aims at this much work, so that per-chunk overhead stays small and the
+/// cluster stays balanced.
+const TARGET_CHUNK: Duration = Duration::from_millis(5);
+const MAX_CHUNK_ITEMS: usize = 1 << 20;
+/// The largest encoded chunk the driver builds (a single bigger item still goes alone).
+const MAX_CHUNK_BYTES: usize = 8 << 20;
+
+type ItemEvent<R> = (usize, Result<R, TaskError>);
+
+/// Stops a map: chunks not yet sent are never sent, those sent are cancelled.
+#[derive(Clone)]
+pub struct MapCancel(Arc<Notify>);
+
+impl MapCancel {
+    pub fn cancel(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// The results of a `map`, in input order. A `Stream`, and awaitable for all of them at once
+/// (`cluster.map(task, inputs).await` gives `Result<Vec<R>, TaskError>`, the first error winning).
+pub struct MapStream<R> {
+    rx: mpsc::UnboundedReceiver<ItemEvent<R>>,
+    buffer: BTreeMap<usize, Result<R, TaskError>>,
+    next: usize,
+    total: usize,
+    cancel: MapCancel,
+}
+
+impl<R> MapStream<R> {
+    pub fn len(&self) -> usize {
+        self.total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// Cancels the rest of the map.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    pub fn canceller(&self) -> MapCancel {
+        self.cancel.clone()
+    }
+}
+
+/// A map nobody listens to any more stops: its tasks would only take the cluster's time.
+impl<R> Drop for MapStream<R> {
+    fn drop(&mut self) {
+        if self.next < self.total {
+            self.cancel.cancel();
+        }
+    }
+}
+
+impl<R> Drop for AsCompleted<R> {
+    fn drop(&mut self) {
+        if self.remaining > 0 {
+            self.cancel.cancel();
+        }
+    }
+}
+
+impl<R> Stream for MapStream<R> {
+    type Item = Result<R, TaskError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(item) = this.buffer.remove(&this.next) {
+                this.next += 1;
+                return Poll::Ready(Some(item));
+            }
+            if this.next >= this.total {
+                return Poll::Ready(None);
+            }
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some((index, item))) => {
+                    this.buffer.insert(index, item);
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<R: Send + 'static> IntoFuture for MapStream<R> {
+    type Output = Result<Vec<R>, TaskError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(mut self) -> Self::IntoFuture {
+        Box::pin(async move {
+            use futures::StreamExt;
+            let mut out = Vec::with_capacity(self.total);
+            while let Some(item) = self.next().await {
+                match item {
+                    Ok(value) => out.push(value),
+                    Err(err) => {
+                        self.cancel();
+                        return Err(err);
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// The results of `map_as_completed`: `(input index, result)` as each completes.
+pub struct AsCompleted<R> {
+    rx: mpsc::UnboundedReceiver<ItemEvent<R>>,
+    remaining: usize,
+    cancel: MapCancel,
+}
+
+impl<R> AsCompleted<R> {
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+}
+
+impl<R> Stream for AsCompleted<R> {
+    type Item = (usize, Result<R, TaskError>);
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        match this.rx.poll_recv(cx) {
+            Poll::Ready(Some(item)) => {
+                this.remaining -= 1;
+                Poll::Ready(Some(item))
+            }
+            other => other,
+        }
+    }
+}
+
+/// Starts the task that sends a map's chunks; returns where its results arrive.
+fn start<T: Task>(
+    cluster: &Cluster,
+    inputs: Vec<T::Input>,
+    reducer: Option<&'static str>,
+    options: Options,
+) -> (mpsc::UnboundedReceiver<ItemEvent<T::Output>>, MapCancel) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let cancel = MapCancel(Arc::new(Notify::new()));
+    tokio::spawn(drive::<T>(
+        cluster.clone(),
+        inputs,
+        reducer,
+        options,
+        tx,
+        cancel.clone(),
+    ));
+    (rx, cancel)
+}
+
+pub(crate) fn map<T: Task>(
+    cluster: &Cluster,
+    inputs: Vec<T::Input>,
+    options: Options,
+) -> MapStream<T::Output> {
+    let total = inputs.len();
+    let (rx, cancel) = start::<T>(cluster, inputs, None, options);
+    MapStream {
+        rx,
+        buffer: BTreeMap::new(),
+        next: 0,
+        total,
+        cancel,
+    }
+}
+
+pub(crate) fn map_as_completed<T: Task>(
+    cluster: &Cluster,
+    inputs: Vec<T::Input>,
+    options: Options,
+) -> AsCompleted<T::Output> {
+    let remaining = inputs.len();
+    let (rx, cancel) = start::<T>(cluster, inputs, None, options);
+    AsCompleted {
+        rx,
+        remaining,
+        cancel,
+    }
+}
+
+/// Runs `T` over `inputs`, folding each chunk with `reducer` on the agents; returns the
+/// partial results (one per chunk) as they arrive.
+pub(crate) fn map_partials<T: Task>(
+    cluster: &Cluster,
+    inputs: Vec<T::Input>,
+    reducer: &'static str,
+    options: Options,
+) -> (mpsc::UnboundedReceiver<ItemEvent<T::Output>>, MapCancel) {
+    start::<T>(cluster, inputs, Some(reducer), options)
+}
+
+struct Chunk {
+    start: usize,
+    len: usize,
+}
+
+/// Sends the chunks, keeping a few per slot in flight, and turns their results into items.
+async fn drive<T: Task>(
+    cluster: Cluster,
+    inputs: Vec<T::Input>,
+    reducer: Option<&'static str>,
+    options: Options,
+    tx: mpsc::UnboundedSender<ItemEvent<T::Output>>,
+    cancel: MapCancel,
+) {
+    let total = inputs.len();
+    let slots = cluster.slots().max(1) as usize;
+    let max_inflight = slots * 2 + 2;
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut inflight: HashMap<u64, Chunk> = HashMap::new();
+    let mut next = 0usize;
+    let mut per_item_ns: Option<f64> = None;
+    let mut chunk_no = 0usize;
+    // Retries are counted here, per item: chunks go out with none of their own.
+    let retries = options.retries;
+    let options = Options {
+        retries: 0,
+        ..options
+    };
+    let mut retried: HashMap<usize, u32> = HashMap::new();
+    let mut may_retry = move |index: usize| {
+        let used = retried.entry(index).or_insert(0);
+        let allowed = *used < retries;
+        *used += u32::from(allowed);
+        allowed
+    };
+    let mut singles: std::collections::VecDeque<usize> = std::collections::VecDeque::new();
+    let mut progress = Progress::new(total);
+    let cancelled = cancel.0.clone();
+
+    loop {
+        // Until the first measurement, one item per slot probes the cost of an item.
+        while inflight.len() < max_inflight
+            && (!singles.is_empty()
+                || (next < total && (per_item_ns.is_some() || inflight.len() < slots)))
+        {
+            // Items of a chunk that crashed its worker go first, one by one.
+            let single = singles.pop_front();
+            let start = single.unwrap_or(next);
+            let by_time = per_item_ns.map_or(1, |ns| {
+                ((TARGET_CHUNK.as_nanos() as f64 / ns.max(1.0)) as usize).clamp(1, MAX_CHUNK_ITEMS)
+            });
+            // Guided: never more than a share of what is left, so the end stays balanced.
+            let share = (total - next).div_ceil(2 * slots);
+            let mut len = if single.is_some() {
+                1
+            } else {
+                by_time.min(share).max(1)
+            };
+            let encoded = loop {
+                let slice = &inputs[start..start + len];
+                match cluster.encode_chunk::<T>(slice) {
+                    Ok((payload, _)) if payload.len() > MAX_CHUNK_BYTES && len > 1 => {
+                        len = len.div_ceil(2)
+                    }
+                    other => break other,
+                }
+            };
+            let task_id = cluster.next_task_id();
+            let done = done_tx.clone();
+            let outcome = encoded.and_then(|(payload, shared)| {
+                cluster.send_chunk::<T>(
+                    task_id,
+                    payload,
+                    shared,
+                    len,
+                    reducer,
+                    &options,
+                    Box::new(move |raw| {
+                        let _ = done.send((task_id, raw));
+                    }),
+                )
+            });
+            match outcome {
+                Ok(()) => {
+                    inflight.insert(task_id, Chunk { start, len });
+                }
+                Err(err) => {
+                    let kind = match err {
+                        Error::TooLarge { .. } => ErrorKind::TooLarge,
+                        Error::Encode { .. } => ErrorKind::BadData,
+                        _ => ErrorKind::Disconnected,
+                    };
+                    let error = TaskError {
+                        kind,
+                        task: T::NAME.to_owned(),
+                        message: err.to_string(),
+                        agent: String::new(),
+                        attempt: 0,
+                    };
+                    if reducer.is_some() {
+                        let _ = tx.send((chunk_no, Err(error)));
+                        cluster.cancel_tasks(inflight.keys().copied().collect());
+                        return;
+                    }
+                    // Every item of the chunk gets the error: none may be left without a result.
+                    for index in start..start + len {
+                        let _ = tx.send((index, Err(error.clone())));
+                    }
+                }
+            }
+            if single.is_none() {
+                next += len;
+                chunk_no += 1;
+            }
+        }
+        if inflight.is_empty() && singles.is_empty() && next >= total {
+            break;
+        }
+        tokio::select! {
+            Some((task_id, raw)) = done_rx.recv() => {
+                let Some(chunk) = inflight.remove(&task_id) else { continue };
+                // A chunk that killed its worker: run its items one by one, so that only the
+                // item at fault fails (after its own attempts) and the others succeed.
+                if chunk.len > 1 && matches!(&raw.outcome, Err((ErrorKind::WorkerCrashed, _))) {
+                    singles.extend(chunk.start..chunk.start + chunk.len);
+                    continue;
+                }
+                if raw.run_ns > 0 && raw.outcome.is_ok() {
+                    let ns = raw.run_ns as f64 / chunk.len as f64;
+                    per_item_ns = Some(per_item_ns.map_or(ns, |old| 0.7 * old + 0.3 * ns));
+                }
+                if reducer.is_some() {
+                    let partial = match &raw.outcome {
+                        Ok(bytes) => postcard::from_bytes::<T::Output>(bytes).map_err(|e| {
+                            failure(T::NAME, &raw, ErrorKind::BadData, format!("cannot decode a partial result: {e}"))
+                        }),
+                        Err((kind, message)) => Err(failure(T::NAME, &raw, *kind, message.clone())),
+                    };
+                    if matches!(&partial, Err(e) if e.kind == ErrorKind::Failed) {
+                        // A failed reduction, retries allowed: its items again, one by one, each
+                        // with its own retries.
+                        if chunk.len > 1 && retries > 0 {
+                            singles.extend(chunk.start..chunk.start + chunk.len);
+                            continue;
+                        }
+                        if chunk.len == 1 && may_retry(chunk.start) {
+                            singles.push_back(chunk.start);
+                            continue;
+                        }
+                    }
+                    let _ = tx.send((chunk.start, partial));
+                    continue;
+                }
+                match decode_items::<T::Output>(T::NAME, &raw) {
+                    Ok(items) => {
+                        for (i, item) in items.into_iter().enumerate() {
+                            let index = chunk.start + i;
+                            match item {
+                                Err(_) if may_retry(index) => singles.push_back(index),
+                                item => {
+                                    let item = item.map_err(|message| failure(T::NAME, &raw, ErrorKind::Failed, message));
+                                    let _ = tx.send((index, item));
+                                }
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        for i in 0..chunk.len {
+                            let _ = tx.send((chunk.start + i, Err(err.clone())));
+                        }
+                    }
+                }
+                progress.advance(chunk.len);
+            }
+            () = cancelled.notified() => {
+                cluster.cancel_tasks(inflight.keys().copied().collect());
+                let error = TaskError {
+                    kind: ErrorKind::Cancelled,
+                    task: T::NAME.to_owned(),
+                    message: "the map was cancelled".into(),
+                    agent: String::new(),
+                    attempt: 0,
+                };
+                if reducer.is_none() {
+                    let unsent = singles.iter().copied().chain(next..total);
+                    let sent = inflight.values().flat_map(|c| c.start..c.start + c.len);
+                    for index in sent.chain(unsent) {
+                        let _ = tx.send((index, Err(error.clone())));
+                    }
+                }
+                break;
+            }
+        }
+    }
+    progress.finish();
+}
+
+/// A progress bar on stderr for maps that run longer than a second, when stderr is a terminal.
+struct Progress {
+    total: usize,
+    done: usize,
+    started: Instant,
+    bar: Option<indicatif::ProgressBar>,
+    enabled: bool,
+}
+
+impl Progress {
+    fn new(total: usize) -> Self {
+        Self {
+            total,
+            done: 0,
+            started: Instant::now(),
+            bar: None,
+            enabled: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.done += n;
+        if !self.enabled {
+            return;
+        }
+        if self.bar.is_none() && self.started.elapsed() > Duration::from_secs(1) {
+            let bar = indicatif::ProgressBar::new(self.total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} tasks, {per_sec}, eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            self.bar = Some(bar);
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_position(self.done as u64);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The tasks of this program, registered by `#[ladle::task]` at link time, and how a worker runs
+//! a chunk of them.
+
+use std::{
+    collections::HashMap,
+    panic::{AssertUnwindSafe, catch_unwind},
+    sync::OnceLock,
+};
+
+use crate::task::{Reducer, Task};
+
+/// Runs a chunk: encoded inputs in, encoded per-item results out.
+type RunChunk = fn(&[u8]) -> Result<Vec<u8>, ChunkError>;
+/// Folds encoded per-item results into one encoded value.
+type Fold = fn(&[u8]) -> Result<Vec<u8>, String>;
+
+/// A registered task, with its inputs and outputs erased to bytes.
+pub struct Entry {
+    pub name: &'static str,
+    pub gpu: bool,
+    run_chunk: RunChunk,
+    fold: Option<Fold>,
+}
+
+inventory::collect!(Entry);
+
+/// Why a whole chunk could not run.
+#[derive(Debug)]
+pub enum ChunkError {
+    BadInput(String),
+    Encode(String),
+}
+
+impl Entry {
+    pub const fn task<T: Task>() -> Self {
+        Self {
+            name: T::NAME,
+            gpu: T::GPU,
+            run_chunk: run_chunk::<T>,
+            fold: None,
+        }
+    }
+
+    pub const fn reducer<T: Reducer>() -> Self {
+        Self {
+            name: T::NAME,
+            gpu: T::GPU,
+            run_chunk: run_chunk::<T>,
+            fold: Some(fold::<T>),
+        }
+    }
+}
+
+/// One item's result as it travels: the output, or the task's error message.
+pub type ItemResult<T> = Result<T, String>;
+
+/// Decodes the chunk's inputs, runs each in isolation (a panic fails its item only), and
+/// encodes the per-item results.
+fn run_chunk<T: Task>(payload: &[u8]) -> Result<Vec<u8>, ChunkError> {
+    let inputs: Vec<T::Input> = postcard::from_bytes(payload).map_err(|e| {
+        ChunkError::BadInput(format!(
+            "the input does not decode as {}'s argument: {e}",
+            T::NAME
+        ))
+    })?;
+    let results: Vec<ItemResult<T::Output>> = inputs
+        .into_iter()
+        .map(
+            |input| match catch_unwind(AssertUnwindSafe(|| T::run(input))) {
+                Ok(result) => result,
+                Err(panic) => Err(format!("panicked: {}", panic_message(&*panic))),
+            },
+        )
+        .collect();
+    postcard::to_allocvec(&results).map_err(|e| ChunkError::Encode(e.to_string()))
+}
+
+/// Folds a chunk's per-item results with reducer `R`; the first failed item fails the fold.
+fn fold<R: Reducer>(results: &[u8]) -> Result<Vec<u8>, String> {
+    let items: Vec<ItemResult<R::Output>> = postcard::from_bytes(results)
+        .map_err(|e| format!("the mapped values do not decode as {}'s: {e}", R::NAME))?;
+    let mut acc: Option<R::Output> = None;
+    for item in items {
+        let value = item?;
+        acc = Some(match acc {
+            None => value,
+            Some(a) => match catch_unwind(AssertUnwindSafe(|| R::run((a, value)))) {
+                Ok(result) => result?,
+                Err(panic) => {
+                    return Err(format!(
+                        "reducer {} panicked: {}",
+                        R::NAME,
+                        panic_message(&*panic)
+                    ));
+                }
+            },
+        });
+    }
+    let acc = acc.ok_or_else(|| "nothing to reduce".to_owned())?;
+    postcard::to_allocvec(&acc).map_err(|e| e.to_string())
+}
+
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
+}
+
+fn table() -> &'static HashMap<&'static str, &'static Entry> {
+    static TABLE: OnceLock<HashMap<&'static str, &'static Entry>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        inventory::iter::<Entry>
+            .into_iter()
+            .map(|e| (e.name, e))
+            .collect()
+    })
+}
+
+pub fn lookup(name: &str) -> Option<&'static Entry> {
+    table().get(name).copied()
+}
+
+pub fn count() -> usize {
+    table().len()
+}
+
+/// How a worker's run of one chunk ended.
+pub enum Executed {
+    Output(Vec<u8>),
+    UnknownTask(String),
+    BadInput(String),
+    Failed(String),
+}
+
+/// Runs a chunk of `function`, folded by `reducer` when given.
+pub fn execute(function: &str, reducer: Option<&str>, payload: &[u8]) -> Executed {
+    let Some(entry) = lookup(function) else {
+        return Executed::UnknownTask(unknown(function));
+    };
+    let fold = match reducer {
+        None => None,
+        Some(name) => match lookup(name) {
+            None => return Executed::UnknownTask(unknown(name)),
+            Some(Entry { fold: None, .. }) => {
+                return Executed::Failed(format!(
+                    "{name} is not a reducer (it must be fn(T, T) -> T)"
+                ));
+            }
+            Some(Entry { fold: Some(f), .. }) => Some(*f),
+        },
+    };
+    let output = match (entry.run_chunk)(payload) {
+        Ok(output) => output,
+        Err(ChunkError::BadInput(m)) => return Executed::BadInput(m),
+        Err(ChunkError::Encode(m)) => {
+            return Executed::Failed(format!("cannot encode the output: {m}"));
+        }
+    };
+    match fold {
+        None => Executed::Output(output),
+        Some(fold) => match fold(&output) {
+            Ok(folded) => Executed::Output(folded),
+            Err(message) => Executed::Failed(message),
+        },
+    }
+}
+
+fn unknown(name: &str) -> String {
+    format!(
+        "this worker has no task named {name:?}: the agent runs a different build of the program than the driver \
+         ({} tasks registered in it)",
+        count()
+    )
+}

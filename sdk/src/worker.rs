@@ -1,0 +1,184 @@
+//! Worker mode: when an agent starts the program, it connects to the agent's socket and runs
+//! the tasks it is sent on a rayon pool, instead of running `main`'s body.
+
+use std::{
+    io::{self, BufReader, BufWriter, Write},
+    os::unix::net::UnixStream,
+    sync::mpsc,
+    time::Instant,
+};
+
+use ladle_common::worker_protocol::{
+    self as wp, FromWorker, ToWorker, WorkerFailure, WorkerOutcome,
+};
+
+use crate::{
+    registry::{self, Executed},
+    shared,
+};
+
+/// Serves as a worker if an agent started this process, then exits; returns otherwise.
+pub fn serve_if_worker() {
+    let Some(socket) = std::env::var_os(wp::SOCKET_ENV) else {
+        return;
+    };
+    let code = match serve(&socket) {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("ladle worker: {err}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn serve(socket: &std::ffi::OsStr) -> io::Result<()> {
+    let threads = std::env::var(wp::THREADS_ENV)
+        .ok()
+        .and_then(|t| t.parse::<usize>().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(1);
+    let stream = UnixStream::connect(socket)?;
+    let count = u32::try_from(registry::count()).unwrap_or(u32::MAX);
+    if threads == 1 {
+        return serve_inline(stream, count);
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("ladle-task-{i}"))
+        .build()
+        .map_err(io::Error::other)?;
+
+    let (tx, rx) = mpsc::channel::<FromWorker>();
+    let writer_stream = stream.try_clone()?;
+    let writer = std::thread::Builder::new()
+        .name("ladle-results".into())
+        .spawn(move || write_results(writer_stream, rx))?;
+    let _ = tx.send(FromWorker::Ready {
+        pid: std::process::id(),
+        tasks: count,
+    });
+
+    let mut input = BufReader::with_capacity(1 << 16, stream);
+    while let Some(message) = wp::read_frame::<ToWorker>(&mut input)? {
+        match message {
+            ToWorker::Shared { sha256, data } => shared::receive(sha256, data),
+            ToWorker::Run {
+                task,
+                function,
+                reducer,
+                payload,
+                report_start,
+            } => {
+                let tx = tx.clone();
+                pool.spawn(move || {
+                    if report_start {
+                        let _ = tx.send(FromWorker::Started { task });
+                    }
+                    let _ = tx.send(run_task(task, &function, reducer.as_deref(), &payload));
+                });
+            }
+        }
+    }
+    // The agent closed the socket: it wants this worker gone.
+    drop(tx);
+    let _ = writer.join();
+    Ok(())
+}
+
+/// One slot: each task runs on this thread as it is read, and its result is written at once. A
+/// pool and a writer thread would only pass every task and result from thread to thread.
+fn serve_inline(stream: UnixStream, count: u32) -> io::Result<()> {
+    let mut out = BufWriter::with_capacity(1 << 16, stream.try_clone()?);
+    wp::write_frame(
+        &mut out,
+        &FromWorker::Ready {
+            pid: std::process::id(),
+            tasks: count,
+        },
+    )?;
+    out.flush()?;
+    let mut input = BufReader::with_capacity(1 << 16, stream);
+    while let Some(message) = wp::read_frame::<ToWorker>(&mut input)? {
+        match message {
+            ToWorker::Shared { sha256, data } => shared::receive(sha256, data),
+            ToWorker::Run {
+                task,
+                function,
+                reducer,
+                payload,
+                report_start,
+            } => {
+                if report_start {
+                    wp::write_frame(&mut out, &FromWorker::Started { task })?;
+                    out.flush()?;
+                }
+                wp::write_frame(
+                    &mut out,
+                    &run_task(task, &function, reducer.as_deref(), &payload),
+                )?;
+            }
+        }
+        // Results wait only while another whole task is already here to run: under load they
+        // travel in batches, and a lone task's result leaves at once.
+        if !frame_ready(input.buffer()) {
+            out.flush()?;
+        }
+    }
+    out.flush()
+}
+
+/// Whether `buffer` holds at least one whole frame.
+fn frame_ready(buffer: &[u8]) -> bool {
+    match buffer.get(..4) {
+        Some(len) => {
+            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            buffer.len() >= 4 + len
+        }
+        None => false,
+    }
+}
+
+/// Runs one chunk and says how it went.
+fn run_task(task: u64, function: &str, reducer: Option<&str>, payload: &[u8]) -> FromWorker {
+    let started = Instant::now();
+    let outcome = match registry::execute(function, reducer, payload) {
+        Executed::Output(bytes) => WorkerOutcome::Output(bytes),
+        Executed::UnknownTask(message) => WorkerOutcome::Failed {
+            kind: WorkerFailure::UnknownTask,
+            message,
+        },
+        Executed::BadInput(message) => WorkerOutcome::Failed {
+            kind: WorkerFailure::BadInput,
+            message,
+        },
+        Executed::Failed(message) => WorkerOutcome::Failed {
+            kind: WorkerFailure::TaskError,
+            message,
+        },
+    };
+    let run_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    FromWorker::Done {
+        task,
+        outcome,
+        run_ns,
+    }
+}
+
+/// Sends results as they come, flushing whenever no more are waiting.
+fn write_results(stream: UnixStream, rx: mpsc::Receiver<FromWorker>) {
+    let mut out = BufWriter::with_capacity(1 << 16, stream);
+    while let Ok(first) = rx.recv() {
+        if wp::write_frame(&mut out, &first).is_err() {
+            return;
+        }
+        while let Ok(more) = rx.try_recv() {
+            if wp::write_frame(&mut out, &more).is_err() {
+                return;
+            }
+        }
+        if out.flush().is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! A driver program for the end-to-end tests: each subcommand is one scenario, run through the
+//! real SDK against the cluster in LADLE_SCHEDULER, printing one JSON line of findings.
+
+use std::time::Duration;
+
+use ladle::{Cluster, ErrorKind, Options, ReturnWhen, Shared, StreamExt};
+use serde_json::json;
+
+#[ladle::task]
+fn triple_plus_one(x: u64) -> u64 {
+    3 * x + 1
+}
+
+#[ladle::task]
+fn fragile(x: u64) -> u64 {
+    if x == 500 {
+        panic!("input 500 is cursed");
+    }
+    x
+}
+
+#[ladle::task]
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[ladle::task]
+fn checked(x: u64) -> Result<u64, String> {
+    if x % 2 == 1 {
+        Err(format!("{x} is odd"))
+    } else {
+        Ok(x / 2)
+    }
+}
+
+#[ladle::task]
+fn byte_at(args: (Shared<Vec<u8>>, u64)) -> (u64, u8) {
+    let (data, i) = args;
+    (data.len() as u64, data[(i as usize * 4099) % data.len()])
+}
+
+#[ladle::task]
+fn length(data: Vec<u8>) -> usize {
+    data.len()
+}
+
+/// Takes 5 ms, returns its input.
+#[ladle::task]
+fn slow_id(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(5));
+    x
+}
+
+/// Kills its worker process on input 123.
+#[ladle::task]
+fn abort_on_123(x: u64) -> u64 {
+    if x == 123 {
+        std::process::abort();
+    }
+    std::thread::sleep(Duration::from_millis(2));
+    x
+}
+
+/// Fails the first time it is called for a path (it leaves the file behind), then succeeds.
+#[ladle::task]
+fn fails_once(path: String) -> Result<u64, String> {
+    if std::path::Path::new(&path).exists() {
+        Ok(1)
+    } else {
+        std::fs::write(&path, b"tried").map_err(|e| e.to_string())?;
+        Err(format!("first try at {path} fails"))
+    }
+}
+
+#[ladle::task]
+fn chatty(x: u64) -> u64 {
+    println!("hello from task {x}");
+    x
+}
+
+fn out(value: serde_json::Value) {
+    println!("{value}");
+}
+
+#[ladle::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let scenario = std::env::args().nth(1).unwrap_or_default();
+    let cluster = Cluster::from_env().await?;
+    match scenario.as_str() {
+        "map100k" => {
+            let results = cluster.map(triple_plus_one, 0..100_000u64).await?;
+            let correct = results
+                .iter()
+                .enumerate()
+                .all(|(i, &r)| r == 3 * i as u64 + 1);
+            out(json!({ "count": results.len(), "correct": correct }));
+        }
+        "panic" => {
+            let mut results = cluster.map(fragile, 0..1000u64);
+            let (mut ok, mut errors) = (0, Vec::new());
+            while let Some(result) = results.next().await {
+                match result {
+                    Ok(_) => ok += 1,
+                    Err(e) => errors.push(json!({ "kind": format!("{:?}", e.kind), "task": e.task, "message": e.message, "agent": e.agent, "attempt": e.attempt, "text": e.to_string() })),
+                }
+            }
+            let single = cluster.submit(checked, 3)?.await.map_err(|e| e.to_string());
+            out(json!({ "ok": ok, "errors": errors, "single": single.err() }));
+        }
+        "wait" => {
+            let mut futures = vec![cluster.submit(nap, 1)?];
+            for _ in 0..3 {
+                futures.push(cluster.submit(nap, 30_000)?);
+            }
+            let first = ladle::wait(futures, ReturnWhen::FirstCompleted, None).await;
+            let first_done = first.done.len();
+            let timed = ladle::wait(
+                first.pending,
+                ReturnWhen::AllCompleted,
+                Some(Duration::from_millis(300)),
+            )
+            .await;
+            for f in &timed.pending {
+                f.cancel();
+            }
+            let mut done = first.done;
+            let value = done.pop().ok_or("nothing done")?.await?;
+            out(
+                json!({ "first_done": first_done, "value": value, "after_timeout_done": timed.done.len(), "after_timeout_pending": timed.pending.len() }),
+            );
+        }
+        "cancel" => {
+            // Long enough to keep every slot busy for minutes, unless cancelled.
+            let map = cluster.map_with(nap, std::iter::repeat_n(200u64, 5000), Options::new());
+            let canceller = map.canceller();
+            let mut map = map;
+            let first = map.next().await;
+            canceller.cancel();
+            let mut cancelled = 0;
+            while let Some(result) = map.next().await {
+                if matches!(result, Err(ref e) if e.kind == ErrorKind::Cancelled) {
+                    cancelled += 1;
+                }
+            }
+            out(json!({ "first_ok": matches!(first, Some(Ok(_))), "cancelled": cancelled }));
+            // Stay connected so that only the cancel can have freed the slots.
+            println!("{}", json!({ "waiting": true }));
+            tokio::time::sleep(Duration::from_secs(600)).await;
+        }
+        "hang" => {
+            let map = cluster.map(nap, std::iter::repeat_n(500u64, 5000));
+            println!("{}", json!({ "started": true }));
+            let _ = map.await;
+        }
+        "shared" => {
+            let data: Vec<u8> = (0..50_000_000u64).map(|i| (i % 251) as u8).collect();
+            let shared = cluster.share(data).await?;
+            let inputs: Vec<_> = (0..1000u64).map(|i| (shared.clone(), i)).collect();
+            let results = cluster.map(byte_at, inputs).await?;
+            let correct = results.iter().enumerate().all(|(i, &(len, b))| {
+                len == 50_000_000 && b == ((i * 4099 % 50_000_000) % 251) as u8
+            });
+            out(json!({ "count": results.len(), "correct": correct, "sha256": shared.sha256() }));
+        }
+        "unknown" => {
+            let result = cluster.submit(triple_plus_one, 1)?.await;
+            let error = result
+                .err()
+                .map(|e| json!({ "kind": format!("{:?}", e.kind), "text": e.to_string() }));
+            out(json!({ "error": error }));
+        }
+        "too_large" => {
+            let refused = cluster
+                .submit(length, vec![7u8; 2 << 20])
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            let small = cluster.submit(length, vec![7u8; 1000])?.await?;
+            out(json!({ "refused": refused.err(), "small": small }));
+        }
+        "output" => {
+            let results = cluster.map(chatty, 0..3u64).await?;
+            out(json!({ "results": results }));
+        }
+        "long_map" => {
+            let map = cluster.map(slow_id, 0..2000u64);
+            println!("{}", json!({ "started": true }));
+            let results = map.await?;
+            let correct = results.iter().enumerate().all(|(i, &r)| r == i as u64);
+            out(json!({ "count": results.len(), "correct": correct }));
+        }
+        "exactly_once" => {
+            // Every input's result, in completion order: a duplicate or a gap would show here.
+            let n: u64 = std::env::args()
+                .nth(2)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(5000);
+            let mut seen = vec![0u32; n as usize];
+            let mut wrong = 0;
+            let mut errors = Vec::new();
+            let mut results = cluster.map_as_completed(slow_id, 0..n);
+            println!("{}", json!({ "started": true }));
+            while let Some((index, result)) = results.next().await {
+                seen[index] += 1;
+                match result {
+                    Ok(value) if value == index as u64 => {}
+                    Ok(_) => wrong += 1,
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            let once = seen.iter().filter(|&&c| c == 1).count();
+            let twice = seen.iter().filter(|&&c| c > 1).count();
+            out(
+                json!({ "n": n, "once": once, "duplicated": twice, "wrong": wrong, "errors": errors }),
+            );
+        }
+        "abort" => {
+            let mut results = cluster.map(abort_on_123, 0..300u64);
+            let (mut ok, mut errors) = (0, Vec::new());
+            while let Some(result) = results.next().await {
+                match result {
+                    Ok(_) => ok += 1,
+                    Err(e) => errors
+                        .push(json!({ "kind": format!("{:?}", e.kind), "text": e.to_string() })),
+                }
+            }
+            out(json!({ "ok": ok, "errors": errors }));
+        }
+        "retries" => {
+            let dir = std::env::args().nth(2).ok_or("a directory")?;
+            let path = |name: &str| format!("{dir}/{name}");
+            let retried = cluster
+                .submit_with(fails_once, path("a"), &Options::new().retries(1))?
+                .await;
+            let plain = cluster.submit(fails_once, path("b"))?.await;
+            let mapped = cluster
+                .map_with(
+                    fails_once,
+                    (0..20).map(|i| path(&format!("m{i}"))),
+                    Options::new().retries(2),
+                )
+                .await;
+            out(json!({
+                "retried": retried.map_err(|e| e.to_string()),
+                "plain": plain.map_err(|e| e.to_string()),
+                "mapped": mapped.map(|v| v.iter().sum::<u64>()).map_err(|e| e.to_string()),
+            }));
+        }
+        "timeout" => {
+            let slow = cluster.submit_with(
+                nap,
+                60_000,
+                &Options::new().timeout(Duration::from_millis(500)),
+            )?;
+            let quick = cluster.submit(nap, 10)?;
+            let slow = slow.await;
+            let quick = quick.await?;
+            let error = slow
+                .err()
+                .map(|e| json!({ "kind": format!("{:?}", e.kind), "text": e.to_string() }));
+            out(json!({ "slow": error, "quick": quick }));
+        }
+        other => return Err(format!("unknown scenario {other:?}").into()),
+    }
+    Ok(())
+}
