@@ -4,7 +4,7 @@
 use std::future::Future;
 
 use ladle_common::{address, token::Token};
-use ladle_proto::v1::Hello;
+use ladle_proto::v1::{Gpu, Hello};
 use thiserror::Error;
 use tracing::{info, warn};
 
@@ -16,6 +16,7 @@ use crate::{
     resources,
     session::{AgentError as SessionError, Session},
     settings::AgentSettings,
+    settings::GpuSelection,
 };
 
 #[derive(Debug, Error)]
@@ -51,6 +52,79 @@ pub async fn run(
     let state_dir = settings.state_dir();
     let identity = Identity::load_or_create(&state_dir)?;
 
+    let gpus = gpu_slots(&settings);
+    let cpu_slots = settings.cpu_slots.unwrap_or_else(resources::cpus);
+    if cpu_slots == 0 && gpus.is_empty() {
+        return Err(AgentError::NothingToOffer);
+    }
+    let mut probe = resources::Probe::new();
+    let hello = Hello {
+        protocol_version: ladle_proto::PROTOCOL_VERSION,
+        agent_id: identity.id.clone(),
+        hostname: settings
+            .hostname
+            .clone()
+            .unwrap_or_else(resources::hostname),
+        version: ladle_common::VERSION.into(),
+        resources: Some(probe.resources(cpu_slots, gpus.clone())),
+        labels: settings.labels.clone().into_iter().collect(),
+        discovery: discovery.into(),
+    };
+    info!(
+        "ladle-agent {} starting as {} (state in {})",
+        ladle_common::VERSION,
+        identity.id,
+        state_dir.display()
+    );
+
+    let cache = BlobCache::new(
+        state_dir.join("blobs"),
+        settings.cache_max_bytes,
+        address.clone(),
+        token.clone(),
+    );
+    let (executor, outgoing) = executor::start(
+        executor::Slots {
+            cpu: cpu_slots,
+            gpus: gpus.iter().map(|g| g.ordinal).collect(),
+        },
+        hello.hostname.clone(),
+        cache,
+        state_dir.join("run"),
+    );
+    let session = Session {
+        address,
+        token,
+        hello,
+        reconnect_max_delay: settings.reconnect_max_delay,
+        executor,
+        outgoing,
+    };
+    session.run(shutdown).await?;
+    info!("stopped");
+    drop(identity);
+    Ok(())
+}
+
+/// The GPU slots the agent offers: the ones declared in its settings, or else the CUDA devices
+/// the driver reports, as far as the settings allow.
+fn gpu_slots(settings: &AgentSettings) -> Vec<Gpu> {
+    if let Some(n) = settings.gpu_slots {
+        info!("{n} GPU slot(s) declared in the settings; the CUDA driver is not asked");
+        return (0..n)
+            .map(|ordinal| Gpu {
+                ordinal,
+                name: "declared".into(),
+                memory_bytes: 0,
+                compute_capability: String::new(),
+                declared: true,
+            })
+            .collect();
+    }
+    if settings.gpus == GpuSelection::None {
+        info!("GPUs disabled in the settings (gpus = \"none\")");
+        return Vec::new();
+    }
     let found = gpu::discover();
     match &found {
         Discovery::NoDriver => {
@@ -71,48 +145,22 @@ pub async fn run(
             }
         }
     }
-    let gpus = found.gpus();
-    let cpu_slots = settings.cpu_slots.unwrap_or_else(resources::cpus);
-    if cpu_slots == 0 && gpus.is_empty() {
-        return Err(AgentError::NothingToOffer);
+    let (offered, skipped): (Vec<Gpu>, Vec<Gpu>) = found
+        .gpus()
+        .into_iter()
+        .partition(|g| settings.gpus.allows(g.ordinal));
+    for g in skipped {
+        info!(
+            "GPU {} left out by the settings (gpus = {:?})",
+            g.ordinal, settings.gpus
+        );
     }
-    let mut probe = resources::Probe::new();
-    let hello = Hello {
-        protocol_version: ladle_proto::PROTOCOL_VERSION,
-        agent_id: identity.id.clone(),
-        hostname: settings
-            .hostname
-            .clone()
-            .unwrap_or_else(resources::hostname),
-        version: ladle_common::VERSION.into(),
-        resources: Some(probe.resources(cpu_slots, gpus)),
-        labels: settings.labels.clone().into_iter().collect(),
-        discovery: discovery.into(),
-    };
-    info!(
-        "ladle-agent {} starting as {} (state in {})",
-        ladle_common::VERSION,
-        identity.id,
-        state_dir.display()
-    );
-
-    let cache = BlobCache::new(
-        state_dir.join("blobs"),
-        settings.cache_max_bytes,
-        address.clone(),
-        token.clone(),
-    );
-    let (executor, outgoing) = executor::start(cpu_slots, cache, state_dir.join("run"));
-    let session = Session {
-        address,
-        token,
-        hello,
-        reconnect_max_delay: settings.reconnect_max_delay,
-        executor,
-        outgoing,
-    };
-    session.run(shutdown).await?;
-    info!("stopped");
-    drop(identity);
-    Ok(())
+    if let GpuSelection::Only(wanted) = &settings.gpus {
+        for ordinal in wanted {
+            if !offered.iter().any(|g| g.ordinal == *ordinal) {
+                warn!("the settings name GPU {ordinal}, which the CUDA driver does not report");
+            }
+        }
+    }
+    offered
 }

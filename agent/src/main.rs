@@ -28,6 +28,12 @@ struct Cli {
     /// Name shown in the agent table [default: the hostname].
     #[arg(long)]
     hostname: Option<String>,
+    /// CUDA devices to offer: all, none, or ordinals such as 0,2 [default: all].
+    #[arg(long, value_name = "all|none|0,2")]
+    gpus: Option<String>,
+    /// Declare this many GPU slots instead of asking the CUDA driver (devices it cannot see, tests).
+    #[arg(long, value_name = "N")]
+    gpu_slots: Option<u32>,
     /// A label KEY=VALUE shown to operators; repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
@@ -69,6 +75,12 @@ fn load_settings(cli: &Cli) -> Result<AgentSettings, SettingsError> {
     }
     if let Some(n) = cli.cpu_slots {
         flags.push(("cpu_slots", n.to_string().into()));
+    }
+    if let Some(g) = &cli.gpus {
+        flags.push(("gpus", g.clone().into()));
+    }
+    if let Some(n) = cli.gpu_slots {
+        flags.push(("gpu_slots", n.to_string().into()));
     }
     if let Some(h) = &cli.hostname {
         flags.push(("hostname", h.clone().into()));

@@ -153,7 +153,7 @@ impl Session {
                 _ = ticker.tick() => {
                     let heartbeat = AgentMessage {
                         body: Some(agent_message::Body::Heartbeat(Heartbeat {
-                            load: Some(probe.load(self.executor.busy(), 0)),
+                            load: Some(probe.load(self.executor.busy(), self.executor.busy_gpus())),
                         })),
                     };
                     if tx.send(heartbeat).await.is_err() {

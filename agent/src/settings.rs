@@ -27,6 +27,74 @@ pub struct AgentSettings {
     pub reconnect_max_delay: Duration,
     /// Bound on the cache of job executables and shared constants, in bytes.
     pub cache_max_bytes: u64,
+    /// Which CUDA devices to offer: `"all"` (the default), `"none"`, or ordinals
+    /// (`[0, 2]` in TOML, `"0,2"` in LADLE_GPUS or `--gpus`).
+    pub gpus: GpuSelection,
+    /// Declares this many GPU slots (ordinals 0..n) instead of asking the CUDA driver: for
+    /// devices the driver cannot see, and for tests.
+    pub gpu_slots: Option<u32>,
+}
+
+/// Which of the machine's CUDA devices the agent offers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum GpuSelection {
+    #[default]
+    All,
+    None,
+    Only(Vec<u32>),
+}
+
+impl GpuSelection {
+    pub fn allows(&self, ordinal: u32) -> bool {
+        match self {
+            Self::All => true,
+            Self::None => false,
+            Self::Only(list) => list.contains(&ordinal),
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "all" => Ok(Self::All),
+            "none" | "" => Ok(Self::None),
+            list => list
+                .split(',')
+                .map(|o| {
+                    o.trim().parse::<u32>().map_err(|_| {
+                        format!("{o:?} is not a device ordinal (want \"all\", \"none\" or a list such as \"0,2\")")
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Self::Only),
+        }
+    }
+}
+
+impl Serialize for GpuSelection {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::All => s.serialize_str("all"),
+            Self::None => s.serialize_str("none"),
+            Self::Only(list) => list.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for GpuSelection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            One(u32),
+            List(Vec<u32>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Text(text) => Self::parse(&text).map_err(serde::de::Error::custom),
+            Raw::One(ordinal) => Ok(Self::Only(vec![ordinal])),
+            Raw::List(list) => Ok(Self::Only(list)),
+        }
+    }
 }
 
 impl Default for AgentSettings {
@@ -41,6 +109,8 @@ impl Default for AgentSettings {
             labels: BTreeMap::new(),
             reconnect_max_delay: Duration::from_secs(2),
             cache_max_bytes: 4 << 30,
+            gpus: GpuSelection::All,
+            gpu_slots: None,
         }
     }
 }

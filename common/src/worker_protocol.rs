@@ -12,6 +12,11 @@ pub const SOCKET_ENV: &str = "LADLE_WORKER_SOCKET";
 pub const THREADS_ENV: &str = "LADLE_WORKER_THREADS";
 /// The id of the job the worker serves.
 pub const JOB_ENV: &str = "LADLE_WORKER_JOB";
+/// The ordinal (on the agent's machine) of the one GPU a GPU worker owns; absent in CPU workers.
+/// `CUDA_VISIBLE_DEVICES` is set to it too, so that inside the worker that device is device 0.
+pub const GPU_ENV: &str = "LADLE_GPU";
+/// The name of the agent running the worker, as its table shows it.
+pub const AGENT_ENV: &str = "LADLE_AGENT";
 
 /// The largest frame either side accepts.
 pub const MAX_FRAME: usize = 1 << 31;

@@ -197,7 +197,7 @@ async fn run(command: Command, settings: SchedulerSettings) -> anyhow::Result<()
                     "cpu_slots": { "busy": status.cpu_slots_busy, "total": status.cpu_slots_total },
                     "gpu_slots": { "busy": status.gpu_slots_busy, "total": status.gpu_slots_total },
                     "jobs": status.jobs,
-                    "tasks": { "queued": status.tasks_queued, "running": status.tasks_running },
+                    "tasks": { "queued": status.tasks_queued, "running": status.tasks_running, "gpu_queued": status.gpu_tasks_queued },
                     "blob_fetches": status.blob_fetches,
                 });
                 println!("{}", serde_json::to_string_pretty(&value)?);

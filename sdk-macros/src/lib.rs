@@ -25,7 +25,10 @@ use syn::{
 /// arguments travel as a tuple. A function returning `Result<T, E>` (with `E: Display`) gives
 /// its futures an error with E's message. A function of two arguments of its result's type
 /// (`fn add(a: u64, b: u64) -> u64`) can also be the reducer of `map_reduce`.
-/// `#[ladle::task(gpu)]` marks a task that needs a GPU slot.
+/// `#[ladle::task(gpu)]` marks a task that needs a GPU slot: it runs in a worker that owns one
+/// device, and `ladle::gpu::context()` hands it a CUDA context there.
+/// `#[ladle::task(prefer_gpu)]` marks one that takes a free GPU slot when there is one and a CPU
+/// slot otherwise; `ladle::gpu::ordinal()` tells it which it got.
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     let gpu = match parse_task_attr(attr.into()) {
@@ -39,22 +42,24 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
-fn parse_task_attr(attr: Tokens) -> syn::Result<bool> {
+fn parse_task_attr(attr: Tokens) -> syn::Result<Tokens> {
     if attr.is_empty() {
-        return Ok(false);
+        return Ok(quote!(::ladle::GpuUse::None));
     }
     let ident: syn::Ident = syn::parse2(attr)?;
     if ident == "gpu" {
-        Ok(true)
+        Ok(quote!(::ladle::GpuUse::Required))
+    } else if ident == "prefer_gpu" {
+        Ok(quote!(::ladle::GpuUse::Preferred))
     } else {
         Err(syn::Error::new(
             ident.span(),
-            "the only option of #[ladle::task] is `gpu`",
+            "the options of #[ladle::task] are `gpu` (needs a GPU) and `prefer_gpu`",
         ))
     }
 }
 
-fn expand_task(function: ItemFn, gpu: bool) -> syn::Result<Tokens> {
+fn expand_task(function: ItemFn, gpu: Tokens) -> syn::Result<Tokens> {
     let sig = &function.sig;
     if sig.asyncness.is_some() {
         return Err(syn::Error::new(
@@ -139,7 +144,7 @@ fn expand_task(function: ItemFn, gpu: bool) -> syn::Result<Tokens> {
             type Input = #input_ty;
             type Output = #out_ty;
             const NAME: &'static str = ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#name));
-            const GPU: bool = #gpu;
+            const GPU: ::ladle::GpuUse = #gpu;
 
             fn run(input: Self::Input) -> ::core::result::Result<Self::Output, ::std::string::String> {
                 #bind

@@ -27,6 +27,7 @@
 mod cluster;
 mod error;
 mod futures;
+pub mod gpu;
 mod map;
 mod registry;
 mod shared;
@@ -38,10 +39,14 @@ pub use cluster::{
 };
 pub use error::Error;
 pub use futures::{ReturnWhen, TaskFuture, Waited, as_completed, gather, wait};
+pub use gpu::GpuUse;
 pub use ladle_macros::{main, task};
 pub use map::{AsCompleted, MapCancel, MapStream};
 pub use shared::Shared;
 pub use task::{ErrorKind, Reducer, Task, TaskError};
+
+/// The CUDA bindings [`gpu::context`] hands out, for kernels of your own.
+pub use cudarc;
 
 /// Streams of results (`StreamExt::next`) without a dependency of your own.
 pub use ::futures::{Stream, StreamExt};

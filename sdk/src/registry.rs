@@ -17,7 +17,6 @@ type Fold = fn(&[u8]) -> Result<Vec<u8>, String>;
 /// A registered task, with its inputs and outputs erased to bytes.
 pub struct Entry {
     pub name: &'static str,
-    pub gpu: bool,
     run_chunk: RunChunk,
     fold: Option<Fold>,
 }
@@ -35,7 +34,6 @@ impl Entry {
     pub const fn task<T: Task>() -> Self {
         Self {
             name: T::NAME,
-            gpu: T::GPU,
             run_chunk: run_chunk::<T>,
             fold: None,
         }
@@ -44,7 +42,6 @@ impl Entry {
     pub const fn reducer<T: Reducer>() -> Self {
         Self {
             name: T::NAME,
-            gpu: T::GPU,
             run_chunk: run_chunk::<T>,
             fold: Some(fold::<T>),
         }

@@ -12,8 +12,8 @@ pub trait Task: Copy + Send + Sync + 'static {
     type Output: Serialize + DeserializeOwned + Send + 'static;
     /// The name workers look the task up by.
     const NAME: &'static str;
-    /// Whether the task needs a GPU slot.
-    const GPU: bool;
+    /// Whether the task needs (or prefers) a GPU slot.
+    const GPU: crate::GpuUse;
     /// Runs the body; an `Err` carries the task's own error message.
     fn run(input: Self::Input) -> Result<Self::Output, String>;
 }

@@ -1,5 +1,6 @@
 //! Runs the tasks the scheduler assigns: no more at once than the agent's slots, the rest in a
-//! short local queue; one worker process per job. Results and output lines go back in batches.
+//! short local queue; one worker process per job for CPU tasks, and one per job and GPU for GPU
+//! tasks, each owning its device. Results and output lines go back in batches.
 
 pub mod worker;
 
@@ -36,7 +37,14 @@ pub enum Outgoing {
 #[derive(Clone)]
 pub struct ExecutorHandle {
     tx: mpsc::UnboundedSender<Input>,
-    busy: Arc<AtomicU32>,
+    busy: Arc<Busy>,
+}
+
+/// Slots in use now, for heartbeats.
+#[derive(Default)]
+struct Busy {
+    cpu: AtomicU32,
+    gpu: AtomicU32,
 }
 
 impl ExecutorHandle {
@@ -44,18 +52,40 @@ impl ExecutorHandle {
         let _ = self.tx.send(input);
     }
 
-    /// Tasks running now.
+    /// CPU tasks running now.
     pub fn busy(&self) -> u32 {
-        self.busy.load(Ordering::Relaxed)
+        self.busy.cpu.load(Ordering::Relaxed)
     }
+
+    /// GPU slots holding a task now.
+    pub fn busy_gpus(&self) -> u32 {
+        self.busy.gpu.load(Ordering::Relaxed)
+    }
+}
+
+/// What the agent runs at once.
+pub struct Slots {
+    pub cpu: u32,
+    /// Ordinals of the GPU slots, one task each.
+    pub gpus: Vec<u32>,
+}
+
+/// Which of a job's workers runs a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Lane {
+    /// The job's worker for CPU tasks.
+    Shared,
+    /// The job's worker for a task suspected of crashing workers, alone.
+    Solo,
+    /// The job's worker that owns this GPU.
+    Gpu(u32),
 }
 
 struct Running {
     job: Arc<str>,
     attempt: u32,
     cancelled: bool,
-    /// In the job's solo worker (a task suspected of crashing workers runs there, alone).
-    solo: bool,
+    lane: Lane,
     timeout: Option<std::time::Duration>,
     /// When a timed task must be done by (set when its worker says it started).
     deadline: Option<tokio::time::Instant>,
@@ -63,8 +93,7 @@ struct Running {
     timed_out: bool,
 }
 
-/// A job's worker: the shared one, or the solo one for isolated tasks.
-type WorkerKey = (Arc<str>, bool);
+type WorkerKey = (Arc<str>, Lane);
 
 struct Queued {
     job: Arc<str>,
@@ -92,6 +121,7 @@ struct Executor {
     /// When the oldest result not yet sent arrived.
     held_since: Option<tokio::time::Instant>,
     slots: u32,
+    gpus: Vec<u32>,
     /// Recent run time of a task (moving average), to size what workers are handed.
     task_ns: Option<f64>,
     ctx: Arc<WorkerContext>,
@@ -99,7 +129,7 @@ struct Executor {
     running: HashMap<u64, Running>,
     workers: HashMap<WorkerKey, mpsc::UnboundedSender<WorkerCmd>>,
     jobs: HashMap<Arc<str>, Arc<JobInfo>>,
-    busy: Arc<AtomicU32>,
+    busy: Arc<Busy>,
     results: Vec<pb::AgentTaskResult>,
     output: HashMap<Arc<str>, Vec<pb::OutputLine>>,
     out: mpsc::UnboundedSender<Outgoing>,
@@ -107,24 +137,27 @@ struct Executor {
 
 /// Starts the executor; returns its handle and the stream of messages for the scheduler.
 pub fn start(
-    slots: u32,
+    slots: Slots,
+    agent_name: String,
     cache: crate::blobs::BlobCache,
     run_dir: std::path::PathBuf,
 ) -> (ExecutorHandle, mpsc::UnboundedReceiver<Outgoing>) {
     let (tx, inputs) = mpsc::unbounded_channel();
     let (out, outgoing) = mpsc::unbounded_channel();
     let (events_tx, events) = mpsc::unbounded_channel();
-    let busy = Arc::new(AtomicU32::new(0));
+    let busy = Arc::new(Busy::default());
     let executor = Executor {
         generation: 0,
         held_since: None,
-        slots: slots.max(1),
+        slots: slots.cpu.max(1),
+        gpus: slots.gpus,
         task_ns: None,
         ctx: Arc::new(WorkerContext {
             cache,
-            threads: slots.max(1),
+            threads: slots.cpu.max(1),
             run_dir,
             events: events_tx,
+            agent_name,
         }),
         queue: VecDeque::new(),
         running: HashMap::new(),
@@ -224,12 +257,12 @@ impl Executor {
                 }
                 // A worker busy only with cancelled tasks is stopped, so its slots free at once.
                 for job in jobs {
-                    for solo in [false, true] {
+                    for (key, worker) in self.workers.iter().filter(|((j, _), _)| *j == job) {
                         let live = self
                             .running
                             .values()
-                            .any(|r| r.job == job && r.solo == solo && !r.cancelled);
-                        if !live && let Some(worker) = self.workers.get(&(job.clone(), solo)) {
+                            .any(|r| r.job == job && r.lane == key.1 && !r.cancelled);
+                        if !live {
                             let _ = worker.send(WorkerCmd::Kill);
                         }
                     }
@@ -246,8 +279,14 @@ impl Executor {
                 for running in self.running.values_mut().filter(|r| r.job == job) {
                     running.cancelled = true;
                 }
-                for solo in [false, true] {
-                    if let Some(worker) = self.workers.remove(&(job.clone(), solo)) {
+                let lanes: Vec<WorkerKey> = self
+                    .workers
+                    .keys()
+                    .filter(|(j, _)| *j == job)
+                    .cloned()
+                    .collect();
+                for key in lanes {
+                    if let Some(worker) = self.workers.remove(&key) {
                         let _ = worker.send(WorkerCmd::Kill);
                     }
                 }
@@ -384,60 +423,109 @@ impl Executor {
         per_slot * self.slots
     }
 
+    /// CPU tasks handed to workers (running or waiting there).
+    fn cpu_running(&self) -> usize {
+        self.running
+            .values()
+            .filter(|r| !matches!(r.lane, Lane::Gpu(_)))
+            .count()
+    }
+
+    /// Hands queued tasks to workers: a GPU task to the worker of a free GPU, one at a time; CPU
+    /// tasks up to [`Executor::depth`], refilled once half of that has run.
     fn dispatch(&mut self) {
-        let depth = self.depth();
+        let depth = self.depth() as usize;
+        let cpu_running = self.cpu_running();
         // Top workers up once they have run through half of what they hold, so that tasks go
         // to them (and results come back) many at a time.
-        if self.running.len() as u32 > depth / 2 {
-            return;
-        }
-        while (self.running.len() as u32) < depth {
-            // The first task that may start: an isolated one waits while its job's solo worker
-            // is busy, and the tasks behind it go ahead.
-            let Some(pos) = self.queue.iter().position(|q| {
-                !q.task.isolated || !self.running.values().any(|r| r.solo && r.job == q.job)
-            }) else {
-                break;
-            };
-            let Some(Queued { job, task }) = self.queue.remove(pos) else {
-                break;
-            };
-            let Some(info) = self.jobs.get(&job).cloned() else {
-                self.report_cancelled(task.task_ref, task.attempt);
+        let mut cpu_room = if cpu_running > depth / 2 {
+            0
+        } else {
+            depth - cpu_running
+        };
+        let mut free_gpus: Vec<u32> = self
+            .gpus
+            .iter()
+            .copied()
+            .filter(|&g| !self.running.values().any(|r| r.lane == Lane::Gpu(g)))
+            .collect();
+        let mut i = 0;
+        while i < self.queue.len() && (cpu_room > 0 || !free_gpus.is_empty()) {
+            let q = &self.queue[i];
+            // The first task that may start: a GPU task while a GPU is free; an isolated one
+            // while its job's solo worker is idle; the tasks behind one that must wait go ahead.
+            let lane = if q.task.gpu {
+                match free_gpus.pop() {
+                    Some(g) => Lane::Gpu(g),
+                    None => {
+                        i += 1;
+                        continue;
+                    }
+                }
+            } else if cpu_room == 0 {
+                i += 1;
                 continue;
+            } else if q.task.isolated {
+                if self
+                    .running
+                    .values()
+                    .any(|r| r.lane == Lane::Solo && r.job == q.job)
+                {
+                    i += 1;
+                    continue;
+                }
+                cpu_room -= 1;
+                Lane::Solo
+            } else {
+                cpu_room -= 1;
+                Lane::Shared
             };
-            let solo = task.isolated;
-            let generation = self.generation;
-            let ctx = self.ctx.clone();
-            let worker = self.workers.entry((job.clone(), solo)).or_insert_with(|| {
-                let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(worker::run(info, rx, ctx, generation));
-                tx
-            });
-            self.running.insert(
-                task.task_ref,
-                Running {
-                    job,
-                    attempt: task.attempt,
-                    cancelled: false,
-                    solo,
-                    timeout: (task.timeout_ms > 0)
-                        .then(|| std::time::Duration::from_millis(task.timeout_ms)),
-                    deadline: None,
-                    timed_out: false,
-                },
-            );
-            let _ = worker.send(WorkerCmd::Run(Dispatch {
-                task_ref: task.task_ref,
-                function: task.function,
-                reducer: (!task.reducer.is_empty()).then_some(task.reducer),
-                payload: task.payload,
-                shared: task.shared,
-                timeout: (task.timeout_ms > 0)
-                    .then(|| std::time::Duration::from_millis(task.timeout_ms)),
-            }));
+            let Some(Queued { job, task }) = self.queue.remove(i) else {
+                break;
+            };
+            self.start_task(job, task, lane);
         }
         self.publish_busy();
+    }
+
+    fn start_task(&mut self, job: Arc<str>, task: pb::AssignedTask, lane: Lane) {
+        let Some(info) = self.jobs.get(&job).cloned() else {
+            self.report_cancelled(task.task_ref, task.attempt);
+            return;
+        };
+        let generation = self.generation;
+        let ctx = self.ctx.clone();
+        let worker = self.workers.entry((job.clone(), lane)).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let gpu = match lane {
+                Lane::Gpu(g) => Some(g),
+                _ => None,
+            };
+            tokio::spawn(worker::run(info, gpu, rx, ctx, generation));
+            tx
+        });
+        let timeout =
+            (task.timeout_ms > 0).then(|| std::time::Duration::from_millis(task.timeout_ms));
+        self.running.insert(
+            task.task_ref,
+            Running {
+                job,
+                attempt: task.attempt,
+                cancelled: false,
+                lane,
+                timeout,
+                deadline: None,
+                timed_out: false,
+            },
+        );
+        let _ = worker.send(WorkerCmd::Run(Dispatch {
+            task_ref: task.task_ref,
+            function: task.function,
+            reducer: (!task.reducer.is_empty()).then_some(task.reducer),
+            payload: task.payload,
+            shared: task.shared,
+            timeout,
+        }));
     }
 
     /// Stops the workers of tasks that outlived their timeout; the tasks fail as timed out (the
@@ -449,7 +537,7 @@ impl Executor {
             if running.deadline.is_some_and(|d| d <= now) && !running.timed_out {
                 running.timed_out = true;
                 running.deadline = None;
-                stop.push((running.job.clone(), running.solo));
+                stop.push((running.job.clone(), running.lane));
             }
         }
         for key in stop {
@@ -461,8 +549,15 @@ impl Executor {
 
     /// Tasks running now: those waiting inside a worker behind another do not hold a slot.
     fn publish_busy(&self) {
-        let live = self.running.values().filter(|r| !r.cancelled).count() as u32;
-        self.busy.store(live.min(self.slots), Ordering::Relaxed);
+        let (mut cpu, mut gpu) = (0u32, 0u32);
+        for r in self.running.values().filter(|r| !r.cancelled) {
+            match r.lane {
+                Lane::Gpu(_) => gpu += 1,
+                _ => cpu += 1,
+            }
+        }
+        self.busy.cpu.store(cpu.min(self.slots), Ordering::Relaxed);
+        self.busy.gpu.store(gpu, Ordering::Relaxed);
     }
 
     fn flush(&mut self) {

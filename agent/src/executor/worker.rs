@@ -74,7 +74,9 @@ pub enum WorkerEvent {
 
 pub struct WorkerContext {
     pub cache: BlobCache,
+    /// Tasks a CPU worker runs at once; a GPU worker runs one.
     pub threads: u32,
+    pub agent_name: String,
     pub run_dir: PathBuf,
     pub events: mpsc::UnboundedSender<Stamped>,
 }
@@ -122,6 +124,7 @@ static SOCKETS: AtomicU64 = AtomicU64::new(0);
 /// Serves one job until the executor drops its sender.
 pub async fn run(
     job: Arc<JobInfo>,
+    gpu: Option<u32>,
     mut commands: mpsc::UnboundedReceiver<WorkerCmd>,
     ctx: Arc<WorkerContext>,
     generation: u64,
@@ -147,7 +150,7 @@ pub async fn run(
                 }
                 Some(WorkerCmd::Run(dispatch)) => {
                     if process.is_none() {
-                        match start(&job, &ctx, &events).await {
+                        match start(&job, gpu, &ctx, &events).await {
                             Ok(p) => process = Some(p),
                             Err(reason) => {
                                 warn!(job = %job.name, "cannot start a worker: {reason}");
@@ -299,7 +302,12 @@ pub fn describe(status: ExitStatus) -> String {
     }
 }
 
-async fn start(job: &JobInfo, ctx: &WorkerContext, events: &Events) -> Result<Process, String> {
+async fn start(
+    job: &JobInfo,
+    gpu: Option<u32>,
+    ctx: &WorkerContext,
+    events: &Events,
+) -> Result<Process, String> {
     let exe = ctx.cache.get(&job.executable).await?;
     tokio::fs::create_dir_all(&ctx.run_dir)
         .await
@@ -311,10 +319,22 @@ async fn start(job: &JobInfo, ctx: &WorkerContext, events: &Events) -> Result<Pr
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)
         .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
-    let mut child = Command::new(&exe)
+    let mut command = Command::new(&exe);
+    command
         .env(wp::SOCKET_ENV, &socket)
-        .env(wp::THREADS_ENV, ctx.threads.to_string())
         .env(wp::JOB_ENV, job.id.as_ref())
+        .env(wp::AGENT_ENV, &ctx.agent_name);
+    match gpu {
+        // The worker owns that one device: inside it, CUDA numbers it 0.
+        Some(ordinal) => command
+            .env(wp::THREADS_ENV, "1")
+            .env(wp::GPU_ENV, ordinal.to_string())
+            .env("CUDA_VISIBLE_DEVICES", ordinal.to_string()),
+        None => command
+            .env(wp::THREADS_ENV, ctx.threads.to_string())
+            .env_remove(wp::GPU_ENV),
+    };
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

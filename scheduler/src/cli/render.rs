@@ -176,7 +176,7 @@ pub fn status_text(status: &ClusterStatusResponse, address: &str) -> String {
          security    {security}\n\
          agents      {agents} ({alive} alive, {draining} draining, {lost} lost)\n\
          cpu slots   {cpu_busy} busy of {cpu_total}\n\
-         gpu slots   {gpu_busy} busy of {gpu_total}\n\
+         gpu slots   {gpu_busy} busy of {gpu_total}{gpu_waiting}\n\
          jobs        {jobs} running, {queued} tasks queued, {running} placed on agents",
         cluster = status.cluster,
         version = status.scheduler_version,
@@ -194,6 +194,11 @@ pub fn status_text(status: &ClusterStatusResponse, address: &str) -> String {
         cpu_total = status.cpu_slots_total,
         gpu_busy = status.gpu_slots_busy,
         gpu_total = status.gpu_slots_total,
+        gpu_waiting = match (status.gpu_tasks_queued, status.gpu_slots_total) {
+            (0, _) => String::new(),
+            (n, 0) => format!(", {n} GPU tasks waiting: no agent has a GPU"),
+            (n, _) => format!(", {n} GPU tasks waiting for a free one"),
+        },
         jobs = status.jobs,
         queued = status.tasks_queued,
         running = status.tasks_running,

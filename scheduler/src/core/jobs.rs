@@ -14,9 +14,31 @@ use std::{
 use tracing::{debug, info, warn};
 
 use super::{
-    AgentId, AgentResult, Assigned, Capacity, Command, ConnId, DriverResult, FailureKind, Job,
-    JobView, Outcome, SelectError, SessionOpen, TaskRef, TaskSpec, membership::Membership,
+    AgentId, AgentResult, Assigned, Capacity, Command, ConnId, DriverResult, FailureKind, GpuUse,
+    Job, JobView, Outcome, SelectError, SessionOpen, TaskRef, TaskSpec, membership::Membership,
 };
+
+/// The kinds of slot a task can take.
+const CPU: usize = 0;
+const GPU: usize = 1;
+
+/// A session's queues, one per [`GpuUse`]: which slots may take their tasks, in the order
+/// they are asked. A GPU slot serves the tasks that need one before those that merely prefer one.
+const LANES_FOR_SLOT: [&[usize]; 2] = [&[CPU_ONLY, PREFERRED], &[REQUIRED, PREFERRED]];
+const CPU_ONLY: usize = 0;
+const REQUIRED: usize = 1;
+const PREFERRED: usize = 2;
+
+fn lane(gpu: GpuUse) -> usize {
+    match gpu {
+        GpuUse::None => CPU_ONLY,
+        GpuUse::Required => REQUIRED,
+        GpuUse::Preferred => PREFERRED,
+    }
+}
+
+/// Highest priority first, then oldest first.
+type Queue = BinaryHeap<(i32, Reverse<u64>, TaskRef)>;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum TaskState {
@@ -35,6 +57,8 @@ struct Task {
     isolated: bool,
     seq: u64,
     state: TaskState,
+    /// Holds one of its agent's GPU slots while running.
+    on_gpu: bool,
 }
 
 struct Session {
@@ -45,9 +69,13 @@ struct Session {
     detached_at: Option<Instant>,
     /// Results that came while the driver was away, for when it comes back.
     held: Vec<DriverResult>,
-    /// Highest priority first, then oldest first. Entries of tasks that left the queue
-    /// (cancelled) are skipped when popped.
-    queue: BinaryHeap<(i32, Reverse<u64>, TaskRef)>,
+    /// Queued tasks by lane (CPU only, GPU required, GPU preferred). Entries of tasks that
+    /// left the queue (cancelled) are skipped when popped.
+    queues: [Queue; 3],
+    /// Whether the session is listed in `Jobs::ready` for CPU and for GPU slots.
+    listed: [bool; 2],
+    /// The driver was told that no agent has a GPU for its GPU tasks.
+    told_no_gpu: bool,
     by_task_id: HashMap<u64, TaskRef>,
     /// Agents that have seen this job, to be told when it ends.
     agents: HashSet<AgentId>,
@@ -59,8 +87,9 @@ pub(super) struct Jobs {
     by_conn: HashMap<ConnId, u64>,
     by_job_id: HashMap<Arc<str>, u64>,
     tasks: HashMap<TaskRef, Task>,
-    /// Sessions with queued tasks, served in turn so that jobs share the cluster.
-    ready: VecDeque<u64>,
+    /// Sessions with queued tasks that CPU slots (and GPU slots) can take, served in turn so
+    /// that jobs share the cluster.
+    ready: [VecDeque<u64>; 2],
     next_session: u64,
     next_ref: TaskRef,
     next_seq: u64,
@@ -75,7 +104,7 @@ impl Jobs {
             by_conn: HashMap::new(),
             by_job_id: HashMap::new(),
             tasks: HashMap::new(),
-            ready: VecDeque::new(),
+            ready: [VecDeque::new(), VecDeque::new()],
             next_session: 1,
             next_ref: 1,
             next_seq: 0,
@@ -128,7 +157,9 @@ impl Jobs {
                 conn: Some(conn),
                 detached_at: None,
                 held: Vec::new(),
-                queue: BinaryHeap::new(),
+                queues: Default::default(),
+                listed: [false; 2],
+                told_no_gpu: false,
                 by_task_id: HashMap::new(),
                 agents: HashSet::new(),
                 delivered: 0,
@@ -184,7 +215,6 @@ impl Jobs {
         let Some(session) = self.sessions.get_mut(&no) else {
             return;
         };
-        let was_idle = session.queue.is_empty();
         let mut duplicates = Vec::new();
         for spec in specs {
             if session.by_task_id.contains_key(&spec.task_id) {
@@ -198,7 +228,8 @@ impl Jobs {
             let seq = self.next_seq;
             self.next_seq += 1;
             session.by_task_id.insert(spec.task_id, task_ref);
-            session.queue.push((spec.priority, Reverse(seq), task_ref));
+            session.queues[lane(spec.gpu)].push((spec.priority, Reverse(seq), task_ref));
+            list(&mut self.ready, no, session, spec.gpu);
             self.tasks.insert(
                 task_ref,
                 Task {
@@ -210,16 +241,57 @@ impl Jobs {
                     isolated: false,
                     seq,
                     state: TaskState::Queued,
+                    on_gpu: false,
                 },
             );
         }
         if !duplicates.is_empty() {
             debug!(count = duplicates.len(), "ignored resubmitted tasks");
         }
-        if was_idle && !session.queue.is_empty() {
-            self.ready.push_back(no);
-        }
         let _ = out;
+    }
+
+    /// Tells the drivers whose GPU tasks wait that no agent has a GPU, once each, so that they
+    /// do not wait in silence.
+    pub(super) fn tell_no_gpu(&mut self, members: &Membership, out: &mut Vec<Command>) {
+        if members
+            .agents()
+            .any(|a| a.accepts_work() && a.gpu_slots() > 0)
+        {
+            return;
+        }
+        for session in self.sessions.values_mut() {
+            if session.told_no_gpu || session.queues[REQUIRED].is_empty() {
+                continue;
+            }
+            let Some(conn) = session.conn else { continue };
+            let waiting = session.queues[REQUIRED]
+                .iter()
+                .filter(|(_, _, r)| {
+                    self.tasks
+                        .get(r)
+                        .is_some_and(|t| t.state == TaskState::Queued)
+                })
+                .count();
+            if waiting == 0 {
+                continue;
+            }
+            session.told_no_gpu = true;
+            out.push(Command::Notice {
+                conn,
+                text: format!(
+                    "no agent in the cluster has a GPU: {waiting} GPU task(s) of this job wait \
+                     until an agent with a GPU joins"
+                ),
+            });
+        }
+    }
+
+    /// A GPU agent joined: a later loss of every GPU is worth telling again.
+    pub(super) fn gpus_came(&mut self) {
+        for session in self.sessions.values_mut() {
+            session.told_no_gpu = false;
+        }
     }
 
     /// Cancels tasks of a session: queued ones at once, running ones on their agents.
@@ -259,6 +331,7 @@ impl Jobs {
                     message: "cancelled by the driver".into(),
                 },
                 run_ns: 0,
+                gpu: false,
             });
         }
         for (agent_conn, refs) in on_agents {
@@ -287,7 +360,9 @@ impl Jobs {
         if let Some(conn) = session.conn {
             self.by_conn.remove(&conn);
         }
-        self.ready.retain(|&s| s != no);
+        for ready in &mut self.ready {
+            ready.retain(|&s| s != no);
+        }
         let mut dropped = 0usize;
         for task_ref in session.by_task_id.values() {
             if self.tasks.remove(task_ref).is_some() {
@@ -312,6 +387,7 @@ impl Jobs {
             return;
         };
         let held: Vec<TaskRef> = a.assigned.drain().collect();
+        a.gpu_assigned.clear();
         let mut requeued = 0usize;
         for task_ref in held {
             let Some(task) = self.tasks.get_mut(&task_ref) else {
@@ -336,13 +412,14 @@ impl Jobs {
         };
         task.attempt += 1;
         task.state = TaskState::Queued;
+        task.on_gpu = false;
         if let Some(session) = self.sessions.get_mut(&task.session) {
-            if session.queue.is_empty() {
-                self.ready.push_back(task.session);
-            }
-            session
-                .queue
-                .push((task.spec.priority, Reverse(task.seq), task_ref));
+            session.queues[lane(task.spec.gpu)].push((
+                task.spec.priority,
+                Reverse(task.seq),
+                task_ref,
+            ));
+            list(&mut self.ready, task.session, session, task.spec.gpu);
         }
     }
 
@@ -369,6 +446,7 @@ impl Jobs {
             if stale_here || !agent.assigned.remove(&result.task_ref) {
                 continue;
             }
+            agent.gpu_assigned.remove(&result.task_ref);
             agent.observe(result.run_ns);
             let Some(task) = self.tasks.get_mut(&result.task_ref) else {
                 continue; // cancelled, or its driver went away
@@ -417,6 +495,7 @@ impl Jobs {
                     )
                 };
                 let (session, task_id, attempt) = (task.session, task.spec.task_id, task.attempt);
+                let gpu = task.on_gpu;
                 self.tasks.remove(&result.task_ref);
                 deliveries.entry(session).or_default().push(DriverResult {
                     task_id,
@@ -427,10 +506,12 @@ impl Jobs {
                         message,
                     },
                     run_ns: result.run_ns,
+                    gpu,
                 });
                 continue;
             }
             let (session, task_id, attempt) = (task.session, task.spec.task_id, task.attempt);
+            let gpu = task.on_gpu;
             self.tasks.remove(&result.task_ref);
             deliveries.entry(session).or_default().push(DriverResult {
                 task_id,
@@ -438,6 +519,7 @@ impl Jobs {
                 agent: host.clone(),
                 outcome: result.outcome,
                 run_ns: result.run_ns,
+                gpu,
             });
         }
         for (no, results) in deliveries {
@@ -460,54 +542,61 @@ impl Jobs {
         self.sessions.get(no)?.conn
     }
 
-    /// Hands queued tasks to agents with room: one at a time to the agent with the most free
-    /// slots, sessions in turn, until every agent holds its slots plus its prefetch queue.
+    /// Hands queued tasks to agents with room, sessions in turn. GPU slots first, one task
+    /// each and none queued ahead (a GPU task should not wait behind another on one agent while
+    /// a GPU is free on another). Then CPU slots: one task at a time to the agent with the most
+    /// free slots, agents without GPUs before those with (the GPU machines stay free for GPU
+    /// work), until every agent holds its slots plus its prefetch queue.
     pub(super) fn place(&mut self, members: &mut Membership, out: &mut Vec<Command>) {
-        if self.ready.is_empty() {
+        if self.ready.iter().all(VecDeque::is_empty) {
             return;
         }
-        // (free slots, tie-break, agent); free may go below zero down to -prefetch.
-        let mut room: BinaryHeap<(i64, Reverse<usize>, AgentId)> = BinaryHeap::new();
-        let mut floors: HashMap<AgentId, i64> = HashMap::new();
-        for (i, agent) in members.agents().enumerate() {
-            if !agent.accepts_work() {
-                continue;
-            }
-            let slots = agent.hello.resources.cpu_slots;
-            let free = i64::from(slots) - agent.assigned.len() as i64;
-            let floor = -agent.prefetch();
-            // Refill only once half the prefetch is used, then fully: tasks then travel many
-            // to a message instead of one per finished task.
-            if free > floor / 2 {
-                room.push((free, Reverse(i), agent.id().clone()));
-                floors.insert(agent.id().clone(), floor);
+        let mut batches: HashMap<(AgentId, u64), Vec<Assigned>> = HashMap::new();
+        if !self.ready[GPU].is_empty() {
+            let mut gpu_room: Vec<(usize, AgentId)> = members
+                .agents()
+                .filter(|a| a.accepts_work())
+                .map(|a| (a.free_gpus(), a.id().clone()))
+                .filter(|(free, _)| *free > 0)
+                .collect();
+            gpu_room.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+            'agents: for (free, agent_id) in gpu_room {
+                for _ in 0..free {
+                    let Some(task_ref) = self.next_queued(GPU) else {
+                        break 'agents;
+                    };
+                    self.assign(task_ref, &agent_id, true, members, &mut batches);
+                }
             }
         }
-        let mut batches: HashMap<(AgentId, u64), Vec<Assigned>> = HashMap::new();
-        while let Some((free, tie, agent_id)) = room.pop() {
-            let Some(task_ref) = self.next_queued() else {
-                break;
-            };
-            let Some(task) = self.tasks.get_mut(&task_ref) else {
-                continue;
-            };
-            task.state = TaskState::Running(agent_id.clone());
-            let session = task.session;
-            let assigned = Assigned {
-                task_ref,
-                attempt: task.attempt,
-                spec: task.spec.clone(),
-                isolated: task.isolated,
-            };
-            if let Some(agent) = members.get_mut(&agent_id) {
-                agent.assigned.insert(task_ref);
+        if !self.ready[CPU].is_empty() {
+            // (a free slot now, no GPU, free slots, tie-break, agent); free may go below zero
+            // down to -prefetch.
+            let mut room: BinaryHeap<(bool, bool, i64, Reverse<usize>, AgentId)> =
+                BinaryHeap::new();
+            let mut floors: HashMap<AgentId, i64> = HashMap::new();
+            for (i, agent) in members.agents().enumerate() {
+                if !agent.accepts_work() || agent.hello.resources.cpu_slots == 0 {
+                    continue;
+                }
+                let free = agent.free_cpus();
+                let floor = -agent.prefetch();
+                // Refill only once half the prefetch is used, then fully: tasks then travel
+                // many to a message instead of one per finished task.
+                if free > floor / 2 {
+                    let no_gpu = agent.gpu_slots() == 0;
+                    room.push((free > 0, no_gpu, free, Reverse(i), agent.id().clone()));
+                    floors.insert(agent.id().clone(), floor);
+                }
             }
-            batches
-                .entry((agent_id.clone(), session))
-                .or_default()
-                .push(assigned);
-            if free - 1 > floors.get(&agent_id).copied().unwrap_or(0) {
-                room.push((free - 1, tie, agent_id));
+            while let Some((_, no_gpu, free, tie, agent_id)) = room.pop() {
+                let Some(task_ref) = self.next_queued(CPU) else {
+                    break;
+                };
+                self.assign(task_ref, &agent_id, false, members, &mut batches);
+                if free - 1 > floors.get(&agent_id).copied().unwrap_or(0) {
+                    room.push((free - 1 > 0, no_gpu, free - 1, tie, agent_id));
+                }
             }
         }
         for ((agent_id, no), tasks) in batches {
@@ -526,23 +615,55 @@ impl Jobs {
         }
     }
 
-    /// The next task to place, taking sessions in turn.
-    fn next_queued(&mut self) -> Option<TaskRef> {
-        while let Some(no) = self.ready.pop_front() {
+    /// Marks a queued task as running on `agent_id` (on one of its GPU slots when `gpu`).
+    fn assign(
+        &mut self,
+        task_ref: TaskRef,
+        agent_id: &AgentId,
+        gpu: bool,
+        members: &mut Membership,
+        batches: &mut HashMap<(AgentId, u64), Vec<Assigned>>,
+    ) {
+        let Some(task) = self.tasks.get_mut(&task_ref) else {
+            return;
+        };
+        task.state = TaskState::Running(agent_id.clone());
+        task.on_gpu = gpu;
+        if let Some(agent) = members.get_mut(agent_id) {
+            agent.assigned.insert(task_ref);
+            if gpu {
+                agent.gpu_assigned.insert(task_ref);
+            }
+        }
+        batches
+            .entry((agent_id.clone(), task.session))
+            .or_default()
+            .push(Assigned {
+                task_ref,
+                attempt: task.attempt,
+                spec: task.spec.clone(),
+                isolated: task.isolated,
+                gpu,
+            });
+    }
+
+    /// The next task a slot of kind `slot` (CPU or GPU) may take, sessions in turn.
+    fn next_queued(&mut self, slot: usize) -> Option<TaskRef> {
+        while let Some(no) = self.ready[slot].pop_front() {
             let Some(session) = self.sessions.get_mut(&no) else {
                 continue;
             };
-            while let Some((_, _, task_ref)) = session.queue.pop() {
-                let queued = self
-                    .tasks
-                    .get(&task_ref)
-                    .is_some_and(|t| t.state == TaskState::Queued);
-                if queued {
-                    if !session.queue.is_empty() {
-                        self.ready.push_back(no);
-                    }
-                    return Some(task_ref);
-                }
+            session.listed[slot] = false;
+            let found = pop_queued(&self.tasks, session, slot);
+            if LANES_FOR_SLOT[slot]
+                .iter()
+                .any(|&l| !session.queues[l].is_empty())
+            {
+                session.listed[slot] = true;
+                self.ready[slot].push_back(no);
+            }
+            if found.is_some() {
+                return found;
             }
         }
         None
@@ -558,13 +679,23 @@ impl Jobs {
         capacity
     }
 
-    pub(super) fn counts(&self) -> (usize, usize, usize) {
-        let running = self
-            .tasks
-            .values()
-            .filter(|t| matches!(t.state, TaskState::Running(_)))
-            .count();
-        (self.sessions.len(), self.tasks.len() - running, running)
+    pub(super) fn counts(&self) -> TaskCounts {
+        let mut counts = TaskCounts {
+            sessions: self.sessions.len(),
+            ..TaskCounts::default()
+        };
+        for task in self.tasks.values() {
+            match task.state {
+                TaskState::Running(_) => counts.running += 1,
+                TaskState::Queued => {
+                    counts.queued += 1;
+                    if task.spec.gpu == GpuUse::Required {
+                        counts.gpu_queued += 1;
+                    }
+                }
+            }
+        }
+        counts
     }
 
     pub(super) fn views(&self) -> Vec<JobView> {
@@ -655,4 +786,63 @@ impl Jobs {
         };
         Ok((view, ids.len()))
     }
+}
+
+/// Lists a session for the slots that can take a task of kind `gpu`, if not listed yet.
+fn list(ready: &mut [VecDeque<u64>; 2], no: u64, session: &mut Session, gpu: GpuUse) {
+    let slots: &[usize] = match gpu {
+        GpuUse::None => &[CPU],
+        GpuUse::Required => &[GPU],
+        GpuUse::Preferred => &[CPU, GPU],
+    };
+    for &slot in slots {
+        if !session.listed[slot] {
+            session.listed[slot] = true;
+            ready[slot].push_back(no);
+        }
+    }
+}
+
+/// The session's next queued task for a slot of kind `slot`: for a CPU slot the first by
+/// priority and age of the CPU and GPU-preferring tasks; for a GPU slot a GPU-requiring task
+/// before a preferring one.
+fn pop_queued(
+    tasks: &HashMap<TaskRef, Task>,
+    session: &mut Session,
+    slot: usize,
+) -> Option<TaskRef> {
+    loop {
+        let lanes = LANES_FOR_SLOT[slot];
+        let pick = if slot == CPU {
+            lanes
+                .iter()
+                .copied()
+                .filter_map(|l| session.queues[l].peek().map(|top| (*top, l)))
+                .max()
+                .map(|(_, l)| l)
+        } else {
+            lanes
+                .iter()
+                .copied()
+                .find(|&l| !session.queues[l].is_empty())
+        }?;
+        let (_, _, task_ref) = session.queues[pick].pop()?;
+        if tasks
+            .get(&task_ref)
+            .is_some_and(|t| t.state == TaskState::Queued)
+        {
+            return Some(task_ref);
+        }
+    }
+}
+
+/// How many tasks the scheduler holds, for the operator's status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskCounts {
+    /// Driver sessions (jobs) open.
+    pub sessions: usize,
+    pub queued: usize,
+    pub running: usize,
+    /// Queued tasks that need a GPU slot.
+    pub gpu_queued: usize,
 }

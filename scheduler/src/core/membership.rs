@@ -41,6 +41,8 @@ pub struct Agent {
     pub connected_at: Instant,
     /// Tasks handed to the agent that it has not reported back on.
     pub assigned: HashSet<TaskRef>,
+    /// Those of them that hold one of its GPU slots.
+    pub gpu_assigned: HashSet<TaskRef>,
     /// Hostname, shared with every result the agent produces.
     pub host: std::sync::Arc<str>,
     /// Recent time a task takes there (moving average of what the agent reports).
@@ -57,6 +59,21 @@ impl Agent {
             _ => 1,
         };
         slots * per_slot
+    }
+
+    pub fn gpu_slots(&self) -> usize {
+        self.hello.resources.gpus.len()
+    }
+
+    /// GPU slots not holding a task.
+    pub fn free_gpus(&self) -> usize {
+        self.gpu_slots().saturating_sub(self.gpu_assigned.len())
+    }
+
+    /// CPU slots not holding a task; below zero when tasks wait on the agent.
+    pub fn free_cpus(&self) -> i64 {
+        let cpu_tasks = self.assigned.len() - self.gpu_assigned.len().min(self.assigned.len());
+        i64::from(self.hello.resources.cpu_slots) - cpu_tasks as i64
     }
 
     pub(super) fn observe(&mut self, run_ns: u64) {
@@ -137,6 +154,7 @@ impl Membership {
                         task_ns: None,
                         host: hello.hostname.as_str().into(),
                         assigned: HashSet::new(),
+                        gpu_assigned: HashSet::new(),
                         hello,
                         load: Load::default(),
                         conn: Some(conn),

@@ -8,10 +8,12 @@ mod jobs;
 mod membership;
 mod types;
 
+pub use jobs::TaskCounts;
 pub use membership::{Agent, AgentState, SelectError};
 pub use types::{
     AgentHello, AgentId, AgentResult, Assigned, BlobRef, Capacity, ConnId, DriverResult,
-    FailureKind, GpuInfo, Job, JobView, Load, Outcome, Resources, SessionOpen, TaskRef, TaskSpec,
+    FailureKind, GpuInfo, GpuUse, Job, JobView, Load, Outcome, Resources, SessionOpen, TaskRef,
+    TaskSpec,
 };
 
 use std::{
@@ -139,6 +141,11 @@ pub enum Command {
         conn: ConnId,
         results: Vec<DriverResult>,
     },
+    /// Something the driver's user should know (session stream).
+    Notice {
+        conn: ConnId,
+        text: String,
+    },
     /// Output of the driver's tasks (session stream).
     ForwardOutput {
         conn: ConnId,
@@ -219,6 +226,9 @@ impl Core {
                 // An agent that comes back has dropped whatever it held: place that again.
                 self.jobs
                     .requeue_from(&hello.agent_id, &mut self.membership);
+                if !hello.resources.gpus.is_empty() {
+                    self.jobs.gpus_came();
+                }
                 self.membership.attach(now, conn, hello, out);
                 self.jobs.place(&mut self.membership, out);
             }
@@ -227,6 +237,7 @@ impl Core {
                 if let Some(lost) = self.membership.detach(now, conn) {
                     self.jobs.requeue_from(&lost, &mut self.membership);
                     self.jobs.place(&mut self.membership, out);
+                    self.jobs.tell_no_gpu(&self.membership, out);
                 }
             }
             Event::Tick => {
@@ -243,6 +254,7 @@ impl Core {
                     .expire(now, self.config.driver_grace, &self.membership, out);
                 if !lost.is_empty() {
                     self.jobs.place(&mut self.membership, out);
+                    self.jobs.tell_no_gpu(&self.membership, out);
                 }
             }
             Event::DriverOpened { conn, open } => {
@@ -266,8 +278,12 @@ impl Core {
                 );
             }
             Event::TasksSubmitted { conn, tasks } => {
+                let needs_gpu = tasks.iter().any(|t| t.gpu == GpuUse::Required);
                 self.jobs.submit(conn, tasks, out);
                 self.jobs.place(&mut self.membership, out);
+                if needs_gpu {
+                    self.jobs.tell_no_gpu(&self.membership, out);
+                }
             }
             Event::TasksCancelled { conn, task_ids } => {
                 self.jobs.cancel(conn, &task_ids, &self.membership, out);
@@ -318,8 +334,7 @@ impl Core {
         result
     }
 
-    /// (sessions, queued tasks, running tasks).
-    pub fn task_counts(&self) -> (usize, usize, usize) {
+    pub fn task_counts(&self) -> TaskCounts {
         self.jobs.counts()
     }
 
@@ -339,7 +354,16 @@ impl Core {
             .set_drain(selector, draining, out)?
             .id()
             .clone();
-        if !draining {
+        if draining {
+            self.jobs.tell_no_gpu(&self.membership, out);
+        } else {
+            if self
+                .membership
+                .get(&agent)
+                .is_some_and(|a| a.gpu_slots() > 0)
+            {
+                self.jobs.gpus_came();
+            }
             self.jobs.place(&mut self.membership, out);
         }
         self.membership

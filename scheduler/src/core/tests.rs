@@ -274,6 +274,12 @@ fn open(sim: &mut Sim, conn: ConnId) {
     );
 }
 
+/// (sessions, queued, running).
+fn counts(sim: &Sim) -> (usize, usize, usize) {
+    let c = sim.core.task_counts();
+    (c.sessions, c.queued, c.running)
+}
+
 fn spec(task_id: u64) -> TaskSpec {
     TaskSpec {
         task_id,
@@ -510,7 +516,7 @@ fn a_gone_driver_ends_its_job_on_the_agents_and_frees_them() {
     });
     assert!(delivered(&cmds).is_empty());
     assert_eq!(assignments(&cmds).len(), 5);
-    assert_eq!(sim.core.task_counts(), (1, 0, 5));
+    assert_eq!(counts(&sim), (1, 0, 5));
 }
 
 #[test]
@@ -625,7 +631,7 @@ fn a_driver_that_comes_back_in_time_gets_the_results_of_its_absence() {
             .any(|c| matches!(c, Command::Deliver { conn: 11, .. })),
         "{cmds:?}"
     );
-    assert_eq!(sim.core.task_counts(), (1, 0, 0));
+    assert_eq!(counts(&sim), (1, 0, 0));
 }
 
 #[test]
@@ -792,5 +798,217 @@ fn a_cancel_racing_a_crash_requeue_is_answered_once() {
             .is_empty()
         );
     }
-    assert_eq!(sim.core.task_counts(), (1, 0, 0));
+    assert_eq!(counts(&sim), (1, 0, 0));
+}
+
+// ---- GPUs ----
+
+fn gpu_hello(id: &str, gpus: usize, cpu_slots: u32) -> AgentHello {
+    let mut h = hello(id);
+    h.resources.cpu_slots = cpu_slots;
+    h.resources.gpus = (0..gpus)
+        .map(|i| GpuInfo {
+            ordinal: i as u32,
+            name: "declared".into(),
+            declared: true,
+            ..Default::default()
+        })
+        .collect();
+    h
+}
+
+fn submit_gpu(sim: &mut Sim, conn: ConnId, ids: std::ops::Range<u64>, gpu: GpuUse) -> Vec<Command> {
+    sim.send(Event::TasksSubmitted {
+        conn,
+        tasks: ids.map(|id| TaskSpec { gpu, ..spec(id) }).collect(),
+    })
+}
+
+/// (agent conn, task_ref, attempt, on a GPU slot) of every assignment.
+fn gpu_assignments(cmds: &[Command]) -> Vec<(ConnId, TaskRef, u32, bool)> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Assign { conn, tasks, .. } => Some(
+                tasks
+                    .iter()
+                    .map(|t| (*conn, t.task_ref, t.attempt, t.gpu))
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn notices(cmds: &[Command]) -> Vec<String> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Notice { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn gpu_tasks_take_only_free_gpu_slots_and_cpu_tasks_go_to_agents_without_gpus_first() {
+    let mut sim = Sim::new();
+    sim.send(Event::AgentAttached {
+        conn: 1,
+        hello: gpu_hello("g", 2, 4),
+    });
+    sim.join(2, "c");
+    open(&mut sim, 10);
+    let cmds = submit_gpu(&mut sim, 10, 0..5, GpuUse::Required);
+    let placed = gpu_assignments(&cmds);
+    assert_eq!(
+        placed.len(),
+        2,
+        "one task per GPU slot, none ahead: {placed:?}"
+    );
+    assert!(placed.iter().all(|p| p.0 == 1 && p.3), "{placed:?}");
+    assert!(notices(&cmds).is_empty());
+    assert_eq!(sim.core.task_counts().gpu_queued, 3);
+
+    // CPU tasks of the same job fill the agent without GPUs first.
+    let cpu = gpu_assignments(&submit_gpu(&mut sim, 10, 5..9, GpuUse::None));
+    assert_eq!(cpu.len(), 4, "{cpu:?}");
+    assert!(cpu.iter().all(|p| p.0 == 2 && !p.3), "{cpu:?}");
+
+    // A finished GPU task frees its slot for the next one, on the GPU.
+    let (conn, task_ref, attempt, _) = placed[0];
+    let next = gpu_assignments(&sim.send(Event::AgentResults {
+        conn,
+        results: vec![ok(task_ref, attempt)],
+    }));
+    assert_eq!(next.iter().filter(|p| p.3).count(), 1, "{next:?}");
+    assert!(next.iter().filter(|p| p.3).all(|p| p.0 == 1));
+}
+
+#[test]
+fn cpu_tasks_fill_the_gpu_agents_cpu_slots_only_when_the_others_are_full() {
+    let mut sim = Sim::new();
+    sim.send(Event::AgentAttached {
+        conn: 1,
+        hello: gpu_hello("g", 1, 4),
+    });
+    sim.join(2, "c");
+    open(&mut sim, 10);
+    let placed = gpu_assignments(&submit_gpu(&mut sim, 10, 0..6, GpuUse::None));
+    let on_c = placed.iter().filter(|p| p.0 == 2).count();
+    let on_g = placed.iter().filter(|p| p.0 == 1).count();
+    assert_eq!((on_c, on_g), (4, 2), "{placed:?}");
+}
+
+#[test]
+fn gpu_tasks_wait_for_a_gpu_agent_and_the_driver_is_told_once() {
+    let mut sim = Sim::new();
+    sim.join(2, "c");
+    open(&mut sim, 10);
+    let cmds = submit_gpu(&mut sim, 10, 0..3, GpuUse::Required);
+    assert!(gpu_assignments(&cmds).is_empty(), "{cmds:?}");
+    let told = notices(&cmds);
+    assert_eq!(told.len(), 1, "{cmds:?}");
+    assert!(
+        told[0].contains("no agent in the cluster has a GPU"),
+        "{told:?}"
+    );
+    assert!(told[0].contains("3 GPU task"), "{told:?}");
+    assert!(notices(&submit_gpu(&mut sim, 10, 3..4, GpuUse::Required)).is_empty());
+
+    let cmds = sim.send(Event::AgentAttached {
+        conn: 3,
+        hello: gpu_hello("g", 2, 0),
+    });
+    let placed = gpu_assignments(&cmds);
+    assert_eq!(placed.len(), 2, "{cmds:?}");
+    assert!(placed.iter().all(|p| p.0 == 3 && p.3));
+}
+
+#[test]
+fn a_lost_gpu_agents_tasks_wait_and_run_on_the_next_gpu_agent() {
+    let mut sim = Sim::new();
+    sim.send(Event::AgentAttached {
+        conn: 1,
+        hello: gpu_hello("g1", 2, 0),
+    });
+    sim.join(2, "c");
+    open(&mut sim, 10);
+    let first = gpu_assignments(&submit_gpu(&mut sim, 10, 0..4, GpuUse::Required));
+    assert_eq!(first.len(), 2);
+    let cmds = sim.send(Event::AgentDetached { conn: 1 });
+    assert!(
+        gpu_assignments(&cmds).is_empty(),
+        "the CPU agent takes none: {cmds:?}"
+    );
+    assert_eq!(notices(&cmds).len(), 1, "{cmds:?}");
+    assert_eq!(sim.core.task_counts().gpu_queued, 4);
+
+    let cmds = sim.send(Event::AgentAttached {
+        conn: 3,
+        hello: gpu_hello("g2", 2, 0),
+    });
+    let again = gpu_assignments(&cmds);
+    assert_eq!(again.len(), 2);
+    // The tasks that were running go first, under a new attempt.
+    let mut refs: Vec<_> = again.iter().map(|p| (p.1, p.2)).collect();
+    refs.sort();
+    let mut was: Vec<_> = first.iter().map(|p| (p.1, p.2 + 1)).collect();
+    was.sort();
+    assert_eq!(refs, was);
+}
+
+#[test]
+fn gpu_preferring_tasks_take_free_gpus_then_run_on_cpus() {
+    let mut sim = Sim::new();
+    sim.send(Event::AgentAttached {
+        conn: 1,
+        hello: gpu_hello("g", 1, 0),
+    });
+    sim.join(2, "c");
+    open(&mut sim, 10);
+    let placed = gpu_assignments(&submit_gpu(&mut sim, 10, 0..6, GpuUse::Preferred));
+    assert_eq!(
+        placed.iter().filter(|p| p.0 == 1 && p.3).count(),
+        1,
+        "{placed:?}"
+    );
+    assert_eq!(
+        placed.iter().filter(|p| p.0 == 2 && !p.3).count(),
+        5,
+        "{placed:?}"
+    );
+
+    // With no GPU anywhere, preferring tasks run on CPUs and nobody is told anything.
+    let mut sim = Sim::new();
+    sim.join(2, "c");
+    open(&mut sim, 10);
+    let cmds = submit_gpu(&mut sim, 10, 0..3, GpuUse::Preferred);
+    assert_eq!(gpu_assignments(&cmds).len(), 3);
+    assert!(notices(&cmds).is_empty());
+}
+
+#[test]
+fn gpu_results_say_they_ran_on_a_gpu() {
+    let mut sim = Sim::new();
+    sim.send(Event::AgentAttached {
+        conn: 1,
+        hello: gpu_hello("g", 1, 1),
+    });
+    open(&mut sim, 10);
+    let placed = gpu_assignments(&submit_gpu(&mut sim, 10, 0..2, GpuUse::Preferred));
+    assert_eq!(placed.len(), 2, "{placed:?}");
+    let results: Vec<AgentResult> = placed.iter().map(|p| ok(p.1, p.2)).collect();
+    let cmds = sim.send(Event::AgentResults { conn: 1, results });
+    let mut flags: Vec<bool> = cmds
+        .iter()
+        .filter_map(|c| match c {
+            Command::Deliver { results, .. } => {
+                Some(results.iter().map(|r| r.gpu).collect::<Vec<_>>())
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    flags.sort();
+    assert_eq!(flags, vec![false, true]);
 }

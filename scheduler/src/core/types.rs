@@ -136,7 +136,19 @@ pub struct TaskSpec {
     pub priority: i32,
     pub retries: u32,
     pub timeout_ms: u64,
-    pub gpu: bool,
+    pub gpu: GpuUse,
+}
+
+/// Whether a task runs on a GPU slot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum GpuUse {
+    /// CPU slots only.
+    #[default]
+    None,
+    /// Only on a free GPU slot: it waits while none is free.
+    Required,
+    /// On a free GPU slot when there is one, else on a CPU slot.
+    Preferred,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,6 +176,8 @@ pub struct Assigned {
     pub spec: TaskSpec,
     /// Run it alone, in a worker of its own.
     pub isolated: bool,
+    /// Run it on one of the agent's GPU slots.
+    pub gpu: bool,
 }
 
 /// What an agent reports for one task.
@@ -185,6 +199,8 @@ pub struct DriverResult {
     pub agent: Arc<str>,
     pub outcome: Outcome,
     pub run_ns: u64,
+    /// It ran on a GPU slot.
+    pub gpu: bool,
 }
 
 /// The capacity of the cluster, as a driver is told when its session opens.

@@ -54,10 +54,11 @@ impl admin_service_server::AdminService for AdminService {
         };
         status.blob_fetches = self.shared.blobs.fetch_counts().into_iter().collect();
         self.shared.with_core(|core, _| {
-            let (jobs, queued, running) = core.task_counts();
-            status.jobs = u32::try_from(jobs).unwrap_or(u32::MAX);
-            status.tasks_queued = queued as u64;
-            status.tasks_running = running as u64;
+            let counts = core.task_counts();
+            status.jobs = u32::try_from(counts.sessions).unwrap_or(u32::MAX);
+            status.tasks_queued = counts.queued as u64;
+            status.tasks_running = counts.running as u64;
+            status.gpu_tasks_queued = counts.gpu_queued as u64;
             for agent in core.agents() {
                 let state = agent.state();
                 match state {

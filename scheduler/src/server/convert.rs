@@ -6,7 +6,7 @@ use ladle_proto::v1 as pb;
 
 use crate::core::{
     Agent, AgentHello, AgentId, AgentResult, AgentState, Assigned, BlobRef, DriverResult,
-    FailureKind, GpuInfo, Job, JobView, Load, Outcome, OutputLine, Resources, SessionOpen,
+    FailureKind, GpuInfo, GpuUse, Job, JobView, Load, Outcome, OutputLine, Resources, SessionOpen,
     TaskSpec,
 };
 
@@ -149,6 +149,7 @@ pub fn results(results: Vec<DriverResult>) -> pb::TaskResults {
                 agent: r.agent.to_string(),
                 outcome: Some(outcome_pb(r.outcome)),
                 run_ns: r.run_ns,
+                gpu: r.gpu,
             })
             .collect(),
     }
@@ -198,7 +199,7 @@ pub fn assign(job: &Job, tasks: Vec<Assigned>) -> pb::Assign {
                 reducer: t.spec.reducer.map(|r| r.to_string()).unwrap_or_default(),
                 shared: t.spec.shared,
                 timeout_ms: t.spec.timeout_ms,
-                gpu: t.spec.gpu,
+                gpu: t.gpu,
                 items: t.spec.items,
                 isolated: t.isolated,
             })
@@ -240,7 +241,13 @@ pub fn task_spec(t: pb::TaskSpec) -> TaskSpec {
         priority: t.priority,
         retries: t.retries,
         timeout_ms: t.timeout_ms,
-        gpu: t.gpu,
+        gpu: match pb::GpuUse::try_from(t.gpu) {
+            Ok(pb::GpuUse::Required) => GpuUse::Required,
+            Ok(pb::GpuUse::Preferred) => GpuUse::Preferred,
+            // An unknown value from a newer driver: the safe reading is the strict one.
+            Ok(pb::GpuUse::None) => GpuUse::None,
+            Err(_) => GpuUse::Required,
+        },
     }
 }
 

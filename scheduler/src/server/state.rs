@@ -182,6 +182,9 @@ impl Inner {
                 Command::Deliver { conn, results } => {
                     self.send_driver(conn, driver_event::Body::Results(convert::results(results)));
                 }
+                Command::Notice { conn, text } => {
+                    self.send_driver(conn, driver_event::Body::Notice(pb::Notice { text }));
+                }
                 Command::ForwardOutput { conn, agent, lines } => {
                     self.send_driver(
                         conn,

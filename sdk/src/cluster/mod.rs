@@ -18,7 +18,7 @@ use ladle_common::{
     token::Token,
 };
 use ladle_proto::v1::{
-    OpenSession, SessionOpened, TaskSpec, blob_service_client::BlobServiceClient,
+    self as pb, OpenSession, SessionOpened, TaskSpec, blob_service_client::BlobServiceClient,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     error::Error,
     futures::TaskFuture,
+    gpu::GpuUse,
     map::{self, AsCompleted, MapStream},
     shared::{self, Shared},
     task::{ErrorKind, Reducer, Task, TaskError},
@@ -57,8 +58,8 @@ pub struct Options {
     pub retries: u32,
     /// Fails a task that runs longer than this.
     pub timeout: Option<Duration>,
-    /// Places the task only where a GPU slot is free.
-    pub gpu: bool,
+    /// Runs the task on a GPU slot (required or preferred), whatever its attribute says.
+    pub gpu: Option<GpuUse>,
 }
 
 impl Options {
@@ -77,8 +78,8 @@ impl Options {
         self.timeout = Some(timeout);
         self
     }
-    pub fn gpu(mut self, gpu: bool) -> Self {
-        self.gpu = gpu;
+    pub fn gpu(mut self, gpu: GpuUse) -> Self {
+        self.gpu = Some(gpu);
         self
     }
 }
@@ -190,6 +191,11 @@ impl Cluster {
     /// Agents of the cluster when the session opened.
     pub fn agents(&self) -> u32 {
         self.inner.opened.agents
+    }
+
+    /// GPU slots of the cluster when the session opened.
+    pub fn gpu_slots(&self) -> u32 {
+        self.inner.opened.gpu_slots
     }
 
     /// Runs `task` on `input` somewhere in the cluster.
@@ -386,7 +392,12 @@ impl Cluster {
             timeout_ms: options
                 .timeout
                 .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-            gpu: options.gpu || T::GPU,
+            gpu: match options.gpu.unwrap_or(T::GPU) {
+                GpuUse::None => pb::GpuUse::None,
+                GpuUse::Required => pb::GpuUse::Required,
+                GpuUse::Preferred => pb::GpuUse::Preferred,
+            }
+            .into(),
         };
         self.inner
             .requests

@@ -79,6 +79,58 @@ fn chatty(x: u64) -> u64 {
     x
 }
 
+/// Where and when a task ran, as the worker saw it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Seen {
+    input: u64,
+    agent: String,
+    /// LADLE_GPU and CUDA_VISIBLE_DEVICES in the worker.
+    gpu: Option<u32>,
+    visible: Option<String>,
+    /// Wall-clock milliseconds (the agents share this machine's clock).
+    start_ms: u128,
+    end_ms: u128,
+}
+
+fn seen(input: u64, ms: u64) -> Seen {
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    };
+    let start_ms = now();
+    std::thread::sleep(Duration::from_millis(ms));
+    Seen {
+        input,
+        agent: ladle::gpu::agent().unwrap_or_default(),
+        gpu: ladle::gpu::ordinal(),
+        visible: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
+        start_ms,
+        end_ms: now(),
+    }
+}
+
+#[ladle::task(gpu)]
+fn on_gpu(x: u64) -> Seen {
+    seen(x, 150)
+}
+
+#[ladle::task]
+fn on_cpu(x: u64) -> Seen {
+    seen(x, 150)
+}
+
+/// Long enough to be caught running when its agent is killed.
+#[ladle::task(gpu)]
+fn on_gpu_slow(x: u64) -> Seen {
+    seen(x, 1500)
+}
+
+#[ladle::task(prefer_gpu)]
+fn gpu_or_cpu(x: u64) -> Seen {
+    seen(x, 20)
+}
+
 fn out(value: serde_json::Value) {
     println!("{value}");
 }
@@ -259,6 +311,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .err()
                 .map(|e| json!({ "kind": format!("{:?}", e.kind), "text": e.to_string() }));
             out(json!({ "slow": error, "quick": quick }));
+        }
+        "gpu_mix" => {
+            // GPU and CPU tasks of one job, submitted together.
+            let gpu = cluster.map(on_gpu, 0..8u64);
+            let cpu = cluster.map(on_cpu, 100..102u64);
+            let (gpu, cpu) = tokio::join!(gpu, cpu);
+            out(json!({ "gpu": gpu?, "cpu": cpu? }));
+        }
+        "gpu_wait" => {
+            let n = 6u64;
+            let mut seen_once = vec![0u32; n as usize];
+            let mut runs = Vec::new();
+            let mut errors = Vec::new();
+            let mut results = cluster.map_as_completed(on_gpu_slow, 0..n);
+            while let Some((index, result)) = results.next().await {
+                seen_once[index] += 1;
+                match result {
+                    Ok(run) => runs.push(run),
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            let once = seen_once.iter().filter(|&&c| c == 1).count();
+            out(json!({ "n": n, "once": once, "runs": runs, "errors": errors }));
+        }
+        "gpu_prefer" => {
+            let runs = cluster.map(gpu_or_cpu, 0..40u64).await?;
+            let correct = runs.iter().enumerate().all(|(i, r)| r.input == i as u64);
+            out(
+                json!({ "count": runs.len(), "correct": correct, "on_gpu": runs.iter().filter(|r| r.gpu.is_some()).count() }),
+            );
         }
         other => return Err(format!("unknown scenario {other:?}").into()),
     }
