@@ -132,3 +132,57 @@ impl AgentSettings {
             .join("agent")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use ladle_common::settings::{Sources, load};
+
+    use super::*;
+
+    fn with(toml: &str, env: &[(&str, &str)]) -> Result<AgentSettings, String> {
+        let mut f = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
+        f.write_all(toml.as_bytes()).map_err(|e| e.to_string())?;
+        load(
+            &AgentSettings::default(),
+            Sources {
+                file: Some(f.path()),
+                env: Some(
+                    env.iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn gpus_are_all_by_default_and_restricted_from_a_file_or_the_environment() {
+        assert_eq!(with("", &[]).map(|s| s.gpus), Ok(GpuSelection::All));
+        assert_eq!(
+            with("gpus = [0, 2]\n", &[]).map(|s| s.gpus),
+            Ok(GpuSelection::Only(vec![0, 2]))
+        );
+        assert_eq!(
+            with("gpus = \"none\"\n", &[]).map(|s| s.gpus),
+            Ok(GpuSelection::None)
+        );
+        assert_eq!(
+            with("", &[("LADLE_GPUS", "1,3")]).map(|s| s.gpus),
+            Ok(GpuSelection::Only(vec![1, 3]))
+        );
+        assert_eq!(
+            with("", &[("LADLE_GPU_SLOTS", "2")]).map(|s| s.gpu_slots),
+            Ok(Some(2))
+        );
+    }
+
+    #[test]
+    fn a_bad_gpu_list_is_refused_naming_the_key() {
+        let err = with("gpus = \"0,x\"\n", &[]).expect_err("refused");
+        assert!(err.contains("gpus") && err.contains("\"x\""), "{err}");
+    }
+}
