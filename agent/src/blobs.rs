@@ -24,7 +24,8 @@ pub struct BlobCache {
 struct Inner {
     dir: PathBuf,
     max_bytes: u64,
-    address: String,
+    /// The scheduler the agent joined last (discovery may move it).
+    address: Mutex<String>,
     token: Option<Token>,
     /// One lock per blob, so concurrent needs of the same blob fetch it once.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -38,16 +39,21 @@ fn valid_hash(sha256: &str) -> bool {
 }
 
 impl BlobCache {
-    pub fn new(dir: PathBuf, max_bytes: u64, address: String, token: Option<Token>) -> Self {
+    pub fn new(dir: PathBuf, max_bytes: u64, token: Option<Token>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 dir,
                 max_bytes,
-                address,
+                address: Mutex::new(String::new()),
                 token,
                 locks: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Blobs come from the scheduler at `address` from now on.
+    pub fn set_scheduler(&self, address: &str) {
+        *self.inner.address.lock().unwrap_or_else(|p| p.into_inner()) = address.to_owned();
     }
 
     /// The local file of blob `sha256`, fetched from the scheduler if it is not here yet.
@@ -74,9 +80,13 @@ impl BlobCache {
         tokio::fs::create_dir_all(&self.inner.dir)
             .await
             .map_err(|e| format!("cannot create {}: {e}", self.inner.dir.display()))?;
-        let channel = client::connect(&self.inner.address)
-            .await
-            .map_err(|e| e.to_string())?;
+        let address = self
+            .inner
+            .address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let channel = client::connect(&address).await.map_err(|e| e.to_string())?;
         let mut client = BlobServiceClient::with_interceptor(
             channel,
             TokenInterceptor::new(self.inner.token.as_ref()),

@@ -3,7 +3,13 @@
 
 use std::future::Future;
 
-use ladle_common::{address, token::Token};
+use std::net::SocketAddrV4;
+
+use ladle_common::{
+    address,
+    discovery::{Listener, Locator, Watch},
+    token::Token,
+};
 use ladle_proto::v1::{Gpu, Hello};
 use thiserror::Error;
 use tracing::{info, warn};
@@ -22,9 +28,14 @@ use crate::{
 #[derive(Debug, Error)]
 pub enum AgentError {
     #[error(
-        "no scheduler to join: set `scheduler` in the settings file, LADLE_SCHEDULER, or --scheduler"
+        "no scheduler to join and multicast discovery is off: set `scheduler` (LADLE_SCHEDULER, --scheduler), `scheduler_file`, or turn `multicast` on"
     )]
     NoScheduler,
+    #[error("cannot listen for scheduler announcements on {group}: {source}")]
+    Multicast {
+        group: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Address(#[from] address::AddressError),
     #[error("cannot read the cluster token: {0}")]
@@ -43,11 +54,7 @@ pub async fn run(
     discovery: &str,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let scheduler = settings
-        .scheduler
-        .as_deref()
-        .ok_or(AgentError::NoScheduler)?;
-    let address = address::normalize(scheduler)?;
+    let locator = locator(&settings)?;
     let token = Token::resolve(settings.token.as_deref(), settings.token_file.as_deref())?;
     let state_dir = settings.state_dir();
     let identity = Identity::load_or_create(&state_dir)?;
@@ -80,7 +87,6 @@ pub async fn run(
     let cache = BlobCache::new(
         state_dir.join("blobs"),
         settings.cache_max_bytes,
-        address.clone(),
         token.clone(),
     );
     let (executor, outgoing) = executor::start(
@@ -89,11 +95,15 @@ pub async fn run(
             gpus: gpus.iter().map(|g| g.ordinal).collect(),
         },
         hello.hostname.clone(),
-        cache,
+        cache.clone(),
         state_dir.join("run"),
     );
     let session = Session {
-        address,
+        address: locator.describe(),
+        locator,
+        // How the agent came to its scheduler, unless the caller says (an embedded agent).
+        fixed_discovery: (discovery != "address").then(|| discovery.to_owned()),
+        cache,
         token,
         hello,
         reconnect_max_delay: settings.reconnect_max_delay,
@@ -104,6 +114,36 @@ pub async fn run(
     info!("stopped");
     drop(identity);
     Ok(())
+}
+
+/// Where the agent looks for its scheduler: the address given, else the file, else multicast.
+fn locator(settings: &AgentSettings) -> Result<Locator, AgentError> {
+    if let Some(scheduler) = &settings.scheduler {
+        return Ok(Locator::Address(address::normalize(scheduler)?));
+    }
+    if let Some(path) = &settings.scheduler_file {
+        return Ok(Locator::File(path.clone()));
+    }
+    if !settings.multicast {
+        return Err(AgentError::NoScheduler);
+    }
+    let group = SocketAddrV4::new(settings.multicast_group, settings.multicast_port);
+    let listener = Listener::bind(group).map_err(|source| AgentError::Multicast {
+        group: group.to_string(),
+        source,
+    })?;
+    info!(
+        "no scheduler address given: listening for cluster {:?} on {}",
+        settings.cluster, listener.describe
+    );
+    Ok(Locator::Multicast {
+        watch: Watch::start(
+            listener,
+            settings.cluster.clone(),
+            ladle_proto::PROTOCOL_VERSION,
+        ),
+        wait: settings.discovery_wait,
+    })
 }
 
 /// The GPU slots the agent offers: the ones declared in its settings, or else the CUDA devices

@@ -16,9 +16,19 @@ struct Cli {
     /// TOML settings file.
     #[arg(long, env = "LADLE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// The scheduler to join, e.g. http://10.0.0.1:7070 (also LADLE_SCHEDULER).
+    /// The scheduler to join, e.g. http://10.0.0.1:7070 (also LADLE_SCHEDULER) [default: the
+    /// address in --scheduler-file, else the one the cluster's scheduler announces on multicast].
     #[arg(long)]
     scheduler: Option<String>,
+    /// A file the scheduler writes its address to (its --address-file), read on every reconnection.
+    #[arg(long, value_name = "FILE")]
+    scheduler_file: Option<PathBuf>,
+    /// The cluster to join: schedulers announcing another name are ignored [default: default].
+    #[arg(long)]
+    cluster: Option<String>,
+    /// Do not listen for schedulers on multicast.
+    #[arg(long)]
+    no_multicast: bool,
     /// Where the agent keeps its id.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -41,7 +51,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    ladle_common::logging::init("warn,ladle_agent=info");
+    ladle_common::logging::init("warn,ladle_agent=info,ladle_common=info");
     let settings = match load_settings(&cli) {
         Ok(settings) => settings,
         Err(err) => {
@@ -69,6 +79,15 @@ fn load_settings(cli: &Cli) -> Result<AgentSettings, SettingsError> {
     let mut flags: Vec<(&'static str, config::Value)> = Vec::new();
     if let Some(s) = &cli.scheduler {
         flags.push(("scheduler", s.clone().into()));
+    }
+    if let Some(file) = &cli.scheduler_file {
+        flags.push(("scheduler_file", file.display().to_string().into()));
+    }
+    if let Some(cluster) = &cli.cluster {
+        flags.push(("cluster", cluster.clone().into()));
+    }
+    if cli.no_multicast {
+        flags.push(("multicast", false.into()));
     }
     if let Some(dir) = &cli.state_dir {
         flags.push(("state_dir", dir.display().to_string().into()));

@@ -5,6 +5,7 @@ use std::{future::Future, time::Duration};
 
 use ladle_common::{
     client::{self, TokenInterceptor},
+    discovery::Locator,
     token::Token,
 };
 use ladle_proto::v1::{
@@ -18,6 +19,7 @@ use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
 use crate::{
+    blobs::BlobCache,
     executor::{ExecutorHandle, Input, Outgoing},
     resources::Probe,
 };
@@ -40,7 +42,11 @@ enum Ended {
 }
 
 pub struct Session {
+    pub locator: Locator,
+    /// The scheduler joined last (or where the agent looks, before it joined).
     pub address: String,
+    pub fixed_discovery: Option<String>,
+    pub cache: BlobCache,
     pub token: Option<Token>,
     pub hello: Hello,
     pub reconnect_max_delay: Duration,
@@ -88,11 +94,11 @@ impl Session {
                     // Say it on the first failure and then now and again, not on every retry.
                     if failures.is_power_of_two() {
                         warn!(
-                            "cannot join the scheduler at {} ({failures} attempts): {reason}",
-                            self.address
+                            "cannot join a scheduler ({failures} attempts, looking at {}): {reason}",
+                            self.locator.describe()
                         );
                     } else {
-                        debug!("cannot join the scheduler at {}: {reason}", self.address);
+                        debug!("cannot join a scheduler: {reason}");
                     }
                 }
             }
@@ -111,10 +117,38 @@ impl Session {
             reason,
             joined: false,
         };
-        let channel = match client::connect(&self.address).await {
-            Ok(channel) => channel,
+        let candidates = match self.locator.candidates().await {
+            Ok(candidates) if !candidates.is_empty() => candidates,
+            Ok(_) => return broken(format!("{} gave no address", self.locator.describe())),
             Err(err) => return broken(err.to_string()),
         };
+        // Every address in turn (a DNS name of a Kubernetes service may give several).
+        let mut failures = Vec::new();
+        let mut connected = None;
+        for candidate in candidates {
+            match client::connect(&candidate.url).await {
+                Ok(channel) => {
+                    connected = Some((channel, candidate));
+                    break;
+                }
+                Err(err) => failures.push(err.to_string()),
+            }
+        }
+        let Some((channel, found)) = connected else {
+            return broken(failures.join("; "));
+        };
+        if self.address != found.url {
+            debug!(
+                "trying the scheduler at {} (found by {})",
+                found.url, found.how
+            );
+        }
+        self.address = found.url;
+        self.cache.set_scheduler(&self.address);
+        self.hello.discovery = self
+            .fixed_discovery
+            .clone()
+            .unwrap_or_else(|| found.how.to_owned());
         let mut client = AgentServiceClient::with_interceptor(
             channel,
             TokenInterceptor::new(self.token.as_ref()),

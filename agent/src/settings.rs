@@ -1,6 +1,6 @@
 //! The agent's settings: defaults < `--config` TOML file < `LADLE_*` environment < flags.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -8,8 +8,21 @@ use serde::{Deserialize, Serialize};
 // Missing keys take the value from Default, the same defaults the loader starts from.
 #[serde(default, deny_unknown_fields)]
 pub struct AgentSettings {
-    /// The scheduler to join (`http://host:7070`). LADLE_SCHEDULER sets it too.
+    /// The scheduler to join (`http://host:7070`; a DNS name is tried at every address it
+    /// resolves to). LADLE_SCHEDULER sets it too. Unset: `scheduler_file`, else multicast.
     pub scheduler: Option<String>,
+    /// A file the scheduler writes its address to (`address_file` there), on a filesystem both
+    /// see; read again on every reconnection.
+    pub scheduler_file: Option<PathBuf>,
+    /// The cluster to join: schedulers announcing another name are ignored.
+    pub cluster: String,
+    /// Listen for schedulers announcing themselves on multicast when no address or file is given.
+    pub multicast: bool,
+    pub multicast_group: Ipv4Addr,
+    pub multicast_port: u16,
+    /// How long to wait for an announcement before saying, in the log, that none came.
+    #[serde(with = "humantime_serde")]
+    pub discovery_wait: Duration,
     /// The cluster's shared token. Prefer `token_file`, or the LADLE_TOKEN variable.
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
@@ -101,6 +114,12 @@ impl Default for AgentSettings {
     fn default() -> Self {
         Self {
             scheduler: None,
+            scheduler_file: None,
+            cluster: "default".into(),
+            multicast: true,
+            multicast_group: ladle_common::discovery::DEFAULT_GROUP,
+            multicast_port: ladle_common::discovery::DEFAULT_PORT,
+            discovery_wait: Duration::from_secs(10),
             token: None,
             token_file: None,
             state_dir: None,

@@ -2,6 +2,7 @@
 
 pub mod address;
 pub mod client;
+pub mod discovery;
 pub mod logging;
 pub mod settings;
 pub mod token;

@@ -95,6 +95,9 @@ struct ServeArgs {
     /// An agent silent for this long is lost (e.g. "5s").
     #[arg(long)]
     heartbeat_timeout: Option<String>,
+    /// Do not announce the scheduler on multicast (agents then need its address).
+    #[arg(long)]
+    no_multicast: bool,
 }
 
 #[derive(Args)]
@@ -108,7 +111,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve(_));
     ladle_common::logging::init(if serving {
-        "warn,ladle_scheduler=info"
+        "warn,ladle_scheduler=info,ladle_common=info"
     } else {
         "warn"
     });
@@ -155,6 +158,9 @@ fn load_settings(cli: &Cli) -> Result<SchedulerSettings, SettingsError> {
         );
         put("advertise", args.advertise.clone());
         put("heartbeat_timeout", args.heartbeat_timeout.clone());
+        if args.no_multicast {
+            flags.push(("multicast", config::Value::from(false)));
+        }
     }
     settings::load(
         &SchedulerSettings::default(),

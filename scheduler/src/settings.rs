@@ -52,6 +52,15 @@ pub struct SchedulerSettings {
     /// the results of its absence) before its tasks are stopped.
     #[serde(with = "humantime_serde")]
     pub driver_grace: Duration,
+    /// Announce the scheduler on UDP multicast, so that agents find it with no address. Only
+    /// a scheduler listening beyond loopback announces.
+    pub multicast: bool,
+    pub multicast_group: Ipv4Addr,
+    pub multicast_port: u16,
+    /// Router hops the announcements may cross (1: this network only).
+    pub multicast_ttl: u32,
+    #[serde(with = "humantime_serde")]
+    pub announce_interval: Duration,
 }
 
 impl Default for SchedulerSettings {
@@ -72,6 +81,11 @@ impl Default for SchedulerSettings {
             max_blob_bytes: 16 << 30,
             max_task_crashes: 3,
             driver_grace: Duration::from_secs(5),
+            multicast: true,
+            multicast_group: ladle_common::discovery::DEFAULT_GROUP,
+            multicast_port: ladle_common::discovery::DEFAULT_PORT,
+            multicast_ttl: 1,
+            announce_interval: Duration::from_secs(1),
         }
     }
 }

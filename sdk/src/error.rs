@@ -35,4 +35,6 @@ pub enum Error {
     Closed,
     #[error("invalid setting {key}: {message}")]
     Settings { key: String, message: String },
+    #[error("cannot find a scheduler: {0}")]
+    Discovery(String),
 }

@@ -35,7 +35,8 @@ mod task;
 mod worker;
 
 pub use cluster::{
-    Cluster, Options, RECONNECT_TIMEOUT_ENV, SCHEDULER_ENV, executable::EXECUTABLE_ENV,
+    CLUSTER_ENV, Cluster, Options, RECONNECT_TIMEOUT_ENV, SCHEDULER_ENV, SCHEDULER_FILE_ENV,
+    executable::EXECUTABLE_ENV,
 };
 pub use error::Error;
 pub use futures::{ReturnWhen, TaskFuture, Waited, as_completed, gather, wait};

@@ -2,6 +2,8 @@
 //! binaries on loopback with ports picked at run time, talks to them through the real CLI, and
 //! kills them with real signals. Nothing here stands in for a component of Ladle.
 
+pub mod netns;
+
 use std::{
     fmt::Debug,
     fs,
@@ -359,6 +361,21 @@ impl Agent {
     pub fn start(scheduler: &Scheduler, token: Option<&str>, extra: &[&str]) -> Self {
         let state_dir = tempfile::tempdir().expect("temp dir").keep();
         Self::start_in(scheduler, token, state_dir, extra)
+    }
+
+    /// Starts an agent given only `extra` (no `--scheduler`): it finds the scheduler its own way.
+    pub fn start_without_address(scheduler: &Scheduler, extra: &[&str]) -> Self {
+        let state_dir = tempfile::tempdir().expect("temp dir").keep();
+        let mut command = clean_command(&bin("ladle-agent"));
+        command.arg("--state-dir").arg(&state_dir).args(extra);
+        if let Some(token) = &scheduler.options.token {
+            command.env("LADLE_TOKEN", token);
+        }
+        let log = state_dir.join("agent.log");
+        Self {
+            process: Process::spawn(command, log),
+            state_dir,
+        }
     }
 
     pub fn start_in(

@@ -147,6 +147,7 @@ pub fn agents_table(rows: &[AgentRow]) -> String {
             "GPUS",
             "MEMORY",
             "HEARTBEAT",
+            "FOUND BY",
             "VERSION",
         ]);
     for row in rows {
@@ -162,6 +163,7 @@ pub fn agents_table(rows: &[AgentRow]) -> String {
                 gib(row.memory_bytes)
             ),
             ago(row.last_heartbeat_ms_ago),
+            row.discovery.clone(),
             row.version.clone(),
         ]);
     }

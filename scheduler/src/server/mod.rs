@@ -11,13 +11,16 @@ mod state;
 
 use std::{
     future::Future,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, SocketAddr, SocketAddrV4},
     path::Path,
     sync::Arc,
     time::Duration,
 };
 
-use ladle_common::token::Token;
+use ladle_common::{
+    discovery::{Announcement, Announcer, announced_addresses},
+    token::Token,
+};
 use ladle_proto::v1::{
     admin_service_server::AdminServiceServer, agent_service_server::AgentServiceServer,
     blob_service_server::BlobServiceServer, driver_service_server::DriverServiceServer,
@@ -64,6 +67,7 @@ pub struct Listening {
     /// The address clients should use (`http://host:port`).
     pub advertised: String,
     pub local: SocketAddr,
+    announcer: Option<Announcer>,
 }
 
 /// Binds the port and writes the address file: after this, clients can connect.
@@ -135,6 +139,7 @@ async fn listen_with(settings: SchedulerSettings, announce: bool) -> Result<List
             source,
         },
     )?;
+    let announcer = announcer(&settings, local, announce);
     let shared = Arc::new(Shared::new(core, settings, token.is_some(), blobs));
     Ok(Listening {
         listener,
@@ -142,6 +147,7 @@ async fn listen_with(settings: SchedulerSettings, announce: bool) -> Result<List
         token,
         advertised,
         local,
+        announcer,
     })
 }
 
@@ -156,9 +162,11 @@ impl Listening {
             listener,
             shared,
             token,
+            announcer,
             ..
         } = self;
         let ticker = tokio::spawn(state::tick_forever(shared.clone()));
+        let announcing = announcer.map(|a| tokio::spawn(a.run()));
         let guard = auth::TokenCheck::new(token);
         let incoming = TcpListenerStream::new(listener);
         // Room for the largest payload plus the batch around it.
@@ -189,11 +197,59 @@ impl Listening {
                 admin::AdminService::new(shared.clone()),
                 guard,
             ))
-            .serve_with_incoming_shutdown(incoming, shutdown)
+            .serve_with_incoming_shutdown(incoming, {
+                let shared = shared.clone();
+                async move {
+                    shutdown.await;
+                    info!("shutting down: closing every stream");
+                    // A graceful stop waits for open calls, and agent and driver streams never
+                    // end by themselves.
+                    shared.close_all(&tonic::Status::unavailable(
+                        "the scheduler is shutting down",
+                    ));
+                }
+            })
             .await;
         ticker.abort();
+        if let Some(task) = announcing {
+            task.abort();
+        }
         result.map_err(ServeError::from)
     }
+}
+
+/// The multicast announcer, unless switched off, embedded, or listening on loopback only (where
+/// no other machine could use the address).
+fn announcer(settings: &SchedulerSettings, local: SocketAddr, announce: bool) -> Option<Announcer> {
+    if !settings.multicast || !announce {
+        return None;
+    }
+    if local.ip().is_loopback() {
+        info!("not announcing on multicast: the scheduler listens on loopback only");
+        return None;
+    }
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let per_interface = settings.advertise.is_none() && local.ip().is_unspecified();
+    let addresses = match &settings.advertise {
+        Some(advertise) => vec![format!("http://{advertise}")],
+        None => announced_addresses(local),
+    };
+    Some(Announcer {
+        group: SocketAddrV4::new(settings.multicast_group, settings.multicast_port),
+        ttl: settings.multicast_ttl,
+        interval: settings.announce_interval.max(Duration::from_millis(100)),
+        announcement: Announcement {
+            cluster: settings.cluster.clone(),
+            addresses,
+            protocol: ladle_proto::PROTOCOL_VERSION,
+            version: ladle_common::VERSION.into(),
+            started_ms,
+        },
+        port: local.port(),
+        per_interface,
+    })
 }
 
 /// What to tell clients when listening on every interface: the host's name, which the other

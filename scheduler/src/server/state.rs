@@ -123,6 +123,16 @@ impl Shared {
         result
     }
 
+    /// Ends every open stream with `status` (the scheduler is stopping): agents and drivers see
+    /// it at once and go looking for a scheduler, rather than waiting on a silent one.
+    pub fn close_all(&self, status: &Status) {
+        let mut inner = self.lock();
+        let conns: Vec<ConnId> = inner.outboxes.keys().copied().collect();
+        for conn in conns {
+            inner.close(conn, status.clone());
+        }
+    }
+
     /// The reader of a stream ended: forget its outbox and tell the core with `event`.
     pub fn detached(&self, conn: ConnId, event: Event) {
         let now = Instant::now();

@@ -5,6 +5,7 @@ pub(crate) mod executable;
 pub(crate) mod session;
 
 use std::{
+    net::SocketAddrV4,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -15,6 +16,7 @@ use std::{
 use bytes::Bytes;
 use ladle_common::{
     client::{self, TokenInterceptor},
+    discovery::{self, Locator},
     token::Token,
 };
 use ladle_proto::v1::{
@@ -35,6 +37,10 @@ use session::{Request, Route};
 
 /// Environment variable naming the scheduler; without it, `from_env` starts an embedded one.
 pub const SCHEDULER_ENV: &str = "LADLE_SCHEDULER";
+/// Environment variable naming a file that holds the scheduler's address (its `address_file`).
+pub const SCHEDULER_FILE_ENV: &str = "LADLE_SCHEDULER_FILE";
+/// Environment variable naming the cluster `discover` looks for.
+pub const CLUSTER_ENV: &str = "LADLE_CLUSTER";
 
 /// How long a driver keeps trying to reach its scheduler again after losing it ("60s").
 pub const RECONNECT_TIMEOUT_ENV: &str = "LADLE_RECONNECT_TIMEOUT";
@@ -106,11 +112,70 @@ impl Cluster {
     /// The cluster named by `LADLE_SCHEDULER` (with `LADLE_TOKEN` or `LADLE_TOKEN_FILE`), or,
     /// when it is unset, an embedded scheduler and agent inside this process with one slot per
     /// core: the program runs with no set-up at all.
+    ///
+    /// `LADLE_SCHEDULER=discover` finds the scheduler that announces itself on multicast
+    /// ([`Cluster::discover`]); `LADLE_SCHEDULER_FILE` names a file holding its address.
     pub async fn from_env() -> Result<Self, Error> {
         match std::env::var(SCHEDULER_ENV) {
+            Ok(address) if address.trim() == "discover" => Self::discover().await,
             Ok(address) if !address.trim().is_empty() => Self::connect(&address).await,
-            _ => Self::local().await,
+            _ => match std::env::var_os(SCHEDULER_FILE_ENV) {
+                Some(path) => Self::located(Locator::File(path.into())).await,
+                None => Self::local().await,
+            },
         }
+    }
+
+    /// The scheduler of cluster `LADLE_CLUSTER` (default "default") that announces itself on
+    /// multicast on this network, waiting up to 10 s to hear it.
+    pub async fn discover() -> Result<Self, Error> {
+        let setting = |key: &str, default: String| -> Result<String, Error> {
+            Ok(std::env::var(key).unwrap_or(default))
+        };
+        let ip = setting(
+            "LADLE_MULTICAST_GROUP",
+            discovery::DEFAULT_GROUP.to_string(),
+        )?;
+        let port = setting("LADLE_MULTICAST_PORT", discovery::DEFAULT_PORT.to_string())?;
+        let group = SocketAddrV4::new(
+            ip.parse().map_err(|_| Error::Settings {
+                key: "LADLE_MULTICAST_GROUP".into(),
+                message: format!("{ip:?} is not an IPv4 address"),
+            })?,
+            port.parse().map_err(|_| Error::Settings {
+                key: "LADLE_MULTICAST_PORT".into(),
+                message: format!("{port:?} is not a port number"),
+            })?,
+        );
+        let listener = discovery::Listener::bind(group)
+            .map_err(|e| Error::Discovery(format!("cannot listen on {group}: {e}")))?;
+        let cluster = std::env::var(CLUSTER_ENV).unwrap_or_else(|_| "default".into());
+        let watch = discovery::Watch::start(listener, cluster, ladle_proto::PROTOCOL_VERSION);
+        Self::located(Locator::Multicast {
+            watch,
+            wait: Duration::from_secs(10),
+        })
+        .await
+    }
+
+    /// The first address the locator gives that answers.
+    async fn located(locator: Locator) -> Result<Self, Error> {
+        let candidates = locator
+            .candidates()
+            .await
+            .map_err(|e| Error::Discovery(e.to_string()))?;
+        let mut failures = Vec::new();
+        for candidate in candidates {
+            match client::connect(&candidate.url).await {
+                Ok(_) => return Self::connect(&candidate.url).await,
+                Err(err) => failures.push(err.to_string()),
+            }
+        }
+        Err(Error::Discovery(format!(
+            "{} gave no address that answers: {}",
+            locator.describe(),
+            failures.join("; ")
+        )))
     }
 
     /// The scheduler at `address` (`host:port` or `http://host:port`), presenting the token

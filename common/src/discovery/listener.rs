@@ -1,0 +1,179 @@
+//! The clients' side: listening for announcements, and keeping the schedulers of one's own
+//! cluster that were heard lately.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::{net::UdpSocket, sync::Notify};
+use tracing::{debug, info, warn};
+
+use super::{Announcement, announcement::MAX_DATAGRAM, describe_interfaces, interfaces};
+
+/// A socket joined to the announcement group on every interface.
+pub struct Listener {
+    socket: UdpSocket,
+    /// What it listens on, for the log of a client that hears nothing.
+    pub describe: String,
+}
+
+impl Listener {
+    /// Binds the group's port (shared with other listeners on this machine) and joins the group
+    /// on every interface.
+    pub fn bind(group: SocketAddrV4) -> std::io::Result<Self> {
+        let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+        // Several agents (and drivers) on one machine all hear every announcement.
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, group.port())).into())?;
+        let list = interfaces();
+        let mut joined = 0;
+        for (name, ip) in &list {
+            match socket.join_multicast_v4(group.ip(), ip) {
+                Ok(()) => joined += 1,
+                Err(err) => debug!("cannot join {} on {name} ({ip}): {err}", group.ip()),
+            }
+        }
+        if joined == 0 {
+            socket.join_multicast_v4(group.ip(), &Ipv4Addr::UNSPECIFIED)?;
+        }
+        let socket = UdpSocket::from_std(socket.into())?;
+        Ok(Self {
+            socket,
+            describe: format!("{group} on {}", describe_interfaces(&list)),
+        })
+    }
+
+    /// The next Ladle announcement, with the address it came from.
+    pub async fn recv(&self) -> std::io::Result<(Announcement, SocketAddr)> {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let (n, from) = self.socket.recv_from(&mut buf).await?;
+            if let Some(announcement) = Announcement::decode(&buf[..n]) {
+                return Ok((announcement, from));
+            }
+            debug!(%from, "ignored a datagram that is not a Ladle announcement");
+        }
+    }
+}
+
+/// A scheduler heard lately.
+#[derive(Clone, Debug)]
+struct Heard {
+    announcement: Announcement,
+    from: SocketAddr,
+    at: Instant,
+}
+
+/// The schedulers of one cluster heard on the network, kept up to date in the background.
+#[derive(Clone)]
+pub struct Watch {
+    inner: Arc<WatchInner>,
+    pub describe: String,
+    pub cluster: String,
+}
+
+struct WatchInner {
+    heard: Mutex<HashMap<u64, Heard>>,
+    changed: Notify,
+}
+
+/// An announcement older than this no longer counts as a live scheduler.
+const FRESH: Duration = Duration::from_secs(5);
+
+impl Watch {
+    /// Listens (in a task of its own) for the schedulers of `cluster` that speak `protocol`;
+    /// those of other clusters or protocols are ignored with one log line each.
+    pub fn start(listener: Listener, cluster: String, protocol: u32) -> Self {
+        let inner = Arc::new(WatchInner {
+            heard: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+        });
+        let describe = listener.describe.clone();
+        let task_inner = inner.clone();
+        let wanted = cluster.clone();
+        tokio::spawn(async move {
+            let mut ignored: HashSet<(String, u32, SocketAddr)> = HashSet::new();
+            loop {
+                let (announcement, from) = match listener.recv().await {
+                    Ok(heard) => heard,
+                    Err(err) => {
+                        warn!("listening for schedulers failed: {err}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                if announcement.cluster != wanted || announcement.protocol != protocol {
+                    let key = (announcement.cluster.clone(), announcement.protocol, from);
+                    if ignored.insert(key) {
+                        if announcement.cluster != wanted {
+                            info!(
+                                "ignoring the scheduler of cluster {:?} at {} (from {from}): this is cluster {wanted:?}",
+                                announcement.cluster,
+                                announcement.addresses.join(", ")
+                            );
+                        } else {
+                            info!(
+                                "ignoring the scheduler at {} (from {from}): it speaks protocol {}, this release speaks {protocol} (ladle {} there)",
+                                announcement.addresses.join(", "),
+                                announcement.protocol,
+                                announcement.version
+                            );
+                        }
+                    }
+                    continue;
+                }
+                if let Ok(mut heard) = task_inner.heard.lock() {
+                    heard.insert(
+                        announcement.started_ms,
+                        Heard {
+                            announcement,
+                            from,
+                            at: Instant::now(),
+                        },
+                    );
+                }
+                task_inner.changed.notify_waiters();
+            }
+        });
+        Self {
+            inner,
+            describe,
+            cluster,
+        }
+    }
+
+    /// The addresses of the newest live scheduler of the cluster, the one the announcement came
+    /// from first; waits up to `within` for one to be heard.
+    pub async fn addresses(&self, within: Duration) -> Option<Vec<String>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let changed = self.inner.changed.notified();
+            if let Some(found) = self.newest() {
+                return Some(found);
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    fn newest(&self) -> Option<Vec<String>> {
+        let heard = self.inner.heard.lock().ok()?;
+        let live = heard.values().filter(|h| h.at.elapsed() < FRESH);
+        // The newest live scheduler; with none live, the last one heard (it may be back soon).
+        let pick = live
+            .max_by_key(|h| h.announcement.started_ms)
+            .or_else(|| heard.values().max_by_key(|h| h.at))?;
+        let source = pick.from.ip().to_string();
+        let mut addresses = pick.announcement.addresses.clone();
+        // The address the datagram came from is reachable from here by construction.
+        addresses.sort_by_key(|a| !a.contains(&format!("//{source}:")));
+        Some(addresses)
+    }
+}

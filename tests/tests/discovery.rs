@@ -1,0 +1,200 @@
+//! Agents and drivers find the scheduler with no configuration: multicast between test hosts
+//! (network namespaces on one bridge), and the address file and DNS names on loopback.
+
+use std::{fs, path::Path, time::Duration};
+
+use ladle_tests::{
+    Agent, Process, Scheduler, SchedulerOptions, bin, clean_command, last_json, netns::Host,
+    netns::Lab, show, test_driver, wait_for,
+};
+use serde_json::Value;
+
+const TOKEN: &str = "discovery-test-token";
+
+/// A scheduler of `cluster` on `host`, listening on every interface there, on a free port.
+fn scheduler_on(host: &Host, cluster: &str, dir: &Path) -> (Process, u16) {
+    let address_file = dir.join(format!("address-{}", host.ns));
+    let mut command = host.command(&bin("ladle-scheduler"));
+    command
+        .args(["serve", "--port", "0", "--cluster", cluster])
+        .arg("--address-file")
+        .arg(&address_file)
+        .env("LADLE_TOKEN", TOKEN)
+        .env("LADLE_STATE_DIR", dir.join(format!("state-{}", host.ns)))
+        .env("LADLE_HEARTBEAT_INTERVAL", "250ms")
+        .env("LADLE_ANNOUNCE_INTERVAL", "250ms");
+    let process = Process::spawn(command, dir.join(format!("scheduler-{}.log", host.ns)));
+    let port = wait_for("the scheduler to listen", Duration::from_secs(20), || {
+        fs::read_to_string(&address_file)
+            .ok()?
+            .trim()
+            .rsplit(':')
+            .next()?
+            .parse()
+            .ok()
+    });
+    (process, port)
+}
+
+/// An agent on `host` given no scheduler address.
+fn agent_on(host: &Host, name: &str, dir: &Path) -> Process {
+    let mut command = host.command(&bin("ladle-agent"));
+    command
+        .args(["--hostname", name, "--cpu-slots", "2", "--state-dir"])
+        .arg(dir.join(format!("state-{name}")))
+        .env("LADLE_TOKEN", TOKEN)
+        .env("LADLE_DISCOVERY_WAIT", "1s");
+    Process::spawn(command, dir.join(format!("{name}.log")))
+}
+
+/// `agents --json` of the scheduler on `host`, asked from inside that host.
+fn agents_of(host: &Host, port: u16) -> Vec<Value> {
+    let out = host
+        .command(&bin("ladle-scheduler"))
+        .args(["agents", "--json", "--scheduler"])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .env("LADLE_TOKEN", TOKEN)
+        .output()
+        .expect("the CLI runs");
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+fn alive<'a>(rows: &'a [Value], names: &[&str]) -> Option<Vec<&'a Value>> {
+    let found: Vec<&Value> = names
+        .iter()
+        .filter_map(|n| {
+            rows.iter()
+                .find(|r| r["hostname"] == *n && r["state"] == "alive")
+        })
+        .collect();
+    (found.len() == names.len()).then_some(found)
+}
+
+#[test]
+fn agents_on_other_hosts_join_their_clusters_scheduler_by_multicast_and_follow_it_when_it_moves() {
+    let lab = match Lab::new(5) {
+        Ok(lab) => lab,
+        Err(why) => {
+            println!("skipped: cannot make network namespaces here ({why})");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let [home, a, b, other, new_home] = &lab.hosts[..] else {
+        panic!("five hosts")
+    };
+
+    // Agents first: with nothing announced, they say so in their logs.
+    let agent_a = agent_on(a, "agent-a", dir.path());
+    let agent_b = agent_on(b, "agent-b", dir.path());
+    wait_for(
+        "the agent to say it hears nothing",
+        Duration::from_secs(30),
+        || {
+            agent_a
+                .output()
+                .contains("no scheduler of cluster \"default\" announced itself")
+                .then_some(())
+        },
+    );
+    assert!(agent_a.output().contains("eth0"), "{}", agent_a.output());
+
+    let (_other, other_port) = scheduler_on(other, "other", dir.path());
+    let (mut scheduler, port) = scheduler_on(home, "default", dir.path());
+    let rows = wait_for("both agents to join", Duration::from_secs(30), || {
+        let rows = agents_of(home, port);
+        alive(&rows, &["agent-a", "agent-b"])
+            .map(|found| found.into_iter().cloned().collect::<Vec<_>>())
+    });
+    for row in &rows {
+        assert_eq!(row["discovery"], "multicast", "{}", show(row));
+        assert!(
+            row["peer"]
+                .as_str()
+                .is_some_and(|p| p.starts_with(&a.ip) || p.starts_with(&b.ip)),
+            "{}",
+            show(row)
+        );
+    }
+    // The scheduler of another cluster attracted neither, and they said why once.
+    assert_eq!(agents_of(other, other_port), Vec::<Value>::new());
+    let log = agent_a.output();
+    assert_eq!(
+        log.matches("ignoring the scheduler of cluster \"other\"")
+            .count(),
+        1,
+        "{log}"
+    );
+
+    // A driver on a third host finds it too.
+    let out = b
+        .command(&test_driver())
+        .arg("panic")
+        .env("LADLE_SCHEDULER", "discover")
+        .env("LADLE_TOKEN", TOKEN)
+        .output()
+        .expect("the driver runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(last_json(&stdout)["ok"], 999, "{stdout}");
+
+    // The scheduler moves to another host: the agents follow it there.
+    scheduler.signal("TERM");
+    // A stopping scheduler ends the agents' streams rather than waiting on them.
+    assert!(
+        scheduler.wait_exit(Duration::from_secs(20)).success(),
+        "{}",
+        scheduler.output()
+    );
+    let (_moved, new_port) = scheduler_on(new_home, "default", dir.path());
+    wait_for("both agents to follow", Duration::from_secs(30), || {
+        alive(&agents_of(new_home, new_port), &["agent-a", "agent-b"]).map(drop)
+    });
+    drop((agent_a, agent_b));
+}
+
+#[test]
+fn an_agent_finds_the_scheduler_through_its_address_file_and_through_a_dns_name() {
+    let scheduler = Scheduler::start(SchedulerOptions::default());
+    let shared = tempfile::tempdir().expect("temp dir");
+    let file = shared.path().join("scheduler-address");
+
+    // The file does not exist yet when the agent starts: it waits for it.
+    let state = tempfile::tempdir().expect("temp dir").keep();
+    let mut command = clean_command(&bin("ladle-agent"));
+    command
+        .args(["--hostname", "by-file", "--no-multicast", "--state-dir"])
+        .arg(&state)
+        .arg("--scheduler-file")
+        .arg(&file);
+    let by_file = Process::spawn(command, state.join("agent.log"));
+    fs::write(&file, format!("{}\n", scheduler.address)).expect("write");
+
+    // `localhost` resolves to ::1 (where nothing listens) and 127.0.0.1: both are tried.
+    let by_dns = Agent::start_without_address(
+        &scheduler,
+        &[
+            "--hostname",
+            "by-dns",
+            "--scheduler",
+            &format!("http://localhost:{}", scheduler.port()),
+        ],
+    );
+    let rows = wait_for("both agents to join", Duration::from_secs(30), || {
+        let rows = scheduler.try_agents()?;
+        alive(&rows, &["by-file", "by-dns"])
+            .map(|found| found.into_iter().cloned().collect::<Vec<_>>())
+    });
+    assert_eq!(rows[0]["discovery"], "file", "{}", show(&rows[0]));
+    assert_eq!(rows[1]["discovery"], "dns", "{}", show(&rows[1]));
+    let table = String::from_utf8_lossy(&scheduler.cli(&["agents"]).stdout).into_owned();
+    assert!(
+        table.contains("FOUND BY") && table.contains("file"),
+        "{table}"
+    );
+    drop((by_file, by_dns));
+}
