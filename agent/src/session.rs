@@ -198,6 +198,7 @@ impl Session {
                     let body = match outgoing {
                         Outgoing::Results(results) => agent_message::Body::Results(results),
                         Outgoing::Output(output) => agent_message::Body::Output(output),
+                        Outgoing::Revoked(revoked) => agent_message::Body::Revoked(revoked),
                     };
                     if tx.send(AgentMessage { body: Some(body) }).await.is_err() {
                         return Ended::Broken { reason: "the outgoing stream closed".into(), joined: true };
@@ -235,6 +236,9 @@ impl Session {
             }
             Some(scheduler_message::Body::Cancel(cancel)) => {
                 self.executor.send(Input::Cancel(cancel.task_refs))
+            }
+            Some(scheduler_message::Body::Revoke(revoke)) => {
+                self.executor.send(Input::Revoke(revoke.task_refs))
             }
             Some(scheduler_message::Body::EndJob(end)) => {
                 self.executor.send(Input::EndJob(end.job_id))

@@ -1,9 +1,14 @@
-//! Runs the workloads of WORKLOADS.md (W1 to W5) against a cluster of one scheduler and two
-//! one-slot agents that it starts itself, and prints one JSON line per workload.
+//! Runs the workloads of WORKLOADS.md against a cluster of one scheduler and two one-slot agents
+//! that it starts itself (W7: two slots each; W6 drives the scheduler's core alone, in this
+//! process), and prints one JSON line per workload.
 //!
 //! cargo build --release --bins && target/release/ladle-bench [--reps 3] [--only W1a,W3]
 
 mod cluster;
+mod w6;
+
+#[global_allocator]
+static ALLOCATOR: w6::Counting = w6::Counting;
 
 use std::{
     collections::HashSet,
@@ -40,6 +45,13 @@ fn spin10ms(i: u64) -> u64 {
     i
 }
 
+/// Sleeps 10 ms (W7: four slots on this 2-core machine could not all spin at once).
+#[ladle::task]
+fn sleep10ms(i: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(10));
+    i
+}
+
 /// W4's ideal wall time: its work spread perfectly over the cluster's slots.
 fn ideal_w4_s() -> f64 {
     const TASKS: f64 = 200.0;
@@ -53,7 +65,7 @@ struct Args {
     /// Repetitions of each workload (the median and spread are reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
-    /// Comma-separated workloads to run (W1a,W1b,W2,W3,W4,W5,W5w); all when omitted.
+    /// Comma-separated workloads to run (W1a,W1b,W2,W3,W4,W5,W5w,W6,W7); all when omitted.
     #[arg(long)]
     only: Option<String>,
     /// Write the cluster's logs (at RUST_LOG's level) to this directory.
@@ -87,6 +99,28 @@ async fn main() -> anyhow::Result<()> {
         args.only.map(|o| o.split(',').map(str::to_owned).collect());
     let run = |w: &str| wanted.as_ref().is_none_or(|set| set.contains(w));
     let reps = args.reps.max(1);
+
+    if run("W6") {
+        let (mut rates, mut bytes, mut placements) = (Vec::new(), Vec::new(), 0);
+        for _ in 0..reps {
+            let figures = tokio::task::block_in_place(|| w6::run(1_000, 8, 1_000_000));
+            rates.push(figures.placements_per_s);
+            bytes.push(figures.bytes_per_queued_task);
+            placements = figures.placements;
+        }
+        let (r, b) = (summary(&mut rates), summary(&mut bytes));
+        emit(
+            "W6",
+            json!({ "agents": 1_000, "slots_per_agent": 8, "tasks": 1_000_000 }),
+            json!({ "placements_per_s": r["median"], "bytes_per_queued_task": b["median"], "placements": placements, "spread": r }),
+        );
+    }
+    if wanted
+        .as_ref()
+        .is_some_and(|set| set.iter().all(|w| w == "W6"))
+    {
+        return Ok(());
+    }
 
     let started = Instant::now();
     let local = tokio::task::block_in_place(|| LocalCluster::start(2, 1, args.logs.clone()))?;
@@ -190,6 +224,38 @@ async fn main() -> anyhow::Result<()> {
     }
     drop(cluster);
     drop(local);
+
+    if run("W7") {
+        let local = tokio::task::block_in_place(|| LocalCluster::start(2, 2, args.logs.clone()))?;
+        let (mut fairness, mut walls_a, mut walls_b) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..reps {
+            let a = Cluster::connect(&local.address).await?;
+            let b = Cluster::connect(&local.address).await?;
+            a.submit(identity, 0)?.await?;
+            b.submit(identity, 0)?.await?;
+            let t = Instant::now();
+            let timed = |c: Cluster| async move {
+                let results = c.map(sleep10ms, 0..2_000u64).await?;
+                anyhow::ensure!(results.len() == 2_000, "W7: wrong count");
+                Ok::<f64, anyhow::Error>(t.elapsed().as_secs_f64())
+            };
+            let (wa, wb) = tokio::try_join!(timed(a), timed(b))?;
+            fairness.push(wa.min(wb) / wa.max(wb));
+            walls_a.push(wa);
+            walls_b.push(wb);
+        }
+        let (f, a, b) = (
+            summary(&mut fairness),
+            summary(&mut walls_a),
+            summary(&mut walls_b),
+        );
+        emit(
+            "W7",
+            json!({ "drivers": 2, "tasks_each": 2_000, "task_ms": 10, "slots": 4, "task": "sleep" }),
+            json!({ "fairness": f["median"], "wall_s_a": a["median"], "wall_s_b": b["median"], "spread": f }),
+        );
+        drop(local);
+    }
 
     for (name, node) in [("W5", true), ("W5w", false)] {
         if !run(name) {

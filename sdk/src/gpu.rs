@@ -11,7 +11,7 @@
 use std::sync::{Arc, OnceLock};
 
 use cudarc::driver::{CudaContext, DriverError};
-use ladle_common::worker_protocol::{AGENT_ENV, GPU_ENV};
+use ladle_common::worker_protocol::GPU_ENV;
 
 /// Whether a task runs on a GPU slot: `#[ladle::task(gpu)]` requires one,
 /// `#[ladle::task(prefer_gpu)]` prefers one, [`crate::Options::gpu`] says so per call.
@@ -56,11 +56,6 @@ impl From<DriverError> for GpuError {
 pub fn ordinal() -> Option<u32> {
     static ORDINAL: OnceLock<Option<u32>> = OnceLock::new();
     *ORDINAL.get_or_init(|| std::env::var(GPU_ENV).ok()?.parse().ok())
-}
-
-/// The name of the agent running this task, as its table shows it; `None` in the driver.
-pub fn agent() -> Option<String> {
-    std::env::var(AGENT_ENV).ok()
 }
 
 /// A CUDA context on this task's GPU, made once per worker and shared by the tasks it runs.

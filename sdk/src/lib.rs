@@ -46,6 +46,12 @@ pub use map::{AsCompleted, MapCancel, MapStream};
 pub use shared::Shared;
 pub use task::{ErrorKind, Reducer, Task, TaskError};
 
+/// The name of the agent running this task, as `ladle-scheduler agents` shows it; `None` in the
+/// driver.
+pub fn current_agent() -> Option<String> {
+    std::env::var(ladle_common::worker_protocol::AGENT_ENV).ok()
+}
+
 /// The CUDA bindings [`gpu::context`] hands out, for kernels of your own.
 pub use cudarc;
 

@@ -23,6 +23,8 @@ use worker::{Dispatch, JobInfo, Stamped, WorkerCmd, WorkerContext, WorkerEvent};
 pub enum Input {
     Assign(pb::Assign),
     Cancel(Vec<u64>),
+    /// Give back these tasks if they have not been handed to a worker yet.
+    Revoke(Vec<u64>),
     EndJob(String),
     /// A new stream to the scheduler: whatever was held belongs to the old one.
     Reset,
@@ -32,6 +34,7 @@ pub enum Input {
 pub enum Outgoing {
     Results(pb::AgentResults),
     Output(pb::JobOutput),
+    Revoked(pb::Revoked),
 }
 
 #[derive(Clone)]
@@ -268,6 +271,21 @@ impl Executor {
                     }
                 }
             }
+            Input::Revoke(refs) => {
+                let mut answer = pb::Revoked::default();
+                for task_ref in refs {
+                    match self.queue.iter().position(|q| q.task.task_ref == task_ref) {
+                        Some(pos) => {
+                            self.queue.remove(pos);
+                            answer.released.push(task_ref);
+                        }
+                        None => answer.kept.push(task_ref),
+                    }
+                }
+                // Results sent before this answer stay ahead of it on the stream.
+                self.flush();
+                let _ = self.out.send(Outgoing::Revoked(answer));
+            }
             Input::EndJob(job_id) => {
                 let job: Arc<str> = job_id.as_str().into();
                 let (gone, kept): (Vec<_>, Vec<_>) =
@@ -435,14 +453,21 @@ impl Executor {
     /// tasks up to [`Executor::depth`], refilled once half of that has run.
     fn dispatch(&mut self) {
         let depth = self.depth() as usize;
-        let cpu_running = self.cpu_running();
+        let slots = self.slots as usize;
+        let mut cpu_running = self.cpu_running();
         // Top workers up once they have run through half of what they hold, so that tasks go
         // to them (and results come back) many at a time.
-        let mut cpu_room = if cpu_running > depth / 2 {
-            0
-        } else {
-            depth - cpu_running
-        };
+        let refill = cpu_running <= depth / 2;
+        // The CPU workers holding tasks. Tasks wait ahead inside a worker only while it is the
+        // only one busy: each worker runs as many at once as the agent has slots, so two busy
+        // workers given more than the slots between them would run more than the slots.
+        let mut busy: Vec<WorkerKey> = Vec::new();
+        for r in self.running.values() {
+            let key = (r.job.clone(), r.lane);
+            if !matches!(r.lane, Lane::Gpu(_)) && !busy.contains(&key) {
+                busy.push(key);
+            }
+        }
         let mut free_gpus: Vec<u32> = self
             .gpus
             .iter()
@@ -450,7 +475,7 @@ impl Executor {
             .filter(|&g| !self.running.values().any(|r| r.lane == Lane::Gpu(g)))
             .collect();
         let mut i = 0;
-        while i < self.queue.len() && (cpu_room > 0 || !free_gpus.is_empty()) {
+        while i < self.queue.len() && (cpu_running < depth.max(slots) || !free_gpus.is_empty()) {
             let q = &self.queue[i];
             // The first task that may start: a GPU task while a GPU is free; an isolated one
             // while its job's solo worker is idle; the tasks behind one that must wait go ahead.
@@ -462,23 +487,33 @@ impl Executor {
                         continue;
                     }
                 }
-            } else if cpu_room == 0 {
-                i += 1;
-                continue;
-            } else if q.task.isolated {
-                if self
-                    .running
-                    .values()
-                    .any(|r| r.lane == Lane::Solo && r.job == q.job)
-                {
+            } else {
+                let lane = if q.task.isolated {
+                    Lane::Solo
+                } else {
+                    Lane::Shared
+                };
+                let key = (q.job.clone(), lane);
+                let shared = busy.iter().any(|k| *k != key);
+                let limit = match (shared, refill) {
+                    (true, _) => slots,
+                    (false, true) => depth,
+                    (false, false) => 0,
+                };
+                let solo_busy = lane == Lane::Solo
+                    && self
+                        .running
+                        .values()
+                        .any(|r| r.lane == Lane::Solo && r.job == q.job);
+                if cpu_running >= limit || solo_busy {
                     i += 1;
                     continue;
                 }
-                cpu_room -= 1;
-                Lane::Solo
-            } else {
-                cpu_room -= 1;
-                Lane::Shared
+                cpu_running += 1;
+                if !busy.contains(&key) {
+                    busy.push(key);
+                }
+                lane
             };
             let Some(Queued { job, task }) = self.queue.remove(i) else {
                 break;

@@ -6,11 +6,13 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BinaryHeap, HashMap, HashSet, VecDeque},
+    collections::{BinaryHeap, VecDeque},
     sync::Arc,
     time::{Duration, Instant},
 };
 
+// Keys are the scheduler's own numbers and ids from authenticated peers: a fast hash is safe.
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use tracing::{debug, info, warn};
 
 use super::{
@@ -59,6 +61,14 @@ struct Task {
     state: TaskState,
     /// Holds one of its agent's GPU slots while running.
     on_gpu: bool,
+    /// Its agent was asked to give it back, and has not answered yet.
+    revoking: bool,
+}
+
+impl Task {
+    fn runs_on(&self, agent: &AgentId) -> bool {
+        matches!(&self.state, TaskState::Running(a) if a == agent)
+    }
 }
 
 struct Session {
@@ -95,20 +105,23 @@ pub(super) struct Jobs {
     next_seq: u64,
     /// Worker crashes a task may cause before it fails.
     pub(super) max_crashes: u32,
+    /// A task went back to the queue since this was last taken: every agent may take it.
+    requeued: bool,
 }
 
 impl Jobs {
     pub(super) fn new(max_crashes: u32) -> Self {
         Self {
-            sessions: HashMap::new(),
-            by_conn: HashMap::new(),
-            by_job_id: HashMap::new(),
-            tasks: HashMap::new(),
+            sessions: HashMap::default(),
+            by_conn: HashMap::default(),
+            by_job_id: HashMap::default(),
+            tasks: HashMap::default(),
             ready: [VecDeque::new(), VecDeque::new()],
             next_session: 1,
             next_ref: 1,
             next_seq: 0,
             max_crashes,
+            requeued: false,
         }
     }
 
@@ -160,8 +173,8 @@ impl Jobs {
                 queues: Default::default(),
                 listed: [false; 2],
                 told_no_gpu: false,
-                by_task_id: HashMap::new(),
-                agents: HashSet::new(),
+                by_task_id: HashMap::default(),
+                agents: HashSet::default(),
                 delivered: 0,
             },
         );
@@ -242,6 +255,7 @@ impl Jobs {
                     seq,
                     state: TaskState::Queued,
                     on_gpu: false,
+                    revoking: false,
                 },
             );
         }
@@ -305,7 +319,7 @@ impl Jobs {
         let Some(&no) = self.by_conn.get(&conn) else {
             return;
         };
-        let mut on_agents: HashMap<ConnId, Vec<TaskRef>> = HashMap::new();
+        let mut on_agents: HashMap<ConnId, Vec<TaskRef>> = HashMap::default();
         let mut results = Vec::new();
         for &task_id in ids {
             let Some(session) = self.sessions.get_mut(&no) else {
@@ -393,7 +407,7 @@ impl Jobs {
             let Some(task) = self.tasks.get_mut(&task_ref) else {
                 continue;
             };
-            if task.state != TaskState::Running(agent.clone()) {
+            if !task.runs_on(agent) {
                 continue;
             }
             requeued += 1;
@@ -410,9 +424,11 @@ impl Jobs {
         let Some(task) = self.tasks.get_mut(&task_ref) else {
             return;
         };
+        self.requeued = true;
         task.attempt += 1;
         task.state = TaskState::Queued;
         task.on_gpu = false;
+        task.revoking = false;
         if let Some(session) = self.sessions.get_mut(&task.session) {
             session.queues[lane(task.spec.gpu)].push((
                 task.spec.priority,
@@ -436,13 +452,14 @@ impl Jobs {
         };
         let agent_id = agent.id().clone();
         let host = agent.host.clone();
-        let mut deliveries: HashMap<u64, Vec<DriverResult>> = HashMap::new();
+        let mut deliveries: HashMap<u64, Vec<DriverResult>> = HashMap::default();
         for result in results {
             // The fence first: an old attempt of a task this agent runs again must not take
             // the new attempt's place in its assignments.
-            let stale_here = self.tasks.get(&result.task_ref).is_some_and(|t| {
-                t.attempt != result.attempt && t.state == TaskState::Running(agent_id.clone())
-            });
+            let stale_here = self
+                .tasks
+                .get(&result.task_ref)
+                .is_some_and(|t| t.attempt != result.attempt && t.runs_on(&agent_id));
             if stale_here || !agent.assigned.remove(&result.task_ref) {
                 continue;
             }
@@ -451,8 +468,7 @@ impl Jobs {
             let Some(task) = self.tasks.get_mut(&result.task_ref) else {
                 continue; // cancelled, or its driver went away
             };
-            if task.attempt != result.attempt || task.state != TaskState::Running(agent_id.clone())
-            {
+            if task.attempt != result.attempt || !task.runs_on(&agent_id) {
                 continue;
             }
             if let Outcome::Failed {
@@ -536,6 +552,115 @@ impl Jobs {
         }
     }
 
+    /// Whether a task went back to the queue since the last call.
+    pub(super) fn take_requeued(&mut self) -> bool {
+        std::mem::take(&mut self.requeued)
+    }
+
+    /// Whether no task waits for a CPU slot.
+    pub(super) fn nothing_queued(&self) -> bool {
+        self.ready[CPU].is_empty()
+    }
+
+    /// Work stealing: when agents have idle CPU slots and nothing is queued, asks the agents
+    /// with the longest backlog (tasks beyond their slots) to give back half of it. The tasks
+    /// move only once their agent confirms they had not started ([`Jobs::revoked`]), so a
+    /// stolen task never also runs where it was.
+    pub(super) fn steal(&mut self, members: &Membership, out: &mut Vec<Command>) {
+        if !self.nothing_queued() {
+            return;
+        }
+        let mut idle: i64 = members
+            .agents()
+            .filter(|a| a.accepts_work())
+            .map(|a| a.free_cpus().max(0))
+            .sum();
+        if idle == 0 {
+            return;
+        }
+        let mut victims: Vec<(i64, &super::Agent)> = members
+            .agents()
+            .filter(|a| a.conn.is_some())
+            .map(|a| (-a.free_cpus(), a))
+            .filter(|(backlog, _)| *backlog >= 2)
+            .collect();
+        victims.sort_by_key(|v| std::cmp::Reverse(v.0));
+        for (backlog, victim) in victims {
+            if idle <= 0 {
+                break;
+            }
+            let Some(conn) = victim.conn else { continue };
+            // One revoke at a time per agent: its answer changes what is worth taking.
+            if victim
+                .assigned
+                .iter()
+                .any(|r| self.tasks.get(r).is_some_and(|t| t.revoking))
+            {
+                continue;
+            }
+            // The newest assignments: those furthest back in the agent's queue.
+            let mut candidates: Vec<(u64, TaskRef)> = victim
+                .assigned
+                .iter()
+                .filter_map(|r| {
+                    let t = self.tasks.get(r)?;
+                    (!t.on_gpu).then_some((t.seq, *r))
+                })
+                .collect();
+            let take = usize::try_from((backlog / 2).min(idle)).unwrap_or(0);
+            if candidates.len() < take || take == 0 {
+                continue;
+            }
+            candidates.sort_unstable_by(|a, b| b.cmp(a));
+            let refs: Vec<TaskRef> = candidates.into_iter().take(take).map(|(_, r)| r).collect();
+            for r in &refs {
+                if let Some(t) = self.tasks.get_mut(r) {
+                    t.revoking = true;
+                }
+            }
+            debug!(agent = %victim.id(), tasks = refs.len(), "revoking queued tasks for idle agents");
+            idle -= refs.len() as i64;
+            out.push(Command::Revoke { conn, refs });
+        }
+    }
+
+    /// An agent's answer to a revoke: what it gave back is queued again (under a new attempt),
+    /// and goes to whoever has room.
+    pub(super) fn revoked(
+        &mut self,
+        conn: ConnId,
+        released: &[TaskRef],
+        kept: &[TaskRef],
+        members: &mut Membership,
+    ) {
+        let Some(agent) = members.current(conn) else {
+            return; // a stream the core let go of: its tasks were requeued already
+        };
+        let agent_id = agent.id().clone();
+        for task_ref in kept {
+            if let Some(t) = self.tasks.get_mut(task_ref) {
+                t.revoking = false;
+            }
+        }
+        let mut moved = 0;
+        for task_ref in released {
+            // Whatever it gave back no longer holds a slot there, even a task cancelled since.
+            let held = agent.assigned.remove(task_ref);
+            agent.gpu_assigned.remove(task_ref);
+            let here = self
+                .tasks
+                .get(task_ref)
+                .is_some_and(|t| t.runs_on(&agent_id));
+            if held && here {
+                moved += 1;
+                self.queue_again(*task_ref);
+            }
+        }
+        if moved > 0 {
+            debug!(agent = %agent_id, tasks = moved, "stolen tasks queued again");
+        }
+    }
+
     /// Where a job's output lines go: its driver's stream.
     pub(super) fn driver_of(&self, job_id: &str) -> Option<ConnId> {
         let no = self.by_job_id.get(job_id)?;
@@ -548,34 +673,49 @@ impl Jobs {
     /// free slots, agents without GPUs before those with (the GPU machines stay free for GPU
     /// work), until every agent holds its slots plus its prefetch queue.
     pub(super) fn place(&mut self, members: &mut Membership, out: &mut Vec<Command>) {
+        self.place_among(members, None, out);
+    }
+
+    /// As [`Jobs::place`], looking only at `agent`: after its results, the only agent whose
+    /// room changed (every other agent was filled, or nothing is queued).
+    pub(super) fn place_on(
+        &mut self,
+        members: &mut Membership,
+        agent: &AgentId,
+        out: &mut Vec<Command>,
+    ) {
+        self.place_among(members, Some(agent), out);
+    }
+
+    fn place_among(
+        &mut self,
+        members: &mut Membership,
+        only: Option<&AgentId>,
+        out: &mut Vec<Command>,
+    ) {
         if self.ready.iter().all(VecDeque::is_empty) {
             return;
         }
-        let mut batches: HashMap<(AgentId, u64), Vec<Assigned>> = HashMap::new();
+        let agents: Vec<&super::Agent> = match only {
+            Some(id) => members.get(id).into_iter().collect(),
+            None => members.agents().collect(),
+        };
+        let mut gpu_room: Vec<(usize, AgentId)> = Vec::new();
         if !self.ready[GPU].is_empty() {
-            let mut gpu_room: Vec<(usize, AgentId)> = members
-                .agents()
+            gpu_room = agents
+                .iter()
                 .filter(|a| a.accepts_work())
                 .map(|a| (a.free_gpus(), a.id().clone()))
                 .filter(|(free, _)| *free > 0)
                 .collect();
             gpu_room.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-            'agents: for (free, agent_id) in gpu_room {
-                for _ in 0..free {
-                    let Some(task_ref) = self.next_queued(GPU) else {
-                        break 'agents;
-                    };
-                    self.assign(task_ref, &agent_id, true, members, &mut batches);
-                }
-            }
         }
+        // (a free slot now, no GPU, free slots, tie-break, agent); free may go below zero
+        // down to -prefetch.
+        let mut room: BinaryHeap<(bool, bool, i64, Reverse<usize>, AgentId)> = BinaryHeap::new();
+        let mut floors: HashMap<AgentId, i64> = HashMap::default();
         if !self.ready[CPU].is_empty() {
-            // (a free slot now, no GPU, free slots, tie-break, agent); free may go below zero
-            // down to -prefetch.
-            let mut room: BinaryHeap<(bool, bool, i64, Reverse<usize>, AgentId)> =
-                BinaryHeap::new();
-            let mut floors: HashMap<AgentId, i64> = HashMap::new();
-            for (i, agent) in members.agents().enumerate() {
+            for (i, agent) in agents.iter().enumerate() {
                 if !agent.accepts_work() || agent.hello.resources.cpu_slots == 0 {
                     continue;
                 }
@@ -589,6 +729,20 @@ impl Jobs {
                     floors.insert(agent.id().clone(), floor);
                 }
             }
+        }
+        drop(agents);
+        let mut batches: HashMap<(AgentId, u64), Vec<Assigned>> = HashMap::default();
+        if !gpu_room.is_empty() {
+            'agents: for (free, agent_id) in gpu_room {
+                for _ in 0..free {
+                    let Some(task_ref) = self.next_queued(GPU) else {
+                        break 'agents;
+                    };
+                    self.assign(task_ref, &agent_id, true, members, &mut batches);
+                }
+            }
+        }
+        {
             while let Some((_, no_gpu, free, tie, agent_id)) = room.pop() {
                 let Some(task_ref) = self.next_queued(CPU) else {
                     break;

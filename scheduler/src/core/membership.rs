@@ -1,10 +1,9 @@
 //! Which agents belong to the cluster, and in what state.
 
-use std::{
-    collections::{HashMap, HashSet},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
+// Keys are the scheduler's own numbers and ids from authenticated peers: a fast hash is safe.
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use tracing::{info, warn};
 
 use super::{AgentHello, AgentId, Command, ConnId, Load, TaskRef};
@@ -153,8 +152,8 @@ impl Membership {
                     Agent {
                         task_ns: None,
                         host: hello.hostname.as_str().into(),
-                        assigned: HashSet::new(),
-                        gpu_assigned: HashSet::new(),
+                        assigned: HashSet::default(),
+                        gpu_assigned: HashSet::default(),
                         hello,
                         load: Load::default(),
                         conn: Some(conn),
@@ -243,7 +242,7 @@ impl Membership {
 
     /// An exact id, else a unique id prefix, else a unique hostname.
     fn select(&self, selector: &str) -> Result<AgentId, SelectError> {
-        let exact = AgentId(selector.to_owned());
+        let exact = AgentId(selector.into());
         if self.agents.contains_key(&exact) {
             return Ok(exact);
         }
@@ -253,7 +252,7 @@ impl Membership {
                 [one] => Some(Ok((*one).clone())),
                 many => Some(Err(SelectError::Ambiguous {
                     selector: selector.to_owned(),
-                    matches: many.iter().map(|id| id.0.clone()).collect(),
+                    matches: many.iter().map(|id| id.0.to_string()).collect(),
                 })),
             }
         };

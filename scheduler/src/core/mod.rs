@@ -81,6 +81,12 @@ pub enum Event {
         conn: ConnId,
         results: Vec<AgentResult>,
     },
+    /// The agent's answer to a revoke: tasks it gave back, and tasks that had started there.
+    AgentRevoked {
+        conn: ConnId,
+        released: Vec<TaskRef>,
+        kept: Vec<TaskRef>,
+    },
     /// Lines a job's tasks printed on an agent.
     AgentOutput {
         conn: ConnId,
@@ -128,6 +134,11 @@ pub enum Command {
     },
     /// Stop these tasks if they have not finished (agent stream).
     CancelOnAgent {
+        conn: ConnId,
+        refs: Vec<TaskRef>,
+    },
+    /// Give these tasks back if they have not started (agent stream): another agent runs dry.
+    Revoke {
         conn: ConnId,
         refs: Vec<TaskRef>,
     },
@@ -256,6 +267,7 @@ impl Core {
                     self.jobs.place(&mut self.membership, out);
                     self.jobs.tell_no_gpu(&self.membership, out);
                 }
+                self.jobs.steal(&self.membership, out);
             }
             Event::DriverOpened { conn, open } => {
                 if !self.speaks(conn, "driver", open.protocol_version, out) {
@@ -296,6 +308,31 @@ impl Core {
             }
             Event::AgentResults { conn, results } => {
                 self.jobs.results(conn, results, &mut self.membership, out);
+                // Only this agent's room changed, unless a task went back to the queue.
+                let agent = self.membership.current(conn).map(|a| a.id().clone());
+                match agent {
+                    Some(agent) if !self.jobs.take_requeued() => {
+                        self.jobs.place_on(&mut self.membership, &agent, out);
+                    }
+                    _ => self.jobs.place(&mut self.membership, out),
+                }
+                // An agent that ran dry while others hold a backlog takes some of it.
+                if self.jobs.nothing_queued()
+                    && self
+                        .membership
+                        .current(conn)
+                        .is_some_and(|a| a.accepts_work() && a.free_cpus() > 0)
+                {
+                    self.jobs.steal(&self.membership, out);
+                }
+            }
+            Event::AgentRevoked {
+                conn,
+                released,
+                kept,
+            } => {
+                self.jobs
+                    .revoked(conn, &released, &kept, &mut self.membership);
                 self.jobs.place(&mut self.membership, out);
             }
             Event::AgentOutput {

@@ -218,7 +218,7 @@ fn agents_are_selected_by_id_prefix_or_hostname() {
     sim.join(3, "xyz");
     let mut out = Vec::new();
     assert_eq!(
-        sim.core.set_drain("x", true, &mut out).unwrap().id().0,
+        &*sim.core.set_drain("x", true, &mut out).unwrap().id().0,
         "xyz"
     );
     assert_eq!(
@@ -226,7 +226,8 @@ fn agents_are_selected_by_id_prefix_or_hostname() {
             .set_drain("host-abc2", true, &mut out)
             .unwrap()
             .id()
-            .0,
+            .0
+            .as_ref(),
         "abc2"
     );
     assert!(matches!(
@@ -1011,4 +1012,83 @@ fn gpu_results_say_they_ran_on_a_gpu() {
         .collect();
     flags.sort();
     assert_eq!(flags, vec![false, true]);
+}
+
+// ---- work stealing ----
+
+fn revokes(cmds: &[Command]) -> Vec<(ConnId, Vec<TaskRef>)> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Revoke { conn, refs } => Some((*conn, refs.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_idle_agent_steals_unstarted_tasks_only_once_their_agent_gave_them_back() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    open(&mut sim, 10);
+    // Agent a takes all 8: 4 running, 4 waiting there.
+    let placed = assignments(&submit(&mut sim, 10, 0..8));
+    assert_eq!(placed.len(), 8);
+    sim.join(2, "b");
+
+    // b runs dry with nothing queued: a is asked for half of its backlog, the newest tasks.
+    let cmds = sim.send(Event::Tick);
+    let asked = revokes(&cmds);
+    assert_eq!(asked.len(), 1, "{cmds:?}");
+    let (conn, refs) = asked[0].clone();
+    assert_eq!(conn, 1);
+    assert_eq!(refs.len(), 2);
+    assert!(
+        refs.iter().all(|r| *r > placed[3].1),
+        "the newest: {refs:?}"
+    );
+    // Nothing moves before the answer, and no second revoke goes out meanwhile.
+    assert!(assignments(&cmds).is_empty());
+    assert!(revokes(&sim.send(Event::Tick)).is_empty());
+
+    // a had started one of them; the other is given back, and runs on b under a new attempt.
+    let cmds = sim.send(Event::AgentRevoked {
+        conn: 1,
+        released: vec![refs[0]],
+        kept: vec![refs[1]],
+    });
+    let moved = assignments(&cmds);
+    assert_eq!(moved, vec![(2, refs[0], 2)], "{cmds:?}");
+
+    // A result of the old attempt from a is dropped; b's counts, once.
+    let late = sim.send(Event::AgentResults {
+        conn: 1,
+        results: vec![ok(refs[0], 1)],
+    });
+    assert!(delivered(&late).is_empty(), "{late:?}");
+    let done = sim.send(Event::AgentResults {
+        conn: 2,
+        results: vec![ok(refs[0], 2)],
+    });
+    assert_eq!(delivered(&done).len(), 1);
+    // The kept one still completes where it was.
+    let kept = sim.send(Event::AgentResults {
+        conn: 1,
+        results: vec![ok(refs[1], 1)],
+    });
+    assert_eq!(delivered(&kept).len(), 1);
+}
+
+#[test]
+fn nothing_is_stolen_while_tasks_wait_in_the_queue() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    open(&mut sim, 10);
+    submit(&mut sim, 10, 0..100);
+    let cmds = sim.join(2, "b");
+    assert_eq!(
+        assignments(&cmds).len(),
+        8,
+        "b takes from the queue: {cmds:?}"
+    );
+    assert!(revokes(&sim.send(Event::Tick)).is_empty());
 }

@@ -8,7 +8,8 @@ use bytes::Bytes;
 pub type ConnId = u64;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AgentId(pub String);
+/// Cheap to clone: every running task names its agent.
+pub struct AgentId(pub Arc<str>);
 
 impl fmt::Display for AgentId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -91,6 +91,13 @@ impl agent_service_server::AgentService for AgentService {
                         lines: convert::output_lines(output.lines),
                     }),
                     Ok(Some(AgentMessage {
+                        body: Some(Body::Revoked(revoked)),
+                    })) => shared.apply(Event::AgentRevoked {
+                        conn,
+                        released: revoked.released,
+                        kept: revoked.kept,
+                    }),
+                    Ok(Some(AgentMessage {
                         body: Some(Body::Hello(_)),
                     })) => {
                         debug!(conn, "ignoring a second hello on one stream");

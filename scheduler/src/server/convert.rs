@@ -15,7 +15,7 @@ use super::state::millis;
 pub fn hello(h: pb::Hello, peer: String) -> AgentHello {
     AgentHello {
         protocol_version: h.protocol_version,
-        agent_id: AgentId(h.agent_id),
+        agent_id: AgentId(h.agent_id.into()),
         hostname: h.hostname,
         version: h.version,
         resources: h.resources.map(resources).unwrap_or_default(),
@@ -91,7 +91,7 @@ pub fn state_pb(s: AgentState) -> pb::AgentState {
 
 pub fn agent_info(a: &Agent, now: Instant) -> pb::AgentInfo {
     pb::AgentInfo {
-        id: a.id().0.clone(),
+        id: a.id().0.to_string(),
         hostname: a.hello.hostname.clone(),
         state: state_pb(a.state()).into(),
         resources: Some(resources_pb(&a.hello.resources)),

@@ -168,6 +168,9 @@ impl Inner {
                     tracing::trace!(conn, tasks = tasks.len(), "assign");
                     self.send_agent(conn, Body::Assign(convert::assign(&job, tasks)));
                 }
+                Command::Revoke { conn, refs } => {
+                    self.send_agent(conn, Body::Revoke(pb::Revoke { task_refs: refs }));
+                }
                 Command::CancelOnAgent { conn, refs } => {
                     self.send_agent(conn, Body::Cancel(pb::CancelAssigned { task_refs: refs }));
                 }

@@ -102,7 +102,7 @@ fn seen(input: u64, ms: u64) -> Seen {
     std::thread::sleep(Duration::from_millis(ms));
     Seen {
         input,
-        agent: ladle::gpu::agent().unwrap_or_default(),
+        agent: ladle::current_agent().unwrap_or_default(),
         gpu: ladle::gpu::ordinal(),
         visible: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
         start_ms,
@@ -129,6 +129,28 @@ fn on_gpu_slow(x: u64) -> Seen {
 #[ladle::task(prefer_gpu)]
 fn gpu_or_cpu(x: u64) -> Seen {
     seen(x, 20)
+}
+
+/// 5 ms, or 15 ms on the agent named "slow": a machine three times slower.
+#[ladle::task]
+fn uneven(_: u64) -> String {
+    let agent = ladle::current_agent().unwrap_or_default();
+    let ms = if agent == "slow" { 15 } else { 5 };
+    std::thread::sleep(Duration::from_millis(ms));
+    agent
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// Sleeps 10 ms; returns when it ended (wall clock, ms).
+#[ladle::task]
+fn ten_ms(_: u64) -> u128 {
+    std::thread::sleep(Duration::from_millis(10));
+    now_ms()
 }
 
 fn out(value: serde_json::Value) {
@@ -311,6 +333,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .err()
                 .map(|e| json!({ "kind": format!("{:?}", e.kind), "text": e.to_string() }));
             out(json!({ "slow": error, "quick": quick }));
+        }
+        "uneven" => {
+            let agents = cluster.map(uneven, 0..600u64).await?;
+            let slow = agents.iter().filter(|a| a.as_str() == "slow").count();
+            out(json!({ "count": agents.len(), "slow": slow, "fast": agents.len() - slow }));
+        }
+        "interleave" => {
+            let ends = cluster.map(ten_ms, 0..200u64).await?;
+            out(
+                json!({ "count": ends.len(), "first_ms": ends.iter().min(), "last_ms": ends.iter().max() }),
+            );
         }
         "gpu_mix" => {
             // GPU and CPU tasks of one job, submitted together.

@@ -1,0 +1,64 @@
+//! Load balancing across uneven agents, and fair sharing between drivers, through the real
+//! binaries and the real SDK. Behaviour, not speed: shares and overlaps, with wide margins.
+
+use std::time::Duration;
+
+use ladle_tests::{Agent, Scheduler, SchedulerOptions, last_json, show, test_driver};
+
+fn agent(scheduler: &Scheduler, name: &str) -> Agent {
+    let agent = Agent::start(scheduler, None, &["--cpu-slots", "1", "--hostname", name]);
+    scheduler.wait_state(&agent.id(), "alive", Duration::from_secs(20));
+    agent
+}
+
+#[test]
+fn an_agent_three_times_slower_runs_about_a_quarter_of_the_tasks() {
+    let scheduler = Scheduler::start(SchedulerOptions::default());
+    let _fast = agent(&scheduler, "fast");
+    let _slow = agent(&scheduler, "slow");
+    let found = last_json(&scheduler.run_driver(&test_driver(), &["uneven"]));
+    assert_eq!(found["count"], 600, "{}", show(&found));
+    println!("split: {found}");
+    let fast = found["fast"].as_f64().unwrap_or(0.0) / 600.0;
+    // Three quarters in a perfect world; the margin absorbs start-up and chunking.
+    assert!(
+        (0.62..=0.88).contains(&fast),
+        "the fast agent ran {:.0}% of the tasks: {}",
+        fast * 100.0,
+        show(&found)
+    );
+}
+
+#[test]
+fn two_drivers_at_once_both_complete_interleaved_rather_than_one_after_the_other() {
+    let scheduler = Scheduler::start(SchedulerOptions::default());
+    let _a = agent(&scheduler, "a");
+    let _b = agent(&scheduler, "b");
+    let mut first = scheduler.spawn_driver(&test_driver(), &["interleave"]);
+    let mut second = scheduler.spawn_driver(&test_driver(), &["interleave", "again"]);
+    for driver in [&mut first, &mut second] {
+        let status = driver.wait_exit(Duration::from_secs(120));
+        assert!(status.success(), "{}", driver.output());
+    }
+    let (x, y) = (last_json(&first.output()), last_json(&second.output()));
+    for found in [&x, &y] {
+        assert_eq!(found["count"], 200, "{}", show(found));
+    }
+    let span = |v: &serde_json::Value| {
+        (
+            v["first_ms"].as_u64().unwrap_or(0),
+            v["last_ms"].as_u64().unwrap_or(0),
+        )
+    };
+    let ((x0, x1), (y0, y1)) = (span(&x), span(&y));
+    // Shared, each job's results span most of the other's; one after the other, they would
+    // barely touch.
+    let overlap = x1.min(y1).saturating_sub(x0.max(y0));
+    let shorter = (x1 - x0).min(y1 - y0).max(1);
+    assert!(
+        overlap * 2 >= shorter,
+        "the jobs ran one after the other: {} and {}",
+        show(&x),
+        show(&y)
+    );
+}
