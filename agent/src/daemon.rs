@@ -48,6 +48,22 @@ pub enum AgentError {
     Session(#[from] SessionError),
 }
 
+/// In the state directory while the agent is joined: the scheduler's address.
+pub const HEALTH_FILE: &str = "joined";
+
+/// Whether the agent using `settings`' state directory is joined to a scheduler now (for
+/// container health checks): the address it is joined to, or why not.
+pub fn health(settings: &AgentSettings) -> Result<String, String> {
+    let file = settings.state_dir().join(HEALTH_FILE);
+    match std::fs::read_to_string(&file) {
+        Ok(address) => Ok(address.trim().to_owned()),
+        Err(_) => Err(format!(
+            "not joined to a scheduler (no {}: the agent is not running, or looking for its scheduler)",
+            file.display()
+        )),
+    }
+}
+
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(
     settings: AgentSettings,
@@ -104,6 +120,7 @@ pub async fn run(
         // How the agent came to its scheduler, unless the caller says (an embedded agent).
         fixed_discovery: (discovery != "address").then(|| discovery.to_owned()),
         cache,
+        health_file: state_dir.join(HEALTH_FILE),
         token,
         hello,
         reconnect_max_delay: settings.reconnect_max_delay,
@@ -118,7 +135,12 @@ pub async fn run(
 
 /// Where the agent looks for its scheduler: the address given, else the file, else multicast.
 fn locator(settings: &AgentSettings) -> Result<Locator, AgentError> {
-    if let Some(scheduler) = &settings.scheduler {
+    // An empty address (LADLE_SCHEDULER="") means none: discovery.
+    if let Some(scheduler) = settings
+        .scheduler
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+    {
         return Ok(Locator::Address(address::normalize(scheduler)?));
     }
     if let Some(path) = &settings.scheduler_file {

@@ -44,6 +44,10 @@ struct Cli {
     /// Declare this many GPU slots instead of asking the CUDA driver (devices it cannot see, tests).
     #[arg(long, value_name = "N")]
     gpu_slots: Option<u32>,
+    /// Exit 0 if the agent of this state directory is joined to a scheduler, 1 if not (for
+    /// container health checks), instead of running an agent.
+    #[arg(long)]
+    health_check: bool,
     /// A label KEY=VALUE shown to operators; repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
@@ -59,6 +63,18 @@ fn main() -> ExitCode {
             return ExitCode::from(SettingsError::EXIT_CODE);
         }
     };
+    if cli.health_check {
+        return match daemon::health(&settings) {
+            Ok(address) => {
+                println!("joined to {address}");
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                eprintln!("ladle-agent: {why}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match runtime() {
         Ok(rt) => rt,
         Err(err) => {

@@ -47,6 +47,8 @@ pub struct Session {
     pub address: String,
     pub fixed_discovery: Option<String>,
     pub cache: BlobCache,
+    /// Holds the scheduler's address while the agent is joined (`--health-check` reads it).
+    pub health_file: std::path::PathBuf,
     pub token: Option<Token>,
     pub hello: Hello,
     pub reconnect_max_delay: Duration,
@@ -66,8 +68,12 @@ impl Session {
         loop {
             let ended = tokio::select! {
                 ended = self.once(&mut probe) => ended,
-                () = &mut shutdown => return Ok(()),
+                () = &mut shutdown => {
+                    let _ = std::fs::remove_file(&self.health_file);
+                    return Ok(());
+                }
             };
+            let _ = std::fs::remove_file(&self.health_file);
             match ended {
                 Ended::Refused(message) => {
                     return Err(AgentError::Refused {
@@ -214,6 +220,9 @@ impl Session {
     }
 
     fn joined(&self, welcome: &Welcome) {
+        if let Err(err) = std::fs::write(&self.health_file, format!("{}\n", self.address)) {
+            debug!("cannot write {}: {err}", self.health_file.display());
+        }
         info!(
             "joined cluster {:?} at {} as agent {} (scheduler {}, heartbeat every {}ms){}",
             welcome.cluster,

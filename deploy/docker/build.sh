@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Builds the ladle-scheduler and ladle-agent container images from this checkout's binaries,
+# with no base image (none can be pulled here, and none is needed): each image holds its binary,
+# the shared libraries it links (taken from this machine), a non-root user and a state directory.
+# The agent runs a job's executable, shipped by its driver, inside its own container: the
+# executable must be a Linux build against the same or an older C library as this machine's.
+#
+#   deploy/docker/build.sh [--tag TAG] [--debug]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+tag=latest
+profile=release
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --tag) tag="$2"; shift 2 ;;
+    --debug) profile=debug; shift ;;
+    *) echo "usage: $0 [--tag TAG] [--debug]" >&2; exit 2 ;;
+  esac
+done
+
+if [[ "$profile" == release ]]; then
+  cargo build --release --quiet -p ladle-scheduler -p ladle-agent
+else
+  cargo build --quiet -p ladle-scheduler -p ladle-agent
+fi
+
+# Debug information stays on the build machine: the images carry stripped binaries.
+install_binary() {
+  if command -v strip >/dev/null 2>&1; then
+    strip --strip-debug -o "$2" "$1"
+  else
+    cp "$1" "$2"
+  fi
+}
+
+for name in scheduler agent; do
+  binary="target/$profile/ladle-$name"
+  context="target/docker/$name"
+  rm -rf "$context"
+  mkdir -p "$context/rootfs/usr/local/bin" "$context/rootfs/etc" "$context/rootfs/tmp" \
+    "$context/state/ladle/$name"
+  install_binary "$binary" "$context/rootfs/usr/local/bin/ladle-$name"
+  # The agent image carries the CLI too: operators exec into any node to look at the cluster.
+  if [[ "$name" == agent ]]; then
+    install_binary "target/$profile/ladle-scheduler" "$context/rootfs/usr/local/bin/ladle-scheduler"
+  fi
+  for lib in $(ldd "$binary" | grep -o '/[^ ]*' | sort -u); do
+    cp --parents -L "$lib" "$context/rootfs/"
+  done
+  chmod 1777 "$context/rootfs/tmp"
+  echo "root:x:0:0:root:/:/sbin/nologin" > "$context/rootfs/etc/passwd"
+  echo "ladle:x:10001:10001:ladle:/var/lib/ladle:/sbin/nologin" >> "$context/rootfs/etc/passwd"
+  printf 'root:x:0:\nladle:x:10001:\n' > "$context/rootfs/etc/group"
+  cp "deploy/docker/Dockerfile.$name" "$context/Dockerfile"
+  if ! log=$(docker build --quiet --tag "ladle-$name:$tag" "$context" 2>&1); then
+    echo "$log" >&2
+    exit 1
+  fi
+  size=$(docker image inspect "ladle-$name:$tag" --format '{{.Size}}')
+  echo "built ladle-$name:$tag ($((size / 1024 / 1024)) MiB)"
+done

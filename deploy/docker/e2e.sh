@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# End-to-end test of the container deployment, run by .ci/run: compose up a scheduler and three
+# agents; run a job of 6,000 tasks from this machine; `docker kill` an agent mid-job and check
+# every result came back exactly once; `docker network disconnect` a second agent until it is
+# listed lost, reconnect it and see it alive again. Everything is torn down however it ends.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+compose_cmd=()
+if docker compose version >/dev/null 2>&1; then
+  compose_cmd=(docker compose)
+elif command -v docker-compose >/dev/null 2>&1; then
+  compose_cmd=(docker-compose)
+else
+  echo "e2e: neither 'docker compose' nor 'docker-compose' is installed" >&2
+  exit 1
+fi
+project="ladle-e2e-$$"
+compose() { "${compose_cmd[@]}" -p "$project" -f deploy/docker/compose.yaml "$@"; }
+
+LADLE_TOKEN="e2e-$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+export LADLE_TOKEN LADLE_TAG=e2e LADLE_PUBLISH=127.0.0.1: LADLE_HEARTBEAT_TIMEOUT=3s
+
+cleanup() {
+  local status=$?
+  if [[ $status -ne 0 ]]; then
+    echo "e2e: failed; the cluster's logs:" >&2
+    compose logs --no-color --tail 40 >&2 || true
+  fi
+  compose down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+  exit $status
+}
+trap cleanup EXIT
+
+# Waits until the command succeeds, or fails the test after the deadline.
+wait_for() {
+  local what="$1" seconds="$2"
+  shift 2
+  local deadline=$((SECONDS + seconds))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      echo "e2e: timed out after ${seconds}s waiting for $what" >&2
+      return 1
+    fi
+    sleep 0.5
+  done
+  echo "e2e: $what"
+}
+
+deploy/docker/build.sh --tag e2e
+cargo build --quiet --release -p ladle-scheduler
+cargo build --quiet -p ladle-tests --bin ladle-test-driver
+cli=target/release/ladle-scheduler
+driver=target/debug/ladle-test-driver
+
+compose up -d --scale agent=3
+port=$(compose port scheduler 7070 | tail -1 | cut -d: -f2)
+export LADLE_SCHEDULER="http://127.0.0.1:$port"
+
+# How many agents are listed in STATE, or whether the agent with HOST is in STATE.
+agents_in() {
+  "$cli" agents --json | python3 -c '
+import json, sys
+rows = json.load(sys.stdin)
+state, host = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else None)
+if host:
+    sys.exit(0 if any(r["hostname"] == host and r["state"] == state for r in rows) else 1)
+print(sum(r["state"] == state for r in rows))' "$@"
+}
+three_alive() { [[ "$(agents_in alive)" -ge 3 ]]; }
+running() {
+  "$cli" status --json | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["tasks"]["running"] > 0 else 1)'
+}
+wait_for "three agents alive" 60 three_alive
+wait_for "the containers healthy" 60 bash -c \
+  "[[ \$(docker ps --filter label=com.docker.compose.project=$project --filter health=healthy -q | wc -l) -ge 4 ]]"
+
+log=$(mktemp)
+"$driver" exactly_once 6000 >"$log" 2>&1 &
+driver_pid=$!
+wait_for "the job running" 60 running
+victim=$(compose ps -q agent | head -1)
+docker kill "$victim" >/dev/null
+echo "e2e: killed agent container ${victim:0:12} mid-job"
+if ! wait "$driver_pid"; then
+  cat "$log" >&2
+  exit 1
+fi
+python3 - "$log" <<'PY'
+import json, sys
+lines = [l for l in open(sys.argv[1]) if l.startswith("{")]
+found = json.loads(lines[-1])
+ok = found["n"] == 6000 and found["once"] == 6000 and found["duplicated"] == 0 and found["wrong"] == 0 and not found["errors"]
+print(f"e2e: job finished: {found['once']} of {found['n']} results exactly once, {found['duplicated']} duplicated, {found['wrong']} wrong, {len(found['errors'])} errors")
+sys.exit(0 if ok else 1)
+PY
+
+network="${project}_ladle"
+second=$(compose ps -q agent | grep -v "^$victim" | head -1)
+host=$(docker inspect --format '{{.Config.Hostname}}' "$second")
+docker network disconnect "$network" "$second"
+wait_for "agent $host listed lost after its network was cut" 60 agents_in lost "$host"
+docker network connect "$network" "$second"
+wait_for "agent $host alive again after reconnection" 120 agents_in alive "$host"
+echo "e2e: passed"
