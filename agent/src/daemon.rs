@@ -70,8 +70,8 @@ pub async fn run(
     discovery: &str,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let locator = locator(&settings)?;
     let token = Token::resolve(settings.token.as_deref(), settings.token_file.as_deref())?;
+    let locator = locator(&settings, token.as_ref())?;
     let state_dir = settings.state_dir();
     let identity = Identity::load_or_create(&state_dir)?;
 
@@ -134,7 +134,7 @@ pub async fn run(
 }
 
 /// Where the agent looks for its scheduler: the address given, else the file, else multicast.
-fn locator(settings: &AgentSettings) -> Result<Locator, AgentError> {
+fn locator(settings: &AgentSettings, token: Option<&Token>) -> Result<Locator, AgentError> {
     // An empty address (LADLE_SCHEDULER="") means none: discovery.
     if let Some(scheduler) = settings
         .scheduler
@@ -163,6 +163,7 @@ fn locator(settings: &AgentSettings) -> Result<Locator, AgentError> {
             listener,
             settings.cluster.clone(),
             ladle_proto::PROTOCOL_VERSION,
+            token.cloned(),
         ),
         wait: settings.discovery_wait,
     })

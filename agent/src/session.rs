@@ -247,7 +247,7 @@ impl Session {
                 self.executor.send(Input::Cancel(cancel.task_refs))
             }
             Some(scheduler_message::Body::Revoke(revoke)) => {
-                self.executor.send(Input::Revoke(revoke.task_refs))
+                self.executor.send(Input::Revoke(revoke.tasks))
             }
             Some(scheduler_message::Body::EndJob(end)) => {
                 self.executor.send(Input::EndJob(end.job_id))

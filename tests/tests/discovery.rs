@@ -13,17 +13,24 @@ const TOKEN: &str = "discovery-test-token";
 
 /// A scheduler of `cluster` on `host`, listening on every interface there, on a free port.
 fn scheduler_on(host: &Host, cluster: &str, dir: &Path) -> (Process, u16) {
-    let address_file = dir.join(format!("address-{}", host.ns));
+    scheduler_with_token(host, cluster, TOKEN, dir)
+}
+
+fn scheduler_with_token(host: &Host, cluster: &str, token: &str, dir: &Path) -> (Process, u16) {
+    let address_file = dir.join(format!("address-{}-{token}", host.ns));
     let mut command = host.command(&bin("ladle-scheduler"));
     command
         .args(["serve", "--port", "0", "--cluster", cluster])
         .arg("--address-file")
         .arg(&address_file)
-        .env("LADLE_TOKEN", TOKEN)
-        .env("LADLE_STATE_DIR", dir.join(format!("state-{}", host.ns)))
+        .env("LADLE_TOKEN", token)
+        .env("LADLE_STATE_DIR", dir.join(format!("state-{}-{token}", host.ns)))
         .env("LADLE_HEARTBEAT_INTERVAL", "250ms")
         .env("LADLE_ANNOUNCE_INTERVAL", "250ms");
-    let process = Process::spawn(command, dir.join(format!("scheduler-{}.log", host.ns)));
+    let process = Process::spawn(
+        command,
+        dir.join(format!("scheduler-{}-{token}.log", host.ns)),
+    );
     let port = wait_for("the scheduler to listen", Duration::from_secs(20), || {
         fs::read_to_string(&address_file)
             .ok()?
@@ -141,6 +148,19 @@ fn agents_on_other_hosts_join_their_clusters_scheduler_by_multicast_and_follow_i
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(last_json(&stdout)["ok"], 999, "{stdout}");
+
+    // A scheduler of the same name but not of this cluster (another token, or an impostor
+    // collecting tokens) is not believed: its announcements are not signed with the agents' token.
+    let (mut rogue, _) = scheduler_with_token(new_home, "default", "not-the-token", dir.path());
+    wait_for("the agents to dismiss the impostor", Duration::from_secs(30), || {
+        agent_a
+            .output()
+            .contains("it is signed with another token")
+            .then_some(())
+    });
+    assert!(alive(&agents_of(home, port), &["agent-a", "agent-b"]).is_some());
+    rogue.signal("TERM");
+    rogue.wait_exit(Duration::from_secs(20));
 
     // The scheduler moves to another host: the agents follow it there.
     scheduler.signal("TERM");

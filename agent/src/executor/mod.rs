@@ -23,8 +23,8 @@ use worker::{Dispatch, JobInfo, Stamped, WorkerCmd, WorkerContext, WorkerEvent};
 pub enum Input {
     Assign(pb::Assign),
     Cancel(Vec<u64>),
-    /// Give back these tasks if they have not been handed to a worker yet.
-    Revoke(Vec<u64>),
+    /// Give back these tasks (this attempt of each) if they have not been handed to a worker yet.
+    Revoke(Vec<pb::TaskAttempt>),
     EndJob(String),
     /// A new stream to the scheduler: whatever was held belongs to the old one.
     Reset,
@@ -273,13 +273,16 @@ impl Executor {
             }
             Input::Revoke(refs) => {
                 let mut answer = pb::Revoked::default();
-                for task_ref in refs {
-                    match self.queue.iter().position(|q| q.task.task_ref == task_ref) {
+                for wanted in refs {
+                    let found = self.queue.iter().position(|q| {
+                        q.task.task_ref == wanted.task_ref && q.task.attempt == wanted.attempt
+                    });
+                    match found {
                         Some(pos) => {
                             self.queue.remove(pos);
-                            answer.released.push(task_ref);
+                            answer.released.push(wanted);
                         }
-                        None => answer.kept.push(task_ref),
+                        None => answer.kept.push(wanted),
                     }
                 }
                 // Results sent before this answer stay ahead of it on the stream.
@@ -468,6 +471,23 @@ impl Executor {
                 busy.push(key);
             }
         }
+        // A task for another worker waits (another job's, or an isolated one): the busy worker
+        // is not topped up past the slots either, so that the other gets a slot as soon as one
+        // frees instead of after the busy worker's whole supply.
+        let lane_of = |q: &Queued| {
+            if q.task.isolated {
+                Lane::Solo
+            } else {
+                Lane::Shared
+            }
+        };
+        let other_waits = match busy.as_slice() {
+            [only] => self
+                .queue
+                .iter()
+                .any(|q| !q.task.gpu && (q.job.clone(), lane_of(q)) != *only),
+            _ => false,
+        };
         let mut free_gpus: Vec<u32> = self
             .gpus
             .iter()
@@ -488,13 +508,9 @@ impl Executor {
                     }
                 }
             } else {
-                let lane = if q.task.isolated {
-                    Lane::Solo
-                } else {
-                    Lane::Shared
-                };
+                let lane = lane_of(q);
                 let key = (q.job.clone(), lane);
-                let shared = busy.iter().any(|k| *k != key);
+                let shared = other_waits || busy.iter().any(|k| *k != key);
                 let limit = match (shared, refill) {
                     (true, _) => slots,
                     (false, true) => depth,

@@ -278,6 +278,17 @@ async fn stop(mut p: Process, events: &Events, why: &str) {
     }
 }
 
+/// The device a worker for GPU `ordinal` should see. The agent numbers GPUs as the CUDA driver
+/// showed them to it: within its own `CUDA_VISIBLE_DEVICES` when it was given one (Slurm's
+/// `--gres`, a container runtime), so ordinal 0 is then the first device of that list.
+fn visible_device(ordinal: u32, inherited: Option<&str>) -> String {
+    inherited
+        .and_then(|list| list.split(',').nth(ordinal as usize))
+        .map(|d| d.trim().to_owned())
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| ordinal.to_string())
+}
+
 /// How a worker died, in words an operator recognises.
 pub fn describe(status: ExitStatus) -> String {
     if let Some(signal) = status.signal() {
@@ -329,7 +340,13 @@ async fn start(
         Some(ordinal) => command
             .env(wp::THREADS_ENV, "1")
             .env(wp::GPU_ENV, ordinal.to_string())
-            .env("CUDA_VISIBLE_DEVICES", ordinal.to_string()),
+            .env(
+                "CUDA_VISIBLE_DEVICES",
+                visible_device(
+                    ordinal,
+                    std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
+                ),
+            ),
         None => command
             .env(wp::THREADS_ENV, ctx.threads.to_string())
             .env_remove(wp::GPU_ENV),
@@ -428,4 +445,18 @@ async fn start(
         sent_shared: HashSet::new(),
         inflight: HashSet::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::visible_device;
+
+    #[test]
+    fn a_gpu_worker_sees_its_device_within_what_the_agent_was_given() {
+        assert_eq!(visible_device(1, None), "1");
+        assert_eq!(visible_device(0, Some("2,3")), "2");
+        assert_eq!(visible_device(1, Some("2, 3")), "3");
+        assert_eq!(visible_device(1, Some("GPU-8a1f,GPU-77c2")), "GPU-77c2");
+        assert_eq!(visible_device(4, Some("2,3")), "4");
+    }
 }

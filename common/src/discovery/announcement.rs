@@ -1,9 +1,17 @@
-//! What a scheduler says about itself on the network, and its encoding.
+//! What a scheduler says about itself on the network, its encoding, and its signature.
+//!
+//! A scheduler with a cluster token signs its announcements with it (HMAC-SHA-256), and an agent
+//! with a token believes only announcements signed with the same one: otherwise anyone on the
+//! network could announce a scheduler of their own and collect the token agents present to it.
 
+use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::token::Token;
 
 /// Marks Ladle's datagrams, and the version of their layout.
-const MAGIC: &[u8] = b"LADLE-DISCOVERY/1\n";
+const MAGIC: &[u8] = b"LADLE-DISCOVERY/2\n";
 
 /// The largest datagram either side handles.
 pub const MAX_DATAGRAM: usize = 8192;
@@ -20,18 +28,83 @@ pub struct Announcement {
     pub started_ms: u64,
 }
 
+#[derive(Serialize, Deserialize)]
+struct Signed {
+    body: Vec<u8>,
+    /// HMAC-SHA-256 of `body` under the cluster token; empty when the scheduler has none.
+    mac: Vec<u8>,
+}
+
+/// What a listener makes of a datagram.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// Not a Ladle announcement (other software shares groups): ignored silently.
+    Foreign,
+    Trusted(Announcement),
+    /// An announcement this listener cannot believe, and why.
+    Untrusted(Announcement, &'static str),
+}
+
+fn mac(token: &Token, body: &[u8]) -> Vec<u8> {
+    // HMAC takes keys of any length.
+    let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(token.as_str().as_bytes()) else {
+        return Vec::new();
+    };
+    mac.update(body);
+    mac.finalize().into_bytes().to_vec()
+}
+
 impl Announcement {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = MAGIC.to_vec();
+    pub fn encode(&self, token: Option<&Token>) -> Vec<u8> {
         // Encoding owned strings and integers into a Vec cannot fail.
-        out.extend(postcard::to_allocvec(self).unwrap_or_default());
+        let body = postcard::to_allocvec(self).unwrap_or_default();
+        let signed = Signed {
+            mac: token.map(|t| mac(t, &body)).unwrap_or_default(),
+            body,
+        };
+        let mut out = MAGIC.to_vec();
+        out.extend(postcard::to_allocvec(&signed).unwrap_or_default());
         out
     }
 
-    /// `None` for anything that is not a Ladle announcement (other software shares groups).
-    pub fn decode(datagram: &[u8]) -> Option<Self> {
-        let body = datagram.strip_prefix(MAGIC)?;
-        postcard::from_bytes(body).ok()
+    /// Reads a datagram as a listener holding `token` (or none).
+    pub fn decode(datagram: &[u8], token: Option<&Token>) -> Heard {
+        let Some(rest) = datagram.strip_prefix(MAGIC) else {
+            return Heard::Foreign;
+        };
+        let Ok(signed) = postcard::from_bytes::<Signed>(rest) else {
+            return Heard::Foreign;
+        };
+        let Ok(announcement) = postcard::from_bytes::<Announcement>(&signed.body) else {
+            return Heard::Foreign;
+        };
+        match (token, signed.mac.is_empty()) {
+            (Some(token), false) => {
+                let Ok(mut check) =
+                    <Hmac<Sha256> as KeyInit>::new_from_slice(token.as_str().as_bytes())
+                else {
+                    return Heard::Untrusted(announcement, "its signature cannot be checked");
+                };
+                check.update(&signed.body);
+                if check.verify_slice(&signed.mac).is_ok() {
+                    Heard::Trusted(announcement)
+                } else {
+                    Heard::Untrusted(
+                        announcement,
+                        "it is signed with another token (another cluster's, or forged)",
+                    )
+                }
+            }
+            (Some(_), true) => Heard::Untrusted(
+                announcement,
+                "it is not signed, and this agent has a cluster token",
+            ),
+            (None, true) => Heard::Trusted(announcement),
+            (None, false) => Heard::Untrusted(
+                announcement,
+                "it requires a cluster token, and this agent has none",
+            ),
+        }
     }
 }
 
@@ -39,19 +112,54 @@ impl Announcement {
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trips_and_ignores_foreign_datagrams() {
-        let a = Announcement {
+    fn sample() -> Announcement {
+        Announcement {
             cluster: "prod".into(),
             addresses: vec!["http://10.0.0.1:7070".into()],
             protocol: 2,
             version: "0.1.0".into(),
             started_ms: 1234,
-        };
-        assert_eq!(Announcement::decode(&a.encode()), Some(a.clone()));
-        assert_eq!(Announcement::decode(b"M-SEARCH * HTTP/1.1\r\n"), None);
-        let mut cut = a.encode();
+        }
+    }
+
+    #[test]
+    fn round_trips_and_ignores_foreign_datagrams() {
+        let a = sample();
+        assert_eq!(
+            Announcement::decode(&a.encode(None), None),
+            Heard::Trusted(a.clone())
+        );
+        assert_eq!(
+            Announcement::decode(b"M-SEARCH * HTTP/1.1\r\n", None),
+            Heard::Foreign
+        );
+        let mut cut = a.encode(None);
         cut.truncate(cut.len() - 3);
-        assert_eq!(Announcement::decode(&cut), None);
+        assert_eq!(Announcement::decode(&cut, None), Heard::Foreign);
+    }
+
+    #[test]
+    fn only_announcements_signed_with_the_same_token_are_believed() -> Result<(), String> {
+        let ours = Token::new("our-token").map_err(|e| e.to_string())?;
+        let theirs = Token::new("their-token").map_err(|e| e.to_string())?;
+        let a = sample();
+        let signed = a.encode(Some(&ours));
+        assert_eq!(
+            Announcement::decode(&signed, Some(&ours)),
+            Heard::Trusted(a.clone())
+        );
+        assert!(matches!(
+            Announcement::decode(&signed, Some(&theirs)),
+            Heard::Untrusted(_, why) if why.contains("another token")
+        ));
+        assert!(matches!(
+            Announcement::decode(&a.encode(None), Some(&ours)),
+            Heard::Untrusted(_, why) if why.contains("not signed")
+        ));
+        assert!(matches!(
+            Announcement::decode(&signed, None),
+            Heard::Untrusted(_, why) if why.contains("has none")
+        ));
+        Ok(())
     }
 }

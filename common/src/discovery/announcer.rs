@@ -20,6 +20,8 @@ pub struct Announcer {
     pub port: u16,
     /// Whether the addresses follow the interfaces (the scheduler listens on all of them).
     pub per_interface: bool,
+    /// Signs the announcements, so that agents of this cluster believe them and no others.
+    pub token: Option<crate::token::Token>,
 }
 
 /// The addresses to announce for a scheduler listening on `local`: each interface's when it
@@ -71,7 +73,7 @@ impl Announcer {
                 );
                 said = described;
             }
-            let datagram = self.announcement.encode();
+            let datagram = self.announcement.encode(self.token.as_ref());
             for (name, ip) in &list {
                 // One send per interface: multicast otherwise leaves by the default route only.
                 if let Err(err) = SockRef::from(&socket).set_multicast_if_v4(ip) {

@@ -12,7 +12,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{net::UdpSocket, sync::Notify};
 use tracing::{debug, info, warn};
 
-use super::{Announcement, announcement::MAX_DATAGRAM, describe_interfaces, interfaces};
+use super::{Announcement, Heard, announcement::MAX_DATAGRAM, describe_interfaces, interfaces};
+use crate::token::Token;
 
 /// A socket joined to the announcement group on every interface.
 pub struct Listener {
@@ -49,22 +50,24 @@ impl Listener {
         })
     }
 
-    /// The next Ladle announcement, with the address it came from.
-    pub async fn recv(&self) -> std::io::Result<(Announcement, SocketAddr)> {
+    /// The next Ladle announcement, as a holder of `token` reads it, with where it came from.
+    pub async fn recv(&self, token: Option<&Token>) -> std::io::Result<(Heard, SocketAddr)> {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
             let (n, from) = self.socket.recv_from(&mut buf).await?;
-            if let Some(announcement) = Announcement::decode(&buf[..n]) {
-                return Ok((announcement, from));
+            match Announcement::decode(&buf[..n], token) {
+                Heard::Foreign => {
+                    debug!(%from, "ignored a datagram that is not a Ladle announcement")
+                }
+                heard => return Ok((heard, from)),
             }
-            debug!(%from, "ignored a datagram that is not a Ladle announcement");
         }
     }
 }
 
 /// A scheduler heard lately.
 #[derive(Clone, Debug)]
-struct Heard {
+struct Seen {
     announcement: Announcement,
     from: SocketAddr,
     at: Instant,
@@ -79,9 +82,16 @@ pub struct Watch {
 }
 
 struct WatchInner {
-    heard: Mutex<HashMap<u64, Heard>>,
+    /// By the address announcements came from: a restarted scheduler replaces its old self.
+    heard: Mutex<HashMap<std::net::IpAddr, Seen>>,
     changed: Notify,
 }
+
+/// Bounds on what the network can make a listener keep.
+const MAX_SCHEDULERS: usize = 64;
+const MAX_LOGGED: usize = 256;
+/// A scheduler not heard for this long is forgotten.
+const FORGET: Duration = Duration::from_secs(60);
 
 /// An announcement older than this no longer counts as a live scheduler.
 const FRESH: Duration = Duration::from_secs(5);
@@ -89,7 +99,7 @@ const FRESH: Duration = Duration::from_secs(5);
 impl Watch {
     /// Listens (in a task of its own) for the schedulers of `cluster` that speak `protocol`;
     /// those of other clusters or protocols are ignored with one log line each.
-    pub fn start(listener: Listener, cluster: String, protocol: u32) -> Self {
+    pub fn start(listener: Listener, cluster: String, protocol: u32, token: Option<Token>) -> Self {
         let inner = Arc::new(WatchInner {
             heard: Mutex::new(HashMap::new()),
             changed: Notify::new(),
@@ -98,9 +108,15 @@ impl Watch {
         let task_inner = inner.clone();
         let wanted = cluster.clone();
         tokio::spawn(async move {
-            let mut ignored: HashSet<(String, u32, SocketAddr)> = HashSet::new();
+            // What was logged once already (bounded: the network decides what arrives).
+            let mut logged: HashSet<(String, std::net::IpAddr)> = HashSet::new();
+            let mut say_once = |key: (String, std::net::IpAddr), line: String| {
+                if logged.len() < MAX_LOGGED && logged.insert(key) {
+                    info!("{line}");
+                }
+            };
             loop {
-                let (announcement, from) = match listener.recv().await {
+                let (heard, from) = match listener.recv(token.as_ref()).await {
                     Ok(heard) => heard,
                     Err(err) => {
                         warn!("listening for schedulers failed: {err}");
@@ -108,30 +124,54 @@ impl Watch {
                         continue;
                     }
                 };
-                if announcement.cluster != wanted || announcement.protocol != protocol {
-                    let key = (announcement.cluster.clone(), announcement.protocol, from);
-                    if ignored.insert(key) {
-                        if announcement.cluster != wanted {
-                            info!(
-                                "ignoring the scheduler of cluster {:?} at {} (from {from}): this is cluster {wanted:?}",
-                                announcement.cluster,
-                                announcement.addresses.join(", ")
-                            );
-                        } else {
-                            info!(
-                                "ignoring the scheduler at {} (from {from}): it speaks protocol {}, this release speaks {protocol} (ladle {} there)",
-                                announcement.addresses.join(", "),
-                                announcement.protocol,
-                                announcement.version
-                            );
-                        }
+                let announcement = match heard {
+                    Heard::Trusted(a) => a,
+                    Heard::Untrusted(a, why) => {
+                        say_once(
+                            (format!("untrusted {}", a.cluster), from.ip()),
+                            format!(
+                                "ignoring the scheduler of cluster {:?} announced from {from}: {why}",
+                                a.cluster
+                            ),
+                        );
+                        continue;
                     }
+                    Heard::Foreign => continue,
+                };
+                if announcement.cluster != wanted {
+                    say_once(
+                        (announcement.cluster.clone(), from.ip()),
+                        format!(
+                            "ignoring the scheduler of cluster {:?} at {} (from {from}): this is cluster {wanted:?}",
+                            announcement.cluster,
+                            announcement.addresses.join(", ")
+                        ),
+                    );
+                    continue;
+                }
+                if announcement.protocol != protocol {
+                    say_once(
+                        (format!("protocol {}", announcement.protocol), from.ip()),
+                        format!(
+                            "ignoring the scheduler at {} (from {from}): it speaks protocol {}, this release speaks {protocol} (ladle {} there)",
+                            announcement.addresses.join(", "),
+                            announcement.protocol,
+                            announcement.version
+                        ),
+                    );
                     continue;
                 }
                 if let Ok(mut heard) = task_inner.heard.lock() {
+                    heard.retain(|_, seen| seen.at.elapsed() < FORGET);
+                    if heard.len() >= MAX_SCHEDULERS && !heard.contains_key(&from.ip()) {
+                        let oldest = heard.iter().min_by_key(|(_, s)| s.at).map(|(ip, _)| *ip);
+                        if let Some(ip) = oldest {
+                            heard.remove(&ip);
+                        }
+                    }
                     heard.insert(
-                        announcement.started_ms,
-                        Heard {
+                        from.ip(),
+                        Seen {
                             announcement,
                             from,
                             at: Instant::now(),

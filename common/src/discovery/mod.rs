@@ -7,7 +7,7 @@ mod announcer;
 mod listener;
 mod locator;
 
-pub use announcement::Announcement;
+pub use announcement::{Announcement, Heard};
 pub use announcer::{Announcer, announced_addresses};
 pub use listener::{Listener, Watch};
 pub use locator::{Candidate, LocateError, Locator};

@@ -580,7 +580,7 @@ impl Jobs {
         }
         let mut victims: Vec<(i64, &super::Agent)> = members
             .agents()
-            .filter(|a| a.conn.is_some())
+            .filter(|a| a.conn.is_some() && !a.revoke_futile)
             .map(|a| (-a.free_cpus(), a))
             .filter(|(backlog, _)| *backlog >= 2)
             .collect();
@@ -612,48 +612,59 @@ impl Jobs {
                 continue;
             }
             candidates.sort_unstable_by(|a, b| b.cmp(a));
-            let refs: Vec<TaskRef> = candidates.into_iter().take(take).map(|(_, r)| r).collect();
-            for r in &refs {
-                if let Some(t) = self.tasks.get_mut(r) {
+            let mut tasks = Vec::with_capacity(take);
+            for (_, r) in candidates.into_iter().take(take) {
+                if let Some(t) = self.tasks.get_mut(&r) {
                     t.revoking = true;
+                    tasks.push((r, t.attempt));
                 }
             }
-            debug!(agent = %victim.id(), tasks = refs.len(), "revoking queued tasks for idle agents");
-            idle -= refs.len() as i64;
-            out.push(Command::Revoke { conn, refs });
+            debug!(agent = %victim.id(), tasks = tasks.len(), "revoking queued tasks for idle agents");
+            idle -= tasks.len() as i64;
+            out.push(Command::Revoke { conn, tasks });
         }
     }
 
     /// An agent's answer to a revoke: what it gave back is queued again (under a new attempt),
-    /// and goes to whoever has room.
+    /// and goes to whoever has room. Only the attempt that was asked for counts: an answer that
+    /// crossed a reconnection says nothing of the task's newer attempt.
     pub(super) fn revoked(
         &mut self,
         conn: ConnId,
-        released: &[TaskRef],
-        kept: &[TaskRef],
+        released: &[(TaskRef, u32)],
+        kept: &[(TaskRef, u32)],
         members: &mut Membership,
     ) {
         let Some(agent) = members.current(conn) else {
             return; // a stream the core let go of: its tasks were requeued already
         };
         let agent_id = agent.id().clone();
-        for task_ref in kept {
-            if let Some(t) = self.tasks.get_mut(task_ref) {
+        for (task_ref, attempt) in kept {
+            if let Some(t) = self.tasks.get_mut(task_ref)
+                && t.attempt == *attempt
+            {
                 t.revoking = false;
             }
         }
+        if released.is_empty() && !kept.is_empty() {
+            // Everything asked for had started: do not ask this agent again until it gets more.
+            agent.revoke_futile = true;
+        }
         let mut moved = 0;
-        for task_ref in released {
-            // Whatever it gave back no longer holds a slot there, even a task cancelled since.
-            let held = agent.assigned.remove(task_ref);
-            agent.gpu_assigned.remove(task_ref);
-            let here = self
-                .tasks
-                .get(task_ref)
-                .is_some_and(|t| t.runs_on(&agent_id));
-            if held && here {
-                moved += 1;
-                self.queue_again(*task_ref);
+        for &(task_ref, attempt) in released {
+            match self.tasks.get(&task_ref) {
+                Some(t) if t.attempt == attempt && t.runs_on(&agent_id) => {
+                    agent.assigned.remove(&task_ref);
+                    agent.gpu_assigned.remove(&task_ref);
+                    moved += 1;
+                    self.queue_again(task_ref);
+                }
+                Some(_) => {} // another attempt: not what the agent gave back
+                None => {
+                    // Cancelled since: whatever the agent gave back holds no slot there.
+                    agent.assigned.remove(&task_ref);
+                    agent.gpu_assigned.remove(&task_ref);
+                }
             }
         }
         if moved > 0 {
@@ -785,6 +796,7 @@ impl Jobs {
         task.on_gpu = gpu;
         if let Some(agent) = members.get_mut(agent_id) {
             agent.assigned.insert(task_ref);
+            agent.revoke_futile = false;
             if gpu {
                 agent.gpu_assigned.insert(task_ref);
             }

@@ -42,6 +42,9 @@ pub struct Agent {
     pub assigned: HashSet<TaskRef>,
     /// Those of them that hold one of its GPU slots.
     pub gpu_assigned: HashSet<TaskRef>,
+    /// Its last revoke got nothing back (every task had started): not asked again until it
+    /// is given more.
+    pub revoke_futile: bool,
     /// Hostname, shared with every result the agent produces.
     pub host: std::sync::Arc<str>,
     /// Recent time a task takes there (moving average of what the agent reports).
@@ -154,6 +157,7 @@ impl Membership {
                         host: hello.hostname.as_str().into(),
                         assigned: HashSet::default(),
                         gpu_assigned: HashSet::default(),
+                        revoke_futile: false,
                         hello,
                         load: Load::default(),
                         conn: Some(conn),

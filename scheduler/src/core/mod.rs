@@ -84,8 +84,8 @@ pub enum Event {
     /// The agent's answer to a revoke: tasks it gave back, and tasks that had started there.
     AgentRevoked {
         conn: ConnId,
-        released: Vec<TaskRef>,
-        kept: Vec<TaskRef>,
+        released: Vec<(TaskRef, u32)>,
+        kept: Vec<(TaskRef, u32)>,
     },
     /// Lines a job's tasks printed on an agent.
     AgentOutput {
@@ -140,7 +140,8 @@ pub enum Command {
     /// Give these tasks back if they have not started (agent stream): another agent runs dry.
     Revoke {
         conn: ConnId,
-        refs: Vec<TaskRef>,
+        /// (task, attempt).
+        tasks: Vec<(TaskRef, u32)>,
     },
     /// The job's driver is gone: stop its worker (agent stream).
     EndJob {

@@ -1019,7 +1019,9 @@ fn gpu_results_say_they_ran_on_a_gpu() {
 fn revokes(cmds: &[Command]) -> Vec<(ConnId, Vec<TaskRef>)> {
     cmds.iter()
         .filter_map(|c| match c {
-            Command::Revoke { conn, refs } => Some((*conn, refs.clone())),
+            Command::Revoke { conn, tasks } => {
+                Some((*conn, tasks.iter().map(|(r, _)| *r).collect()))
+            }
             _ => None,
         })
         .collect()
@@ -1053,8 +1055,8 @@ fn an_idle_agent_steals_unstarted_tasks_only_once_their_agent_gave_them_back() {
     // a had started one of them; the other is given back, and runs on b under a new attempt.
     let cmds = sim.send(Event::AgentRevoked {
         conn: 1,
-        released: vec![refs[0]],
-        kept: vec![refs[1]],
+        released: vec![(refs[0], 1)],
+        kept: vec![(refs[1], 1)],
     });
     let moved = assignments(&cmds);
     assert_eq!(moved, vec![(2, refs[0], 2)], "{cmds:?}");
@@ -1090,5 +1092,44 @@ fn nothing_is_stolen_while_tasks_wait_in_the_queue() {
         8,
         "b takes from the queue: {cmds:?}"
     );
+    assert!(revokes(&sim.send(Event::Tick)).is_empty());
+}
+
+#[test]
+fn a_revoke_answer_that_crossed_a_reconnection_does_not_move_the_newer_attempt() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    open(&mut sim, 10);
+    assignments(&submit(&mut sim, 10, 0..8));
+    sim.join(2, "b");
+    let (_, refs) = revokes(&sim.send(Event::Tick))[0].clone();
+    // Agent a reconnects: everything it held is placed again, under attempt 2.
+    sim.send(Event::AgentDetached { conn: 1 });
+    sim.join(3, "a");
+    // The old stream's answer, giving back attempt 1, arrives on the new one.
+    let cmds = sim.send(Event::AgentRevoked {
+        conn: 3,
+        released: vec![(refs[0], 1)],
+        kept: vec![],
+    });
+    assert!(
+        assignments(&cmds).iter().all(|p| p.1 != refs[0]),
+        "attempt 2 must stay where it runs: {cmds:?}"
+    );
+}
+
+#[test]
+fn an_agent_whose_tasks_had_all_started_is_not_asked_again() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    open(&mut sim, 10);
+    assignments(&submit(&mut sim, 10, 0..8));
+    sim.join(2, "b");
+    let (_, refs) = revokes(&sim.send(Event::Tick))[0].clone();
+    sim.send(Event::AgentRevoked {
+        conn: 1,
+        released: vec![],
+        kept: refs.iter().map(|r| (*r, 1)).collect(),
+    });
     assert!(revokes(&sim.send(Event::Tick)).is_empty());
 }

@@ -92,11 +92,16 @@ impl agent_service_server::AgentService for AgentService {
                     }),
                     Ok(Some(AgentMessage {
                         body: Some(Body::Revoked(revoked)),
-                    })) => shared.apply(Event::AgentRevoked {
-                        conn,
-                        released: revoked.released,
-                        kept: revoked.kept,
-                    }),
+                    })) => {
+                        let pairs = |list: Vec<ladle_proto::v1::TaskAttempt>| {
+                            list.into_iter().map(|t| (t.task_ref, t.attempt)).collect()
+                        };
+                        shared.apply(Event::AgentRevoked {
+                            conn,
+                            released: pairs(revoked.released),
+                            kept: pairs(revoked.kept),
+                        });
+                    }
                     Ok(Some(AgentMessage {
                         body: Some(Body::Hello(_)),
                     })) => {

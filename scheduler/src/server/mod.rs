@@ -139,7 +139,7 @@ async fn listen_with(settings: SchedulerSettings, announce: bool) -> Result<List
             source,
         },
     )?;
-    let announcer = announcer(&settings, local, announce);
+    let announcer = announcer(&settings, local, announce, token.clone());
     let shared = Arc::new(Shared::new(core, settings, token.is_some(), blobs));
     Ok(Listening {
         listener,
@@ -220,7 +220,12 @@ impl Listening {
 
 /// The multicast announcer, unless switched off, embedded, or listening on loopback only (where
 /// no other machine could use the address).
-fn announcer(settings: &SchedulerSettings, local: SocketAddr, announce: bool) -> Option<Announcer> {
+fn announcer(
+    settings: &SchedulerSettings,
+    local: SocketAddr,
+    announce: bool,
+    token: Option<Token>,
+) -> Option<Announcer> {
     if !settings.multicast || !announce {
         return None;
     }
@@ -249,6 +254,7 @@ fn announcer(settings: &SchedulerSettings, local: SocketAddr, announce: bool) ->
         },
         port: local.port(),
         per_interface,
+        token,
     })
 }
 

@@ -168,8 +168,12 @@ impl Inner {
                     tracing::trace!(conn, tasks = tasks.len(), "assign");
                     self.send_agent(conn, Body::Assign(convert::assign(&job, tasks)));
                 }
-                Command::Revoke { conn, refs } => {
-                    self.send_agent(conn, Body::Revoke(pb::Revoke { task_refs: refs }));
+                Command::Revoke { conn, tasks } => {
+                    let tasks = tasks
+                        .into_iter()
+                        .map(|(task_ref, attempt)| pb::TaskAttempt { task_ref, attempt })
+                        .collect();
+                    self.send_agent(conn, Body::Revoke(pb::Revoke { tasks }));
                 }
                 Command::CancelOnAgent { conn, refs } => {
                     self.send_agent(conn, Body::Cancel(pb::CancelAssigned { task_refs: refs }));

@@ -150,7 +150,14 @@ impl Cluster {
         let listener = discovery::Listener::bind(group)
             .map_err(|e| Error::Discovery(format!("cannot listen on {group}: {e}")))?;
         let cluster = std::env::var(CLUSTER_ENV).unwrap_or_else(|_| "default".into());
-        let watch = discovery::Watch::start(listener, cluster, ladle_proto::PROTOCOL_VERSION);
+        let token = Token::resolve(
+            std::env::var("LADLE_TOKEN").ok().as_deref(),
+            std::env::var_os("LADLE_TOKEN_FILE")
+                .map(std::path::PathBuf::from)
+                .as_deref(),
+        )?;
+        let watch =
+            discovery::Watch::start(listener, cluster, ladle_proto::PROTOCOL_VERSION, token);
         Self::located(Locator::Multicast {
             watch,
             wait: Duration::from_secs(10),
