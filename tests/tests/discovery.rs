@@ -24,7 +24,10 @@ fn scheduler_with_token(host: &Host, cluster: &str, token: &str, dir: &Path) -> 
         .arg("--address-file")
         .arg(&address_file)
         .env("LADLE_TOKEN", token)
-        .env("LADLE_STATE_DIR", dir.join(format!("state-{}-{token}", host.ns)))
+        .env(
+            "LADLE_STATE_DIR",
+            dir.join(format!("state-{}-{token}", host.ns)),
+        )
         .env("LADLE_HEARTBEAT_INTERVAL", "250ms")
         .env("LADLE_ANNOUNCE_INTERVAL", "250ms");
     let process = Process::spawn(
@@ -152,12 +155,16 @@ fn agents_on_other_hosts_join_their_clusters_scheduler_by_multicast_and_follow_i
     // A scheduler of the same name but not of this cluster (another token, or an impostor
     // collecting tokens) is not believed: its announcements are not signed with the agents' token.
     let (mut rogue, _) = scheduler_with_token(new_home, "default", "not-the-token", dir.path());
-    wait_for("the agents to dismiss the impostor", Duration::from_secs(30), || {
-        agent_a
-            .output()
-            .contains("it is signed with another token")
-            .then_some(())
-    });
+    wait_for(
+        "the agents to dismiss the impostor",
+        Duration::from_secs(30),
+        || {
+            agent_a
+                .output()
+                .contains("it is signed with another token")
+                .then_some(())
+        },
+    );
     assert!(alive(&agents_of(home, port), &["agent-a", "agent-b"]).is_some());
     rogue.signal("TERM");
     rogue.wait_exit(Duration::from_secs(20));
