@@ -73,6 +73,14 @@ struct Args {
     logs: Option<std::path::PathBuf>,
 }
 
+/// Runs blocking set-up work without stalling other tasks, whatever the runtime.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 fn emit(workload: &str, params: Value, metrics: Value) {
     println!(
         "{}",
@@ -103,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
     if run("W6") {
         let (mut rates, mut bytes, mut placements) = (Vec::new(), Vec::new(), 0);
         for _ in 0..reps {
-            let figures = tokio::task::block_in_place(|| w6::run(1_000, 8, 1_000_000));
+            let figures = blocking(|| w6::run(1_000, 8, 1_000_000));
             rates.push(figures.placements_per_s);
             bytes.push(figures.bytes_per_queued_task);
             placements = figures.placements;
@@ -123,7 +131,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let started = Instant::now();
-    let local = tokio::task::block_in_place(|| LocalCluster::start(2, 1, args.logs.clone()))?;
+    let local = blocking(|| LocalCluster::start(2, 1, args.logs.clone()))?;
     let cluster = Cluster::connect(&local.address).await?;
     // The first task starts the workers: part of start-up, not of any workload.
     cluster.submit(identity, 0)?.await?;
@@ -226,7 +234,7 @@ async fn main() -> anyhow::Result<()> {
     drop(local);
 
     if run("W7") {
-        let local = tokio::task::block_in_place(|| LocalCluster::start(2, 2, args.logs.clone()))?;
+        let local = blocking(|| LocalCluster::start(2, 2, args.logs.clone()))?;
         let (mut fairness, mut walls_a, mut walls_b) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..reps {
             let a = Cluster::connect(&local.address).await?;
@@ -265,8 +273,7 @@ async fn main() -> anyhow::Result<()> {
         let (mut all_completed, mut all_once) = (true, true);
         let mut completed = 0;
         for _ in 0..reps {
-            let mut local =
-                tokio::task::block_in_place(|| LocalCluster::start(2, 1, args.logs.clone()))?;
+            let mut local = blocking(|| LocalCluster::start(2, 1, args.logs.clone()))?;
             let cluster = Cluster::connect(&local.address).await?;
             cluster.submit(identity, 0)?.await?;
             let t = Instant::now();

@@ -72,12 +72,14 @@ pub mod __private {
         ladle_common::logging::init("warn");
     }
 
-    /// Runs an async `main` on a multi-threaded runtime.
+    /// Runs an async `main` on a multi-threaded runtime (`LADLE_RUNTIME=current_thread`: on
+    /// this thread alone).
     pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
-        match tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-        {
+        let mut builder = match std::env::var("LADLE_RUNTIME").as_deref() {
+            Ok("current_thread") => tokio::runtime::Builder::new_current_thread(),
+            _ => tokio::runtime::Builder::new_multi_thread(),
+        };
+        match builder.enable_all().build() {
             Ok(runtime) => runtime.block_on(future),
             Err(err) => {
                 eprintln!("ladle: cannot start the async runtime: {err}");

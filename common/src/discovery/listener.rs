@@ -18,6 +18,9 @@ use crate::token::Token;
 /// A socket joined to the announcement group on every interface.
 pub struct Listener {
     socket: UdpSocket,
+    group: Ipv4Addr,
+    /// The interface addresses it joined the group on.
+    joined: Mutex<HashSet<Ipv4Addr>>,
     /// What it listens on, for the log of a client that hears nothing.
     pub describe: String,
 }
@@ -32,22 +35,34 @@ impl Listener {
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
         socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, group.port())).into())?;
-        let list = interfaces();
-        let mut joined = 0;
-        for (name, ip) in &list {
-            match socket.join_multicast_v4(group.ip(), ip) {
-                Ok(()) => joined += 1,
-                Err(err) => debug!("cannot join {} on {name} ({ip}): {err}", group.ip()),
+        let listener = Self {
+            socket: UdpSocket::from_std(socket.into())?,
+            group: *group.ip(),
+            joined: Mutex::new(HashSet::new()),
+            describe: format!("{group} on {}", describe_interfaces(&interfaces())),
+        };
+        listener.rejoin();
+        Ok(listener)
+    }
+
+    /// Joins the group on interfaces that came up since the last time (a container's network,
+    /// a VPN, a cable plugged in late).
+    pub fn rejoin(&self) {
+        let Ok(mut joined) = self.joined.lock() else {
+            return;
+        };
+        for (name, ip) in interfaces() {
+            if joined.contains(&ip) {
+                continue;
+            }
+            match socket2::SockRef::from(&self.socket).join_multicast_v4(&self.group, &ip) {
+                Ok(()) => {
+                    debug!("listening for schedulers on {name} ({ip})");
+                    joined.insert(ip);
+                }
+                Err(err) => debug!("cannot join {} on {name} ({ip}): {err}", self.group),
             }
         }
-        if joined == 0 {
-            socket.join_multicast_v4(group.ip(), &Ipv4Addr::UNSPECIFIED)?;
-        }
-        let socket = UdpSocket::from_std(socket.into())?;
-        Ok(Self {
-            socket,
-            describe: format!("{group} on {}", describe_interfaces(&list)),
-        })
     }
 
     /// The next Ladle announcement, as a holder of `token` reads it, with where it came from.
@@ -92,6 +107,8 @@ const MAX_SCHEDULERS: usize = 64;
 const MAX_LOGGED: usize = 256;
 /// A scheduler not heard for this long is forgotten.
 const FORGET: Duration = Duration::from_secs(60);
+/// How often a listener looks for interfaces that came up since it started.
+const REJOIN: Duration = Duration::from_secs(10);
 
 /// An announcement older than this no longer counts as a live scheduler.
 const FRESH: Duration = Duration::from_secs(5);
@@ -115,8 +132,16 @@ impl Watch {
                     info!("{line}");
                 }
             };
+            let mut interfaces = tokio::time::interval(REJOIN);
             loop {
-                let (heard, from) = match listener.recv(token.as_ref()).await {
+                let received = tokio::select! {
+                    received = listener.recv(token.as_ref()) => received,
+                    _ = interfaces.tick() => {
+                        listener.rejoin();
+                        continue;
+                    }
+                };
+                let (heard, from) = match received {
                     Ok(heard) => heard,
                     Err(err) => {
                         warn!("listening for schedulers failed: {err}");

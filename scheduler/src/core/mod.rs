@@ -238,11 +238,16 @@ impl Core {
                 // An agent that comes back has dropped whatever it held: place that again.
                 self.jobs
                     .requeue_from(&hello.agent_id, &mut self.membership);
-                if !hello.resources.gpus.is_empty() {
+                let has_gpus = !hello.resources.gpus.is_empty();
+                if has_gpus {
                     self.jobs.gpus_came();
                 }
                 self.membership.attach(now, conn, hello, out);
                 self.jobs.place(&mut self.membership, out);
+                if !has_gpus {
+                    // An agent that came back without its GPUs may have been the last.
+                    self.jobs.tell_no_gpu(&self.membership, out);
+                }
             }
             Event::Heartbeat { conn, load } => self.membership.heartbeat(now, conn, load),
             Event::AgentDetached { conn } => {
