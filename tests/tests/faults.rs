@@ -210,3 +210,26 @@ fn a_task_that_outlives_its_timeout_fails_and_frees_its_slot() {
         (busy == 0).then_some(())
     });
 }
+
+#[test]
+fn a_driver_gives_up_after_its_reconnect_timeout_and_its_futures_say_why() {
+    let mut scheduler = Scheduler::start(SchedulerOptions::default());
+    let a = agent(&scheduler, 0);
+    scheduler.wait_state(&a.id(), "alive", Duration::from_secs(20));
+    let mut command = scheduler.driver(&test_driver(), &["long_map"]);
+    command.env("LADLE_RECONNECT_TIMEOUT", "2s");
+    let mut driver = ladle_tests::Process::spawn(command, scheduler.dir().join("give-up.log"));
+    wait_for("the job to be running", Duration::from_secs(60), || {
+        (scheduler.status()["tasks"]["running"].as_u64().unwrap_or(0) > 0).then_some(())
+    });
+    // The scheduler dies for good: the driver retries for 2 s, then fails what is pending.
+    scheduler.process.kill9();
+    let status = driver.wait_exit(Duration::from_secs(60));
+    let output = driver.output();
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("reconnecting"), "{output}");
+    assert!(
+        output.contains("could not be reached for 2s"),
+        "the futures should fail saying why: {output}"
+    );
+}
