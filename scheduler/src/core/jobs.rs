@@ -734,7 +734,7 @@ impl Jobs {
                 let floor = -agent.prefetch();
                 // Refill only once half the prefetch is used, then fully: tasks then travel
                 // many to a message instead of one per finished task.
-                if free > floor / 2 {
+                if 2 * free > floor {
                     let no_gpu = agent.gpu_slots() == 0;
                     room.push((free > 0, no_gpu, free, Reverse(i), agent.id().clone()));
                     floors.insert(agent.id().clone(), floor);

@@ -1133,3 +1133,32 @@ fn an_agent_whose_tasks_had_all_started_is_not_asked_again() {
     });
     assert!(revokes(&sim.send(Event::Tick)).is_empty());
 }
+
+#[test]
+fn a_one_slot_agent_is_refilled_as_soon_as_its_prefetched_task_starts() {
+    let mut sim = Sim::new();
+    let mut one = hello("a");
+    one.resources.cpu_slots = 1;
+    sim.send(Event::AgentAttached {
+        conn: 1,
+        hello: one,
+    });
+    open(&mut sim, 10);
+    let placed = assignments(&submit(&mut sim, 10, 0..10));
+    assert_eq!(
+        placed.len(),
+        2,
+        "one running, one waiting there: {placed:?}"
+    );
+    // Its first result means the waiting one runs now: another goes to wait behind it, rather
+    // than the agent running dry before it is refilled.
+    let (conn, task_ref, attempt) = placed[0];
+    let cmds = sim.send(Event::AgentResults {
+        conn,
+        results: vec![AgentResult {
+            run_ns: 10_000_000,
+            ..ok(task_ref, attempt)
+        }],
+    });
+    assert_eq!(assignments(&cmds).len(), 1, "{cmds:?}");
+}
