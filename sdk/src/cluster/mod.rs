@@ -55,6 +55,16 @@ fn reconnect_timeout() -> Result<Duration, Error> {
     }
 }
 
+/// The cluster token from `LADLE_TOKEN` or `LADLE_TOKEN_FILE`, if either is set.
+fn token_from_env() -> Result<Option<Token>, Error> {
+    Ok(Token::resolve(
+        std::env::var("LADLE_TOKEN").ok().as_deref(),
+        std::env::var_os("LADLE_TOKEN_FILE")
+            .map(std::path::PathBuf::from)
+            .as_deref(),
+    )?)
+}
+
 /// Per-call options of `submit_with`, `map_with` and `map_reduce_with`.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -129,14 +139,10 @@ impl Cluster {
     /// The scheduler of cluster `LADLE_CLUSTER` (default "default") that announces itself on
     /// multicast on this network, waiting up to 10 s to hear it.
     pub async fn discover() -> Result<Self, Error> {
-        let setting = |key: &str, default: String| -> Result<String, Error> {
-            Ok(std::env::var(key).unwrap_or(default))
-        };
-        let ip = setting(
-            "LADLE_MULTICAST_GROUP",
-            discovery::DEFAULT_GROUP.to_string(),
-        )?;
-        let port = setting("LADLE_MULTICAST_PORT", discovery::DEFAULT_PORT.to_string())?;
+        let ip = std::env::var("LADLE_MULTICAST_GROUP")
+            .unwrap_or_else(|_| discovery::DEFAULT_GROUP.to_string());
+        let port = std::env::var("LADLE_MULTICAST_PORT")
+            .unwrap_or_else(|_| discovery::DEFAULT_PORT.to_string());
         let group = SocketAddrV4::new(
             ip.parse().map_err(|_| Error::Settings {
                 key: "LADLE_MULTICAST_GROUP".into(),
@@ -150,14 +156,12 @@ impl Cluster {
         let listener = discovery::Listener::bind(group)
             .map_err(|e| Error::Discovery(format!("cannot listen on {group}: {e}")))?;
         let cluster = std::env::var(CLUSTER_ENV).unwrap_or_else(|_| "default".into());
-        let token = Token::resolve(
-            std::env::var("LADLE_TOKEN").ok().as_deref(),
-            std::env::var_os("LADLE_TOKEN_FILE")
-                .map(std::path::PathBuf::from)
-                .as_deref(),
-        )?;
-        let watch =
-            discovery::Watch::start(listener, cluster, ladle_proto::PROTOCOL_VERSION, token);
+        let watch = discovery::Watch::start(
+            listener,
+            cluster,
+            ladle_proto::PROTOCOL_VERSION,
+            token_from_env()?,
+        );
         Self::located(Locator::Multicast {
             watch,
             wait: Duration::from_secs(10),
@@ -188,13 +192,7 @@ impl Cluster {
     /// The scheduler at `address` (`host:port` or `http://host:port`), presenting the token
     /// from `LADLE_TOKEN` or `LADLE_TOKEN_FILE` when set.
     pub async fn connect(address: &str) -> Result<Self, Error> {
-        let token = Token::resolve(
-            std::env::var("LADLE_TOKEN").ok().as_deref(),
-            std::env::var_os("LADLE_TOKEN_FILE")
-                .map(std::path::PathBuf::from)
-                .as_deref(),
-        )?;
-        Self::open(address, token, None).await
+        Self::open(address, token_from_env()?, None).await
     }
 
     /// An embedded scheduler and agent inside this process, whatever the environment says.
