@@ -18,23 +18,11 @@ pub struct Announcer {
     pub announcement: Announcement,
     /// The scheduler's gRPC port, for the addresses of interfaces that come and go.
     pub port: u16,
-    /// Whether the addresses follow the interfaces (the scheduler listens on all of them).
+    /// Whether the addresses follow the interfaces (the scheduler listens on all of them):
+    /// then each announcement lists every interface's address, as the interfaces are now.
     pub per_interface: bool,
     /// Signs the announcements, so that agents of this cluster believe them and no others.
     pub token: Option<crate::token::Token>,
-}
-
-/// The addresses to announce for a scheduler listening on `local`: each interface's when it
-/// listens on all of them, else the one it listens on.
-pub fn announced_addresses(local: SocketAddr) -> Vec<String> {
-    if local.ip().is_unspecified() {
-        interfaces()
-            .into_iter()
-            .map(|(_, ip)| format!("http://{ip}:{}", local.port()))
-            .collect()
-    } else {
-        vec![format!("http://{local}")]
-    }
 }
 
 impl Announcer {

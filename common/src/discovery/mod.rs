@@ -8,7 +8,7 @@ mod listener;
 mod locator;
 
 pub use announcement::{Announcement, Heard};
-pub use announcer::{Announcer, announced_addresses};
+pub use announcer::Announcer;
 pub use listener::{Listener, Watch};
 pub use locator::{Candidate, LocateError, Locator};
 

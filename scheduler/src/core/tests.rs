@@ -39,10 +39,11 @@ impl Sim {
     }
 
     fn join(&mut self, conn: ConnId, id: &str) -> Vec<Command> {
-        self.send(Event::AgentAttached {
-            conn,
-            hello: hello(id),
-        })
+        self.attach(conn, hello(id))
+    }
+
+    fn attach(&mut self, conn: ConnId, hello: AgentHello) -> Vec<Command> {
+        self.send(Event::AgentAttached { conn, hello })
     }
 
     fn state(&self, id: &str) -> AgentState {
@@ -143,7 +144,7 @@ fn a_protocol_mismatch_is_refused_naming_both_versions() {
     let mut sim = Sim::new();
     let mut h = hello("a");
     h.protocol_version = 2;
-    let cmds = sim.send(Event::AgentAttached { conn: 1, hello: h });
+    let cmds = sim.attach(1, h);
     let [Command::Refuse { reason, .. }] = cmds.as_slice() else {
         panic!("{cmds:?}")
     };
@@ -159,10 +160,7 @@ fn a_protocol_mismatch_is_refused_naming_both_versions() {
 fn malformed_hellos_are_refused() {
     let mut sim = Sim::new();
     for bad in ["", "has space", "../etc"] {
-        let cmds = sim.send(Event::AgentAttached {
-            conn: 1,
-            hello: hello(bad),
-        });
+        let cmds = sim.attach(1, hello(bad));
         assert!(
             matches!(
                 cmds.as_slice(),
@@ -176,7 +174,7 @@ fn malformed_hellos_are_refused() {
     }
     let mut h = hello("a");
     h.resources.cpu_slots = 0;
-    let cmds = sim.send(Event::AgentAttached { conn: 1, hello: h });
+    let cmds = sim.attach(1, h);
     assert!(matches!(cmds.as_slice(), [Command::Refuse { .. }]));
     assert_eq!(sim.core.agents().count(), 0);
 }
@@ -853,10 +851,7 @@ fn notices(cmds: &[Command]) -> Vec<String> {
 #[test]
 fn gpu_tasks_take_only_free_gpu_slots_and_cpu_tasks_go_to_agents_without_gpus_first() {
     let mut sim = Sim::new();
-    sim.send(Event::AgentAttached {
-        conn: 1,
-        hello: gpu_hello("g", 2, 4),
-    });
+    sim.attach(1, gpu_hello("g", 2, 4));
     sim.join(2, "c");
     open(&mut sim, 10);
     let cmds = submit_gpu(&mut sim, 10, 0..5, GpuUse::Required);
@@ -888,10 +883,7 @@ fn gpu_tasks_take_only_free_gpu_slots_and_cpu_tasks_go_to_agents_without_gpus_fi
 #[test]
 fn cpu_tasks_fill_the_gpu_agents_cpu_slots_only_when_the_others_are_full() {
     let mut sim = Sim::new();
-    sim.send(Event::AgentAttached {
-        conn: 1,
-        hello: gpu_hello("g", 1, 4),
-    });
+    sim.attach(1, gpu_hello("g", 1, 4));
     sim.join(2, "c");
     open(&mut sim, 10);
     let placed = gpu_assignments(&submit_gpu(&mut sim, 10, 0..6, GpuUse::None));
@@ -916,10 +908,7 @@ fn gpu_tasks_wait_for_a_gpu_agent_and_the_driver_is_told_once() {
     assert!(told[0].contains("3 GPU task"), "{told:?}");
     assert!(notices(&submit_gpu(&mut sim, 10, 3..4, GpuUse::Required)).is_empty());
 
-    let cmds = sim.send(Event::AgentAttached {
-        conn: 3,
-        hello: gpu_hello("g", 2, 0),
-    });
+    let cmds = sim.attach(3, gpu_hello("g", 2, 0));
     let placed = gpu_assignments(&cmds);
     assert_eq!(placed.len(), 2, "{cmds:?}");
     assert!(placed.iter().all(|p| p.0 == 3 && p.3));
@@ -928,10 +917,7 @@ fn gpu_tasks_wait_for_a_gpu_agent_and_the_driver_is_told_once() {
 #[test]
 fn a_lost_gpu_agents_tasks_wait_and_run_on_the_next_gpu_agent() {
     let mut sim = Sim::new();
-    sim.send(Event::AgentAttached {
-        conn: 1,
-        hello: gpu_hello("g1", 2, 0),
-    });
+    sim.attach(1, gpu_hello("g1", 2, 0));
     sim.join(2, "c");
     open(&mut sim, 10);
     let first = gpu_assignments(&submit_gpu(&mut sim, 10, 0..4, GpuUse::Required));
@@ -944,10 +930,7 @@ fn a_lost_gpu_agents_tasks_wait_and_run_on_the_next_gpu_agent() {
     assert_eq!(notices(&cmds).len(), 1, "{cmds:?}");
     assert_eq!(sim.core.task_counts().gpu_queued, 4);
 
-    let cmds = sim.send(Event::AgentAttached {
-        conn: 3,
-        hello: gpu_hello("g2", 2, 0),
-    });
+    let cmds = sim.attach(3, gpu_hello("g2", 2, 0));
     let again = gpu_assignments(&cmds);
     assert_eq!(again.len(), 2);
     // The tasks that were running go first, under a new attempt.
@@ -961,10 +944,7 @@ fn a_lost_gpu_agents_tasks_wait_and_run_on_the_next_gpu_agent() {
 #[test]
 fn gpu_preferring_tasks_take_free_gpus_then_run_on_cpus() {
     let mut sim = Sim::new();
-    sim.send(Event::AgentAttached {
-        conn: 1,
-        hello: gpu_hello("g", 1, 0),
-    });
+    sim.attach(1, gpu_hello("g", 1, 0));
     sim.join(2, "c");
     open(&mut sim, 10);
     let placed = gpu_assignments(&submit_gpu(&mut sim, 10, 0..6, GpuUse::Preferred));
@@ -991,10 +971,7 @@ fn gpu_preferring_tasks_take_free_gpus_then_run_on_cpus() {
 #[test]
 fn gpu_results_say_they_ran_on_a_gpu() {
     let mut sim = Sim::new();
-    sim.send(Event::AgentAttached {
-        conn: 1,
-        hello: gpu_hello("g", 1, 1),
-    });
+    sim.attach(1, gpu_hello("g", 1, 1));
     open(&mut sim, 10);
     let placed = gpu_assignments(&submit_gpu(&mut sim, 10, 0..2, GpuUse::Preferred));
     assert_eq!(placed.len(), 2, "{placed:?}");
@@ -1139,10 +1116,7 @@ fn a_one_slot_agent_is_refilled_as_soon_as_its_prefetched_task_starts() {
     let mut sim = Sim::new();
     let mut one = hello("a");
     one.resources.cpu_slots = 1;
-    sim.send(Event::AgentAttached {
-        conn: 1,
-        hello: one,
-    });
+    sim.attach(1, one);
     open(&mut sim, 10);
     let placed = assignments(&submit(&mut sim, 10, 0..10));
     assert_eq!(

@@ -18,7 +18,7 @@ use std::{
 };
 
 use ladle_common::{
-    discovery::{Announcement, Announcer, announced_addresses},
+    discovery::{Announcement, Announcer},
     token::Token,
 };
 use ladle_proto::v1::{
@@ -239,7 +239,9 @@ fn announcer(
     let per_interface = settings.advertise.is_none() && local.ip().is_unspecified();
     let addresses = match &settings.advertise {
         Some(advertise) => vec![format!("http://{advertise}")],
-        None => announced_addresses(local),
+        // Filled in by the announcer from the interfaces of the moment.
+        None if per_interface => Vec::new(),
+        None => vec![format!("http://{local}")],
     };
     Some(Announcer {
         group: SocketAddrV4::new(settings.multicast_group, settings.multicast_port),
