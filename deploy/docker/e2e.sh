@@ -79,7 +79,10 @@ log=$(mktemp)
 "$driver" exactly_once 6000 >"$log" 2>&1 &
 driver_pid=$!
 wait_for "the job running" 60 running
-victim=$(compose ps -q agent | head -1)
+# Read whole lists, never through `head`: under pipefail a writer cut short by SIGPIPE fails
+# the script.
+mapfile -t agents < <(compose ps -q agent)
+victim="${agents[0]}"
 docker kill "$victim" >/dev/null
 echo "e2e: killed agent container ${victim:0:12} mid-job"
 if ! wait "$driver_pid"; then
@@ -96,7 +99,7 @@ sys.exit(0 if ok else 1)
 PY
 
 network="${project}_ladle"
-second=$(compose ps -q agent | grep -v "^$victim" | head -1)
+second="${agents[1]}"
 host=$(docker inspect --format '{{.Config.Hostname}}' "$second")
 docker network disconnect "$network" "$second"
 wait_for "agent $host listed lost after its network was cut" 60 agents_in lost "$host"
