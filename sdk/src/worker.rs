@@ -5,7 +5,7 @@ use std::{
     io::{self, BufReader, BufWriter, Write},
     os::unix::net::UnixStream,
     sync::mpsc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use ladle_common::worker_protocol::{
@@ -99,6 +99,9 @@ fn serve_inline(stream: UnixStream, count: u32) -> io::Result<()> {
     )?;
     out.flush()?;
     let mut input = BufReader::with_capacity(1 << 16, stream);
+    // When the oldest result not yet sent was written.
+    let mut held_since: Option<Instant> = None;
+    let mut last_run = Duration::ZERO;
     while let Some(message) = wp::read_frame::<ToWorker>(&mut input)? {
         match message {
             ToWorker::Shared { sha256, data } => shared::receive(sha256, data),
@@ -113,20 +116,30 @@ fn serve_inline(stream: UnixStream, count: u32) -> io::Result<()> {
                     wp::write_frame(&mut out, &FromWorker::Started { task })?;
                     out.flush()?;
                 }
+                let started = Instant::now();
                 wp::write_frame(
                     &mut out,
                     &run_task(task, &function, reducer.as_deref(), &payload),
                 )?;
+                last_run = started.elapsed();
+                held_since.get_or_insert_with(Instant::now);
             }
         }
-        // Results wait only while another whole task is already here to run: under load they
-        // travel in batches, and a lone task's result leaves at once.
-        if !frame_ready(input.buffer()) {
+        // Results wait only while another whole task is already here to run, and only if that
+        // task (judged by the last one) keeps them less than RESULT_HOLD: tiny tasks' results
+        // travel in batches, a lone task's result leaves at once, and a long task's result is
+        // not kept back for the length of the next (the agent refills this worker from them).
+        let hold_until_next = held_since.map_or(Duration::ZERO, |since| since.elapsed()) + last_run;
+        if !frame_ready(input.buffer()) || hold_until_next >= RESULT_HOLD {
             out.flush()?;
+            held_since = None;
         }
     }
     out.flush()
 }
+
+/// The longest a finished task's result waits in the worker for others to travel with it.
+const RESULT_HOLD: Duration = Duration::from_micros(200);
 
 /// Whether `buffer` holds at least one whole frame.
 fn frame_ready(buffer: &[u8]) -> bool {

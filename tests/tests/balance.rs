@@ -62,3 +62,19 @@ fn two_drivers_at_once_both_complete_interleaved_rather_than_one_after_the_other
         show(&y)
     );
 }
+
+#[test]
+fn a_finished_result_leaves_while_the_next_task_runs_on_the_slot() {
+    let scheduler = Scheduler::start(SchedulerOptions::default());
+    let _only = agent(&scheduler, "only");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("first-result-seen");
+    let path = path.display().to_string();
+    let found = last_json(&scheduler.run_driver(&test_driver(), &["handoff", &path]));
+    assert_eq!(
+        found["second_saw_the_file"],
+        true,
+        "the first task's result was held back until the second ended: {}",
+        show(&found)
+    );
+}

@@ -153,6 +153,19 @@ fn ten_ms(_: u64) -> u128 {
     now_ms()
 }
 
+/// Waits (up to 20 s) for a file that the driver writes only once it has another task's result.
+#[ladle::task]
+fn wait_for_file(path: String) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if std::path::Path::new(&path).exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
 fn out(value: serde_json::Value) {
     println!("{value}");
 }
@@ -333,6 +346,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .err()
                 .map(|e| json!({ "kind": format!("{:?}", e.kind), "text": e.to_string() }));
             out(json!({ "slow": error, "quick": quick }));
+        }
+        "handoff" => {
+            // Two tasks on one slot: the second can end only once the first one's result has
+            // reached the driver, so that result must not wait for the task behind it.
+            let path = std::env::args().nth(2).ok_or("handoff needs a path")?;
+            let first = cluster.submit(nap, 5)?;
+            let second = cluster.submit(wait_for_file, path.clone())?;
+            first.await?;
+            std::fs::write(&path, "seen")?;
+            out(json!({ "second_saw_the_file": second.await? }));
         }
         "uneven" => {
             let agents = cluster.map(uneven, 0..600u64).await?;
