@@ -114,21 +114,48 @@ impl<R: Send + 'static> IntoFuture for MapStream<R> {
     type Output = Result<Vec<R>, TaskError>;
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
 
-    fn into_future(mut self) -> Self::IntoFuture {
+    /// The results are gathered on the runtime, where they arrive: the caller (often `main`,
+    /// on a thread of its own) then wakes once for the whole map instead of once per result.
+    fn into_future(self) -> Self::IntoFuture {
+        let collecting = AbortOnDrop(tokio::spawn(collect(self)));
         Box::pin(async move {
-            use futures::StreamExt;
-            let mut out = Vec::with_capacity(self.total);
-            while let Some(item) = self.next().await {
-                match item {
-                    Ok(value) => out.push(value),
-                    Err(err) => {
-                        self.cancel();
-                        return Err(err);
-                    }
-                }
+            let mut collecting = collecting;
+            match (&mut collecting.0).await {
+                Ok(results) => results,
+                Err(err) => Err(TaskError {
+                    kind: ErrorKind::Cancelled,
+                    task: String::new(),
+                    message: format!("the map stopped before its results were in: {err}"),
+                    agent: String::new(),
+                    attempt: 0,
+                }),
             }
-            Ok(out)
         })
+    }
+}
+
+async fn collect<R>(mut stream: MapStream<R>) -> Result<Vec<R>, TaskError> {
+    use futures::StreamExt;
+    let mut out = Vec::with_capacity(stream.total);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(value) => out.push(value),
+            Err(err) => {
+                stream.cancel();
+                return Err(err);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A caller that stops waiting stops the gathering too, which drops the stream and so
+/// cancels the rest of the map.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -179,12 +179,14 @@ fn cancelling_a_long_map_leaves_the_agents_idle() {
             .unwrap_or_default(),
     );
     assert_eq!(found["first_ok"], true);
+    assert_eq!(found["abandoned"], true, "{}", show(&found));
     assert!(
         found["cancelled"].as_u64().unwrap_or(0) > 4000,
         "{}",
         show(&found)
     );
-    // The driver is still connected: only the cancel can have freed the slots.
+    // The driver is still connected: only the cancel, and the abandoned map's, can have freed
+    // the slots.
     wait_for("the agents to go idle", Duration::from_secs(10), || {
         (busy_slots(&scheduler) == 0).then_some(())
     });

@@ -230,7 +230,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     cancelled += 1;
                 }
             }
-            out(json!({ "first_ok": matches!(first, Some(Ok(_))), "cancelled": cancelled }));
+            // A collected map whose caller stops waiting is cancelled as well.
+            let abandoned = tokio::time::timeout(
+                Duration::from_secs(1),
+                cluster.map(nap, std::iter::repeat_n(200u64, 5000)),
+            )
+            .await;
+            out(json!({
+                "first_ok": matches!(first, Some(Ok(_))),
+                "cancelled": cancelled,
+                "abandoned": abandoned.is_err(),
+            }));
             // Stay connected so that only the cancel can have freed the slots.
             println!("{}", json!({ "waiting": true }));
             tokio::time::sleep(Duration::from_secs(600)).await;
