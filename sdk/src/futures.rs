@@ -3,8 +3,9 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures::{Stream, stream::FuturesUnordered};
@@ -13,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     cluster::session::{RawResult, Request},
+    lone_wait::LoneWait,
     registry::ItemResult,
     task::{ErrorKind, TaskError},
 };
@@ -25,6 +27,10 @@ pub struct TaskFuture<R> {
     rx: Option<oneshot::Receiver<RawResult>>,
     done: Option<Result<R, TaskError>>,
     requests: mpsc::UnboundedSender<Request>,
+    lone_wait: Arc<LoneWait>,
+    submitted: Instant,
+    /// It was awaited while alone in flight: its round trip is one the spin learns from.
+    awaited_alone: bool,
 }
 
 impl<R: DeserializeOwned> TaskFuture<R> {
@@ -33,6 +39,7 @@ impl<R: DeserializeOwned> TaskFuture<R> {
         task: &'static str,
         rx: oneshot::Receiver<RawResult>,
         requests: mpsc::UnboundedSender<Request>,
+        lone_wait: Arc<LoneWait>,
     ) -> Self {
         Self {
             id,
@@ -40,6 +47,9 @@ impl<R: DeserializeOwned> TaskFuture<R> {
             rx: Some(rx),
             done: None,
             requests,
+            lone_wait,
+            submitted: Instant::now(),
+            awaited_alone: false,
         }
     }
 
@@ -96,12 +106,27 @@ impl<R: DeserializeOwned> Future for TaskFuture<R> {
         // TaskFuture holds no self-references: it is Unpin.
         let this = self.get_mut();
         match this.poll_ready(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(()) => Poll::Ready(
-                this.done
-                    .take()
-                    .unwrap_or_else(|| Err(disconnected(this.task))),
-            ),
+            Poll::Pending => {
+                if this.lone_wait.alone() {
+                    this.awaited_alone = true;
+                    if this.lone_wait.spin(this.submitted) {
+                        // Polled again as soon as the runtime has looked at its sockets (at once
+                        // on a thread outside the runtime): see `lone_wait`.
+                        let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
+                    }
+                }
+                Poll::Pending
+            }
+            Poll::Ready(()) => {
+                if this.awaited_alone {
+                    this.lone_wait.finished(this.submitted.elapsed());
+                }
+                Poll::Ready(
+                    this.done
+                        .take()
+                        .unwrap_or_else(|| Err(disconnected(this.task))),
+                )
+            }
         }
     }
 }

@@ -28,6 +28,7 @@ mod cluster;
 mod error;
 mod futures;
 pub mod gpu;
+mod lone_wait;
 mod map;
 mod registry;
 mod shared;

@@ -29,6 +29,7 @@ use crate::{
     error::Error,
     futures::TaskFuture,
     gpu::GpuUse,
+    lone_wait::LoneWait,
     map::{self, AsCompleted, MapStream},
     shared::{self, Shared},
     task::{ErrorKind, Reducer, Task, TaskError},
@@ -114,6 +115,7 @@ struct Inner {
     address: String,
     token: Option<Token>,
     channel: tonic::transport::Channel,
+    lone_wait: Arc<LoneWait>,
     // Dropped last: the embedded scheduler and agent stop when the handle goes.
     _embedded: Option<embedded::Embedded>,
 }
@@ -243,6 +245,7 @@ impl Cluster {
                 address: address.to_owned(),
                 token,
                 channel,
+                lone_wait: Arc::new(LoneWait::from_env()),
                 _embedded: embedded,
             }),
         })
@@ -302,6 +305,7 @@ impl Cluster {
             T::NAME,
             rx,
             self.inner.requests.clone(),
+            self.inner.lone_wait.clone(),
         ))
     }
 
@@ -469,6 +473,11 @@ impl Cluster {
             }
             .into(),
         };
+        let in_flight = self.inner.lone_wait.started();
+        let route: Route = Box::new(move |raw| {
+            drop(in_flight);
+            route(raw)
+        });
         self.inner
             .requests
             .send(Request::Submit(vec![(spec, route)]))
