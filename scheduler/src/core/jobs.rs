@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use super::{
     AgentId, AgentResult, Assigned, Capacity, Command, ConnId, DriverResult, FailureKind, GpuUse,
     Job, JobView, Outcome, SelectError, SessionOpen, TaskRef, TaskSpec, membership::Membership,
+    task_map::TaskMap,
 };
 
 /// The kinds of slot a task can take.
@@ -96,7 +97,7 @@ pub(super) struct Jobs {
     sessions: HashMap<u64, Session>,
     by_conn: HashMap<ConnId, u64>,
     by_job_id: HashMap<Arc<str>, u64>,
-    tasks: HashMap<TaskRef, Task>,
+    tasks: TaskMap<Task>,
     /// Sessions with queued tasks that CPU slots (and GPU slots) can take, served in turn so
     /// that jobs share the cluster.
     ready: [VecDeque<u64>; 2],
@@ -115,7 +116,7 @@ impl Jobs {
             sessions: HashMap::default(),
             by_conn: HashMap::default(),
             by_job_id: HashMap::default(),
-            tasks: HashMap::default(),
+            tasks: TaskMap::default(),
             ready: [VecDeque::new(), VecDeque::new()],
             next_session: 1,
             next_ref: 1,
@@ -972,11 +973,7 @@ fn list(ready: &mut [VecDeque<u64>; 2], no: u64, session: &mut Session, gpu: Gpu
 /// The session's next queued task for a slot of kind `slot`: for a CPU slot the first by
 /// priority and age of the CPU and GPU-preferring tasks; for a GPU slot a GPU-requiring task
 /// before a preferring one.
-fn pop_queued(
-    tasks: &HashMap<TaskRef, Task>,
-    session: &mut Session,
-    slot: usize,
-) -> Option<TaskRef> {
+fn pop_queued(tasks: &TaskMap<Task>, session: &mut Session, slot: usize) -> Option<TaskRef> {
     loop {
         let lanes = LANES_FOR_SLOT[slot];
         let pick = if slot == CPU {

@@ -6,6 +6,7 @@
 
 mod jobs;
 mod membership;
+mod task_map;
 mod types;
 
 pub use jobs::TaskCounts;
