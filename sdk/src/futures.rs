@@ -118,7 +118,7 @@ impl<R: DeserializeOwned> Future for TaskFuture<R> {
                 Poll::Pending
             }
             Poll::Ready(()) => {
-                if this.awaited_alone {
+                if std::mem::take(&mut this.awaited_alone) {
                     this.lone_wait.finished(this.submitted.elapsed());
                 }
                 Poll::Ready(

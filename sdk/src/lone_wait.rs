@@ -3,7 +3,8 @@
 //! virtual machine's, typically) each such wake-up costs tens of microseconds: for a short
 //! task awaited on its own, that is most of the round trip. Busy-polling is kept to that case:
 //! one task in flight in the whole session, for at most `LADLE_SPIN_US` (default 500 µs,
-//! `0` never), and not at all once lone tasks have been seen to take longer than that.
+//! `0` never) after it was submitted, and not at all while lone tasks have lately taken more
+//! than four times that.
 
 use std::{
     sync::{

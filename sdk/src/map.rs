@@ -48,6 +48,8 @@ pub struct MapStream<R> {
     next: usize,
     total: usize,
     cancel: MapCancel,
+    /// The runtime the map runs on, where `.await` gathers its results.
+    runtime: tokio::runtime::Handle,
 }
 
 impl<R> MapStream<R> {
@@ -117,11 +119,13 @@ impl<R: Send + 'static> IntoFuture for MapStream<R> {
     /// The results are gathered on the runtime, where they arrive: the caller (often `main`,
     /// on a thread of its own) then wakes once for the whole map instead of once per result.
     fn into_future(self) -> Self::IntoFuture {
-        let collecting = AbortOnDrop(tokio::spawn(collect(self)));
+        let runtime = self.runtime.clone();
+        let collecting = AbortOnDrop(runtime.spawn(collect(self)));
         Box::pin(async move {
             let mut collecting = collecting;
             match (&mut collecting.0).await {
                 Ok(results) => results,
+                Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
                 Err(err) => Err(TaskError {
                     kind: ErrorKind::Cancelled,
                     task: String::new(),
@@ -223,6 +227,8 @@ pub(crate) fn map<T: Task>(
         next: 0,
         total,
         cancel,
+        // `start` spawned the map's task: a runtime is current.
+        runtime: tokio::runtime::Handle::current(),
     }
 }
 
