@@ -99,10 +99,11 @@ fn serve_inline(stream: UnixStream, count: u32) -> io::Result<()> {
     )?;
     out.flush()?;
     let mut input = BufReader::with_capacity(1 << 16, stream);
-    // When the oldest result not yet sent was written.
+    // When the oldest result not yet sent was written; the last task run, and how long it took.
     let mut held_since: Option<Instant> = None;
-    let mut last_run = Duration::ZERO;
-    while let Some(message) = wp::read_frame::<ToWorker>(&mut input)? {
+    let mut last: Option<(String, Duration)> = None;
+    let mut next = wp::read_frame::<ToWorker>(&mut input)?;
+    while let Some(message) = next.take() {
         match message {
             ToWorker::Shared { sha256, data } => shared::receive(sha256, data),
             ToWorker::Run {
@@ -121,25 +122,52 @@ fn serve_inline(stream: UnixStream, count: u32) -> io::Result<()> {
                     &mut out,
                     &run_task(task, &function, reducer.as_deref(), &payload),
                 )?;
-                last_run = started.elapsed();
+                last = Some((function, started.elapsed()));
                 held_since.get_or_insert_with(Instant::now);
             }
         }
-        // Results wait only while another whole task is already here to run, and only if that
-        // task (judged by the last one) keeps them less than RESULT_HOLD: tiny tasks' results
-        // travel in batches, a lone task's result leaves at once, and a long task's result is
-        // not kept back for the length of the next (the agent refills this worker from them).
-        let hold_until_next = held_since.map_or(Duration::ZERO, |since| since.elapsed()) + last_run;
-        if !frame_ready(input.buffer()) || hold_until_next >= RESULT_HOLD {
+        // The next task, if it is already here whole.
+        let ahead = if frame_ready(input.buffer()) {
+            wp::read_frame::<ToWorker>(&mut input)?
+        } else {
+            None
+        };
+        if !worth_holding(held_since, last.as_ref(), ahead.as_ref()) {
             out.flush()?;
             held_since = None;
         }
+        next = match ahead {
+            Some(message) => Some(message),
+            None => wp::read_frame::<ToWorker>(&mut input)?,
+        };
     }
     out.flush()
 }
 
 /// The longest a finished task's result waits in the worker for others to travel with it.
 const RESULT_HOLD: Duration = Duration::from_micros(200);
+
+/// Whether results may wait for the task `ahead` to run, to travel with its result: only when it
+/// is the same function as the last task, which ran short enough that, judged by it, the oldest
+/// result waits less than [`RESULT_HOLD`]. Tiny tasks' results then travel in batches; a lone
+/// task's result leaves at once; and a result is not kept back for the length of a long task
+/// behind it (the agent refills this worker from its results), nor of a different task whose
+/// length the last one says nothing about.
+fn worth_holding(
+    held_since: Option<Instant>,
+    last: Option<&(String, Duration)>,
+    ahead: Option<&ToWorker>,
+) -> bool {
+    let (Some(since), Some((last_function, last_run))) = (held_since, last) else {
+        return false;
+    };
+    match ahead {
+        Some(ToWorker::Run { function, .. }) if function == last_function => {
+            since.elapsed() + *last_run < RESULT_HOLD
+        }
+        _ => false,
+    }
+}
 
 /// Whether `buffer` holds at least one whole frame.
 fn frame_ready(buffer: &[u8]) -> bool {

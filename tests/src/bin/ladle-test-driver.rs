@@ -359,9 +359,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         "handoff" => {
             // Two tasks on one slot: the second can end only once the first one's result has
-            // reached the driver, so that result must not wait for the task behind it.
+            // reached the driver, so that result must not wait for the task behind it (even
+            // though the first is tiny: the second is another task, of unknown length).
             let path = std::env::args().nth(2).ok_or("handoff needs a path")?;
-            let first = cluster.submit(nap, 5)?;
+            let first = cluster.submit(nap, 0)?;
             let second = cluster.submit(wait_for_file, path.clone())?;
             first.await?;
             std::fs::write(&path, "seen")?;
