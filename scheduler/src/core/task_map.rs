@@ -48,7 +48,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn task_numbers_stay_together_in_runs_and_runs_never_collide() {
+    fn task_numbers_stay_together_in_runs_and_are_placed_apart_within_a_table() {
         let hash = |n: u64| BuildHasherDefault::<InRuns>::default().hash_one(n);
         // Within a run, neighbours are placed next to each other, with different tags.
         let mask = (1u64 << 21) - 1;
