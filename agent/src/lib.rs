@@ -2,6 +2,7 @@
 //! restarts of either side, and (with the SDK's issue) runs tasks in worker processes.
 
 pub mod blobs;
+pub mod cpu_policy;
 pub mod daemon;
 pub mod executor;
 pub mod gpu;

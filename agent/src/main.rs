@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
-use ladle_agent::{daemon, settings::AgentSettings};
+use ladle_agent::{cpu_policy, daemon, settings::AgentSettings};
 use ladle_common::settings::{self, SettingsError, Sources};
 
 #[derive(Parser)]
@@ -74,6 +74,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if settings.yield_to_tasks
+        && let Err(err) = cpu_policy::yield_to_tasks()
+    {
+        tracing::warn!("cannot run under SCHED_BATCH (yield_to_tasks): {err}");
     }
     let runtime = match runtime() {
         Ok(rt) => rt,

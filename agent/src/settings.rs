@@ -46,6 +46,10 @@ pub struct AgentSettings {
     /// Declares this many GPU slots (ordinals 0..n) instead of asking the CUDA driver: for
     /// devices the driver cannot see, and for tests.
     pub gpu_slots: Option<u32>,
+    /// Run the agent under `SCHED_BATCH`, so that it never preempts a task at the moment the task
+    /// hands over its result (its workers keep the normal policy). Off: the agent preempts like
+    /// any process.
+    pub yield_to_tasks: bool,
 }
 
 /// Which of the machine's CUDA devices the agent offers.
@@ -130,6 +134,7 @@ impl Default for AgentSettings {
             cache_max_bytes: 4 << 30,
             gpus: GpuSelection::All,
             gpu_slots: None,
+            yield_to_tasks: true,
         }
     }
 }

@@ -45,6 +45,41 @@ fn spin10ms(i: u64) -> u64 {
     i
 }
 
+/// W4's task: spins for 10 ms like [`spin10ms`], and says which process ran it and when (µs of
+/// the wall clock), so that the pauses between one slot's tasks can be measured.
+#[ladle::task]
+fn spin10ms_timed(_: u64) -> (u32, u64, u64) {
+    let started = wall_us();
+    spin10ms::call(0);
+    (std::process::id(), started, wall_us())
+}
+
+fn wall_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// The pauses, in µs, between the end of a task and the start of the next in the same worker
+/// (each worker of W4's cluster has one slot).
+fn boundary_gaps(spans: &[(u32, u64, u64)]) -> Vec<f64> {
+    let mut by_worker: std::collections::HashMap<u32, Vec<(u64, u64)>> = Default::default();
+    for &(pid, start, end) in spans {
+        by_worker.entry(pid).or_default().push((start, end));
+    }
+    let mut gaps = Vec::new();
+    for spans in by_worker.values_mut() {
+        spans.sort_unstable();
+        gaps.extend(
+            spans
+                .windows(2)
+                .map(|w| w[1].0.saturating_sub(w[0].1) as f64),
+        );
+    }
+    gaps.sort_by(f64::total_cmp);
+    gaps
+}
+
 /// Sleeps 10 ms (W7: four slots on this 2-core machine could not all spin at once).
 #[ladle::task]
 fn sleep10ms(i: u64) -> u64 {
@@ -215,19 +250,24 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     if run("W4") {
-        let mut walls = Vec::new();
+        let (mut walls, mut gaps) = (Vec::new(), Vec::new());
         for _ in 0..reps {
             let t = Instant::now();
-            let results = cluster.map(spin10ms, 0..200u64).await?;
+            let results = cluster.map(spin10ms_timed, 0..200u64).await?;
             anyhow::ensure!(results.len() == 200, "W4: wrong count");
             walls.push(t.elapsed().as_secs_f64());
+            let boundaries = boundary_gaps(&results);
+            if !boundaries.is_empty() {
+                gaps.push(percentile(&boundaries, 0.5));
+            }
         }
         let s = summary(&mut walls);
         let wall = s["median"].as_f64().unwrap_or(f64::NAN);
+        let g = summary(&mut gaps);
         emit(
             "W4",
             json!({ "tasks": 200, "task_ms": 10, "slots": 2 }),
-            json!({ "wall_s": wall, "efficiency": ideal_w4_s() / wall, "spread": s }),
+            json!({ "wall_s": wall, "efficiency": ideal_w4_s() / wall, "boundary_gap_us": g["median"], "spread": s }),
         );
     }
     drop(cluster);

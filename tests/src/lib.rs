@@ -420,6 +420,14 @@ impl Drop for Agent {
     }
 }
 
+/// The scheduling policy (a `SCHED_*` number: 0 normal, 3 batch) in a `/proc/.../stat` file.
+pub fn sched_policy(stat: &Path) -> Option<u32> {
+    let text = fs::read_to_string(stat).ok()?;
+    // Field 41; the command name (field 2) may hold spaces, so count from where it ends.
+    let rest = &text[text.rfind(')')? + 1..];
+    rest.split_whitespace().nth(38)?.parse().ok()
+}
+
 /// Prints a value on failure: handy in assertions over JSON rows.
 pub fn show(value: &impl Debug) -> String {
     format!("{value:#?}")

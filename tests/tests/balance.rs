@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ladle_tests::{Agent, Scheduler, SchedulerOptions, last_json, show, test_driver};
+use ladle_tests::{Agent, Scheduler, SchedulerOptions, last_json, sched_policy, show, test_driver};
 
 fn agent(scheduler: &Scheduler, name: &str) -> Agent {
     let agent = Agent::start(scheduler, None, &["--cpu-slots", "1", "--hostname", name]);
@@ -76,5 +76,26 @@ fn a_finished_result_leaves_while_the_next_task_runs_on_the_slot() {
         true,
         "the first task's result was held back until the second ended: {}",
         show(&found)
+    );
+}
+
+#[test]
+fn the_agent_gives_way_to_its_tasks_and_its_workers_keep_the_normal_policy() {
+    const NORMAL: u32 = 0;
+    const BATCH: u32 = 3;
+    let scheduler = Scheduler::start(SchedulerOptions::default());
+    let agent = agent(&scheduler, "only");
+    let found = last_json(&scheduler.run_driver(&test_driver(), &["policy"]));
+    assert_eq!(found["worker"], NORMAL, "{}", show(&found));
+    // Every thread of the agent, those it started after it set its policy included.
+    let threads = std::fs::read_dir(format!("/proc/{}/task", agent.process.pid()))
+        .expect("the agent's threads")
+        .filter_map(Result::ok)
+        .map(|thread| sched_policy(&thread.path().join("stat")))
+        .collect::<Vec<_>>();
+    assert!(!threads.is_empty());
+    assert!(
+        threads.iter().all(|&p| p == Some(BATCH)),
+        "the agent's threads' policies: {threads:?}"
     );
 }

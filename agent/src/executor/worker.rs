@@ -351,6 +351,16 @@ async fn start(
             .env(wp::THREADS_ENV, ctx.threads.to_string())
             .env_remove(wp::GPU_ENV),
     };
+    if crate::cpu_policy::yielding() {
+        // SAFETY: between fork and exec the child makes one async-signal-safe system call; its
+        // failure only leaves the worker under the agent's policy.
+        unsafe {
+            command.pre_exec(|| {
+                let _ = crate::cpu_policy::restore_normal();
+                Ok(())
+            });
+        }
+    }
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

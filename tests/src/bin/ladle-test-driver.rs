@@ -166,6 +166,12 @@ fn wait_for_file(path: String) -> bool {
     false
 }
 
+/// The scheduling policy of the thread that runs the task.
+#[ladle::task]
+fn policy(_: u64) -> Option<u32> {
+    ladle_tests::sched_policy(std::path::Path::new("/proc/thread-self/stat"))
+}
+
 fn out(value: serde_json::Value) {
     println!("{value}");
 }
@@ -367,6 +373,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             first.await?;
             std::fs::write(&path, "seen")?;
             out(json!({ "second_saw_the_file": second.await? }));
+        }
+        "policy" => {
+            let worker = cluster.submit(policy, 0)?.await?;
+            out(json!({ "worker": worker }));
         }
         "uneven" => {
             let agents = cluster.map(uneven, 0..600u64).await?;
