@@ -110,6 +110,9 @@ impl<R: DeserializeOwned> Future for TaskFuture<R> {
                 if this.lone_wait.alone() {
                     this.awaited_alone = true;
                     if this.lone_wait.spin(this.submitted) {
+                        // Whatever this submission woke may be queued on this very CPU, and
+                        // Linux lets a thread early in its time slice run on: let it go first.
+                        std::thread::yield_now();
                         // Polled again as soon as the runtime has looked at its sockets (at once
                         // on a thread outside the runtime): see `lone_wait`.
                         let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);

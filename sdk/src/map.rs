@@ -50,6 +50,8 @@ pub struct MapStream<R> {
     cancel: MapCancel,
     /// The runtime the map runs on, where `.await` gathers its results.
     runtime: tokio::runtime::Handle,
+    /// The task's name, for the error of a map stopped before it finished.
+    task: &'static str,
 }
 
 impl<R> MapStream<R> {
@@ -119,7 +121,7 @@ impl<R: Send + 'static> IntoFuture for MapStream<R> {
     /// The results are gathered on the runtime, where they arrive: the caller (often `main`,
     /// on a thread of its own) then wakes once for the whole map instead of once per result.
     fn into_future(self) -> Self::IntoFuture {
-        let runtime = self.runtime.clone();
+        let (runtime, task) = (self.runtime.clone(), self.task);
         let collecting = AbortOnDrop(runtime.spawn(collect(self)));
         Box::pin(async move {
             let mut collecting = collecting;
@@ -128,7 +130,7 @@ impl<R: Send + 'static> IntoFuture for MapStream<R> {
                 Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
                 Err(err) => Err(TaskError {
                     kind: ErrorKind::Cancelled,
-                    task: String::new(),
+                    task: task.to_owned(),
                     message: format!("the map stopped before its results were in: {err}"),
                     agent: String::new(),
                     attempt: 0,
@@ -229,6 +231,7 @@ pub(crate) fn map<T: Task>(
         cancel,
         // `start` spawned the map's task: a runtime is current.
         runtime: tokio::runtime::Handle::current(),
+        task: T::NAME,
     }
 }
 
