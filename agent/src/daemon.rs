@@ -50,6 +50,9 @@ pub enum AgentError {
 
 /// In the state directory while the agent is joined: the scheduler's address.
 pub const HEALTH_FILE: &str = "joined";
+/// In the state directory while an operator has the agent drained: a restarted scheduler, or
+/// a restarted agent, keeps it drained until the operator undrains it.
+pub const DRAINED_FILE: &str = "drained";
 
 /// Whether the agent using `settings`' state directory is joined to a scheduler now (for
 /// container health checks): the address it is joined to, or why not.
@@ -92,6 +95,7 @@ pub async fn run(
         resources: Some(probe.resources(cpu_slots, gpus.clone())),
         labels: settings.labels.clone().into_iter().collect(),
         discovery: discovery.into(),
+        draining: state_dir.join(DRAINED_FILE).exists(),
     };
     info!(
         "ladle-agent {} starting as {} (state in {})",
@@ -121,6 +125,7 @@ pub async fn run(
         fixed_discovery: (discovery != "address").then(|| discovery.to_owned()),
         cache,
         health_file: state_dir.join(HEALTH_FILE),
+        drained_file: state_dir.join(DRAINED_FILE),
         token,
         hello,
         reconnect_max_delay: settings.reconnect_max_delay,

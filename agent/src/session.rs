@@ -49,6 +49,8 @@ pub struct Session {
     pub cache: BlobCache,
     /// Holds the scheduler's address while the agent is joined (`--health-check` reads it).
     pub health_file: std::path::PathBuf,
+    /// Present while an operator has this agent drained (see `daemon::DRAINED_FILE`).
+    pub drained_file: std::path::PathBuf,
     pub token: Option<Token>,
     pub hello: Hello,
     pub reconnect_max_delay: Duration,
@@ -181,6 +183,7 @@ impl Session {
             Err(status) => return classify(&status, false),
         };
         self.joined(&welcome);
+        self.remember_drain(welcome.draining);
         // The scheduler placed again whatever this agent held on an earlier stream.
         self.executor.send(Input::Reset);
         while self.outgoing.try_recv().is_ok() {}
@@ -234,12 +237,36 @@ impl Session {
         );
     }
 
-    fn handle(&self, message: SchedulerMessage) {
-        match message.body {
-            Some(scheduler_message::Body::Drain(drain)) if drain.draining => {
-                info!("the operator drained this agent: it takes no new work");
+    /// Keeps the drain state the scheduler gave, on disk for a restarted agent and in the hello
+    /// for the next scheduler.
+    fn remember_drain(&mut self, draining: bool) {
+        self.hello.draining = draining;
+        let kept = if draining {
+            std::fs::write(&self.drained_file, "drained by an operator\n")
+        } else {
+            match std::fs::remove_file(&self.drained_file) {
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
             }
-            Some(scheduler_message::Body::Drain(_)) => info!("the operator undrained this agent"),
+        };
+        if let Err(err) = kept {
+            warn!(
+                "cannot record the drain state in {}: {err}",
+                self.drained_file.display()
+            );
+        }
+    }
+
+    fn handle(&mut self, message: SchedulerMessage) {
+        match message.body {
+            Some(scheduler_message::Body::Drain(drain)) => {
+                if drain.draining {
+                    info!("the operator drained this agent: it takes no new work");
+                } else {
+                    info!("the operator undrained this agent");
+                }
+                self.remember_drain(drain.draining);
+            }
             Some(scheduler_message::Body::Assign(assign)) => {
                 self.executor.send(Input::Assign(assign))
             }

@@ -117,13 +117,21 @@ fn a_stopped_agent_is_lost_by_its_silence_and_rejoins_when_continued() {
 }
 
 #[test]
-fn agents_rejoin_a_restarted_scheduler_under_the_same_ids() {
+fn agents_rejoin_a_restarted_scheduler_under_the_same_ids_and_a_drained_one_stays_drained() {
     let mut scheduler = Scheduler::start(SchedulerOptions::default());
     let a = Agent::start(&scheduler, None, &[]);
     let b = Agent::start(&scheduler, None, &[]);
-    let (ida, idb) = (a.id(), b.id());
-    wait_for("both agents alive", JOIN, || {
-        rows_alive(&scheduler, &[&ida, &idb])
+    let mut c = Agent::start(&scheduler, None, &[]);
+    let (ida, idb, idc) = (a.id(), b.id(), c.id());
+    wait_for("the agents alive", JOIN, || {
+        rows_alive(&scheduler, &[&ida, &idb, &idc])
+    });
+    assert!(scheduler.cli(&["drain", &idc]).status.success());
+    wait_for("the agent to hear of its drain", JOIN, || {
+        c.process
+            .output()
+            .contains("drained this agent")
+            .then_some(())
     });
 
     scheduler.restart();
@@ -131,12 +139,22 @@ fn agents_rejoin_a_restarted_scheduler_under_the_same_ids() {
         rows_alive(&scheduler, &[&ida, &idb])
     });
     assert_eq!(rows.len(), 2);
+    // The new scheduler never heard of the drain: the agent told it.
+    scheduler.wait_state(&idc, "draining", Duration::from_secs(10));
     assert_eq!(
         scheduler.agents().len(),
-        2,
+        3,
         "no agent joined twice: {}",
         show(&scheduler.agents())
     );
+
+    // Both restarted, the agent while the scheduler was down: its state directory remembers.
+    c.process.kill9();
+    scheduler.restart();
+    let again = Agent::start_in(&scheduler, None, c.state_dir.clone(), &[]);
+    scheduler.wait_state(&idc, "draining", Duration::from_secs(10));
+    drop(again);
+    std::mem::forget(c); // its directory was `again`'s
 }
 
 #[test]
@@ -189,6 +207,10 @@ fn drain_and_undrain_change_the_listed_state() {
         },
     );
 
+    // Kept in the agent's state directory, for a scheduler that restarts meanwhile.
+    let drained = a.state_dir.join("drained");
+    assert!(drained.exists());
+
     let out = scheduler.cli(&["undrain", "drainme"]);
     assert!(
         out.status.success(),
@@ -196,6 +218,11 @@ fn drain_and_undrain_change_the_listed_state() {
         String::from_utf8_lossy(&out.stderr)
     );
     scheduler.wait_state(&id, "alive", Duration::from_secs(5));
+    wait_for(
+        "the agent to forget its drain",
+        Duration::from_secs(5),
+        || (!drained.exists()).then_some(()),
+    );
 
     let out = scheduler.cli(&["drain", "no-such-agent"]);
     assert_eq!(out.status.code(), Some(1));

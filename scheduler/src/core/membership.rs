@@ -149,7 +149,10 @@ impl Membership {
             }
             None => {
                 info!(agent = %id, host = %hello.hostname, slots = hello.resources.cpu_slots,
-                      gpus = hello.resources.gpus.len(), "agent joined");
+                      gpus = hello.resources.gpus.len(), draining = hello.draining, "agent joined");
+                // A scheduler that knows the agent goes by what it was told last (above); one
+                // meeting it for the first time (restarted, say) by what the agent remembers.
+                let draining = hello.draining;
                 self.agents.insert(
                     id.clone(),
                     Agent {
@@ -161,12 +164,12 @@ impl Membership {
                         hello,
                         load: Load::default(),
                         conn: Some(conn),
-                        draining: false,
+                        draining,
                         last_seen: now,
                         connected_at: now,
                     },
                 );
-                false
+                draining
             }
         };
         self.by_conn.insert(conn, id);

@@ -209,6 +209,35 @@ fn drain_is_told_to_the_agent_and_survives_a_reconnect() {
 }
 
 #[test]
+fn a_scheduler_meeting_a_drained_agent_keeps_it_drained_but_one_that_undrained_it_does_not() {
+    // A restarted scheduler: the agent says it was drained.
+    let mut sim = Sim::new();
+    let drained = AgentHello {
+        draining: true,
+        ..hello("a")
+    };
+    assert_eq!(
+        sim.attach(1, drained.clone()),
+        vec![Command::Welcome {
+            conn: 1,
+            draining: true
+        }]
+    );
+    assert_eq!(sim.state("a"), AgentState::Draining);
+    // Undrained here, then back on a new stream before it heard of it: this scheduler knows best.
+    sim.core.set_drain("a", false, &mut Vec::new()).unwrap();
+    sim.send(Event::AgentDetached { conn: 1 });
+    assert_eq!(
+        sim.attach(2, drained),
+        vec![Command::Welcome {
+            conn: 2,
+            draining: false
+        }]
+    );
+    assert_eq!(sim.state("a"), AgentState::Alive);
+}
+
+#[test]
 fn agents_are_selected_by_id_prefix_or_hostname() {
     let mut sim = Sim::new();
     sim.join(1, "abc1");

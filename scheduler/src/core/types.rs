@@ -51,6 +51,8 @@ pub struct AgentHello {
     pub resources: Resources,
     pub labels: BTreeMap<String, String>,
     pub discovery: String,
+    /// Drained by an operator, by way of an earlier scheduler perhaps, and not undrained since.
+    pub draining: bool,
     /// Where the stream comes from, as the shell saw it.
     pub peer: String,
 }

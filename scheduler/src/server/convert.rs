@@ -21,6 +21,7 @@ pub fn hello(h: pb::Hello, peer: String) -> AgentHello {
         resources: h.resources.map(resources).unwrap_or_default(),
         labels: h.labels.into_iter().collect(),
         discovery: h.discovery,
+        draining: h.draining,
         peer,
     }
 }
