@@ -17,27 +17,48 @@ use std::{
 /// Whether this process gave way (and its workers must take the normal policy back).
 static YIELDING: AtomicBool = AtomicBool::new(false);
 
-/// Puts the calling thread, and the threads and processes it starts later, under `SCHED_BATCH`.
-pub fn yield_to_tasks() -> io::Result<()> {
+/// Puts the calling thread, and the threads and processes it starts later, under `SCHED_BATCH`
+/// if it runs under the normal policy; a policy the operator chose (`chrt`, systemd's
+/// `CPUSchedulingPolicy`) is left alone. Says whether it switched.
+pub fn yield_to_tasks() -> io::Result<bool> {
+    if current()? != Policy::Normal {
+        return Ok(false);
+    }
     set(Policy::Batch)?;
     YIELDING.store(true, Ordering::Relaxed);
-    Ok(())
+    Ok(true)
 }
 
-/// Whether [`yield_to_tasks`] succeeded in this process.
+/// Whether [`yield_to_tasks`] switched this process.
 pub fn yielding() -> bool {
     YIELDING.load(Ordering::Relaxed)
 }
 
-/// Puts the calling thread back under the normal policy. Async-signal-safe (one system call),
-/// so it may run in a child between fork and exec.
+/// Puts the calling thread back under the normal policy. One raw system call, so it may run in
+/// a child between fork and exec.
 pub fn restore_normal() -> io::Result<()> {
     set(Policy::Normal)
 }
 
+#[derive(Debug, PartialEq, Eq)]
 enum Policy {
     Normal,
     Batch,
+    Other,
+}
+
+#[cfg(target_os = "linux")]
+fn current() -> io::Result<Policy> {
+    // SAFETY: reads the calling thread's policy.
+    let policy = unsafe { libc::sched_getscheduler(0) };
+    if policy < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(match policy & !libc::SCHED_RESET_ON_FORK {
+        libc::SCHED_OTHER => Policy::Normal,
+        libc::SCHED_BATCH => Policy::Batch,
+        _ => Policy::Other,
+    })
 }
 
 #[cfg(target_os = "linux")]
@@ -45,10 +66,19 @@ fn set(policy: Policy) -> io::Result<()> {
     let policy = match policy {
         Policy::Normal => libc::SCHED_OTHER,
         Policy::Batch => libc::SCHED_BATCH,
+        Policy::Other => return Err(io::ErrorKind::InvalidInput.into()),
     };
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: a system call on the calling thread (pid 0), with a pointer to a live value.
-    let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    // SAFETY: the system call itself (not the C library's wrapper, which need not be
+    // async-signal-safe) on the calling thread (pid 0), with a pointer to a live value.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            0 as libc::pid_t,
+            policy,
+            &param as *const libc::sched_param,
+        )
+    };
     if rc == 0 {
         Ok(())
     } else {
@@ -57,31 +87,34 @@ fn set(policy: Policy) -> io::Result<()> {
 }
 
 #[cfg(not(target_os = "linux"))]
+fn current() -> io::Result<Policy> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+#[cfg(not(target_os = "linux"))]
 fn set(_policy: Policy) -> io::Result<()> {
-    Ok(())
+    Err(io::ErrorKind::Unsupported.into())
 }
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 
-    fn current() -> libc::c_int {
-        // SAFETY: reads the calling thread's policy.
-        unsafe { libc::sched_getscheduler(0) }
-    }
-
     #[test]
-    fn a_thread_switches_to_batch_and_back() {
+    fn a_thread_switches_to_batch_and_back_and_its_children_inherit_it() {
         // A thread of its own, so that no other test runs under the changed policy.
         std::thread::spawn(|| {
-            set(Policy::Batch).unwrap();
-            assert_eq!(current(), libc::SCHED_BATCH);
+            assert!(yield_to_tasks().unwrap());
+            assert!(yielding());
+            assert_eq!(current().unwrap(), Policy::Batch);
             // What the thread starts inherits it: workers must restore the normal policy.
-            std::thread::spawn(|| assert_eq!(current(), libc::SCHED_BATCH))
+            std::thread::spawn(|| assert_eq!(current().unwrap(), Policy::Batch))
                 .join()
                 .unwrap();
+            // A policy other than the normal one is the operator's: left as it is.
+            assert!(!yield_to_tasks().unwrap());
             restore_normal().unwrap();
-            assert_eq!(current(), libc::SCHED_OTHER);
+            assert_eq!(current().unwrap(), Policy::Normal);
         })
         .join()
         .unwrap();

@@ -75,10 +75,14 @@ fn main() -> ExitCode {
             }
         };
     }
-    if settings.yield_to_tasks
-        && let Err(err) = cpu_policy::yield_to_tasks()
-    {
-        tracing::warn!("cannot run under SCHED_BATCH (yield_to_tasks): {err}");
+    if settings.yield_to_tasks {
+        match cpu_policy::yield_to_tasks() {
+            Ok(true) => tracing::debug!("running under SCHED_BATCH (yield_to_tasks)"),
+            Ok(false) => tracing::info!(
+                "started under a scheduling policy other than the normal one: keeping it (yield_to_tasks does nothing)"
+            ),
+            Err(err) => tracing::warn!("cannot run under SCHED_BATCH (yield_to_tasks): {err}"),
+        }
     }
     let runtime = match runtime() {
         Ok(rt) => rt,

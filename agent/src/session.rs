@@ -16,7 +16,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     blobs::BlobCache,
@@ -250,8 +250,10 @@ impl Session {
             }
         };
         if let Err(err) = kept {
-            warn!(
-                "cannot record the drain state in {}: {err}",
+            // A drain not written is forgotten by a restarted agent; an undrain not written
+            // drains the agent again when both it and the scheduler restart.
+            error!(
+                "cannot record the drain state (draining: {draining}) in {}: {err}",
                 self.drained_file.display()
             );
         }
@@ -260,12 +262,12 @@ impl Session {
     fn handle(&mut self, message: SchedulerMessage) {
         match message.body {
             Some(scheduler_message::Body::Drain(drain)) => {
+                self.remember_drain(drain.draining);
                 if drain.draining {
                     info!("the operator drained this agent: it takes no new work");
                 } else {
                     info!("the operator undrained this agent");
                 }
-                self.remember_drain(drain.draining);
             }
             Some(scheduler_message::Body::Assign(assign)) => {
                 self.executor.send(Input::Assign(assign))

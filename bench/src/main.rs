@@ -263,7 +263,11 @@ async fn main() -> anyhow::Result<()> {
         }
         let s = summary(&mut walls);
         let wall = s["median"].as_f64().unwrap_or(f64::NAN);
-        let g = summary(&mut gaps);
+        let g = if gaps.is_empty() {
+            json!({ "median": null })
+        } else {
+            summary(&mut gaps)
+        };
         emit(
             "W4",
             json!({ "tasks": 200, "task_ms": 10, "slots": 2 }),

@@ -86,16 +86,25 @@ fn the_agent_gives_way_to_its_tasks_and_its_workers_keep_the_normal_policy() {
     let scheduler = Scheduler::start(SchedulerOptions::default());
     let agent = agent(&scheduler, "only");
     let found = last_json(&scheduler.run_driver(&test_driver(), &["policy"]));
+    if agent
+        .process
+        .output()
+        .contains("cannot run under SCHED_BATCH")
+    {
+        println!("skipped: this machine does not let a process choose SCHED_BATCH");
+        return;
+    }
     assert_eq!(found["worker"], NORMAL, "{}", show(&found));
-    // Every thread of the agent, those it started after it set its policy included.
+    // Every thread of the agent, those it started after it set its policy included (a thread
+    // that ends between the listing and the reading is skipped).
     let threads = std::fs::read_dir(format!("/proc/{}/task", agent.process.pid()))
         .expect("the agent's threads")
         .filter_map(Result::ok)
-        .map(|thread| sched_policy(&thread.path().join("stat")))
+        .filter_map(|thread| sched_policy(&thread.path().join("stat")))
         .collect::<Vec<_>>();
     assert!(!threads.is_empty());
     assert!(
-        threads.iter().all(|&p| p == Some(BATCH)),
+        threads.iter().all(|&p| p == BATCH),
         "the agent's threads' policies: {threads:?}"
     );
 }

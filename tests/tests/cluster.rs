@@ -209,7 +209,11 @@ fn drain_and_undrain_change_the_listed_state() {
 
     // Kept in the agent's state directory, for a scheduler that restarts meanwhile.
     let drained = a.state_dir.join("drained");
-    assert!(drained.exists());
+    wait_for(
+        "the agent to record its drain",
+        Duration::from_secs(5),
+        || drained.exists().then_some(()),
+    );
 
     let out = scheduler.cli(&["undrain", "drainme"]);
     assert!(

@@ -352,8 +352,8 @@ async fn start(
             .env_remove(wp::GPU_ENV),
     };
     if crate::cpu_policy::yielding() {
-        // SAFETY: between fork and exec the child makes one async-signal-safe system call; its
-        // failure only leaves the worker under the agent's policy.
+        // SAFETY: between fork and exec the child makes one raw system call and allocates
+        // nothing; its failure only leaves the worker under the agent's policy.
         unsafe {
             command.pre_exec(|| {
                 let _ = crate::cpu_policy::restore_normal();

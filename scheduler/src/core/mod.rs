@@ -245,10 +245,9 @@ impl Core {
                 }
                 self.membership.attach(now, conn, hello, out);
                 self.jobs.place(&mut self.membership, out);
-                if !has_gpus {
-                    // An agent that came back without its GPUs may have been the last.
-                    self.jobs.tell_no_gpu(&self.membership, out);
-                }
+                // An agent that came back without its GPUs, or drained, may leave none to take
+                // GPU work (this says nothing while one does).
+                self.jobs.tell_no_gpu(&self.membership, out);
             }
             Event::Heartbeat { conn, load } => self.membership.heartbeat(now, conn, load),
             Event::AgentDetached { conn } => {

@@ -944,6 +944,26 @@ fn gpu_tasks_wait_for_a_gpu_agent_and_the_driver_is_told_once() {
 }
 
 #[test]
+fn a_gpu_agent_that_joins_drained_leaves_the_driver_told_that_no_gpu_takes_work() {
+    let mut sim = Sim::new();
+    sim.join(2, "c");
+    open(&mut sim, 10);
+    assert_eq!(
+        notices(&submit_gpu(&mut sim, 10, 0..3, GpuUse::Required)).len(),
+        1
+    );
+    // Drained before a scheduler restart, say: its GPUs take nothing, and the driver hears it
+    // again (the GPUs' arrival had set it free to be told).
+    let drained = AgentHello {
+        draining: true,
+        ..gpu_hello("g", 2, 0)
+    };
+    let cmds = sim.attach(3, drained);
+    assert!(gpu_assignments(&cmds).is_empty(), "{cmds:?}");
+    assert_eq!(notices(&cmds).len(), 1, "{cmds:?}");
+}
+
+#[test]
 fn a_lost_gpu_agents_tasks_wait_and_run_on_the_next_gpu_agent() {
     let mut sim = Sim::new();
     sim.attach(1, gpu_hello("g1", 2, 0));
