@@ -246,6 +246,13 @@ async fn set_drain(
     let target = target_of(target, settings)?;
     let row = target.set_drain(agent, draining).await?;
     println!("agent {} ({}) is {}", row.id, row.hostname, row.state);
+    if row.state == "lost" {
+        // The agent keeps its drain state itself: a scheduler restarted before it rejoins goes
+        // by what the agent last heard.
+        println!(
+            "it is not connected: it hears of this when it rejoins this scheduler; if the scheduler restarts first, run this again once the agent is back"
+        );
+    }
     Ok(())
 }
 

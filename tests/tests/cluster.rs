@@ -100,6 +100,15 @@ fn a_killed_agent_is_lost_within_the_timeout_and_the_other_stays_alive() {
         .find(|r| r["id"] == idb.as_str())
         .expect("listed");
     assert_eq!(other["state"], "alive", "{}", show(&agents));
+
+    // Draining a lost agent works, and says when the agent will hear of it.
+    let out = scheduler.cli(&["drain", &ida]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("it is not connected"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
