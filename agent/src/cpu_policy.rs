@@ -4,10 +4,10 @@
 //! task it holds. Under the normal policy Linux hands the CPU to the woken agent at that very
 //! moment, and the next task starts only after the agent (and whatever the agent wakes in turn)
 //! has run: on a 2-core machine every task boundary lost 0.3-0.6 ms that way. Under
-//! `SCHED_BATCH` a woken agent does not preempt: it runs on a free CPU at once, and on a busy one
-//! at the end of the running task's time slice, in the middle of a task, where a pause of the
-//! task costs the job nothing it would not lose anyway. Workers go back to the normal policy when
-//! they start, so that an idle worker handed a task still starts it at once.
+//! `SCHED_BATCH` the agent keeps its fair share of the CPU, but a wake-up does not preempt: it
+//! runs on a free CPU at once, and on a busy one when the running task's time slice ends, in the
+//! middle of a task rather than between two. Workers go back to the normal policy when they
+//! start, so that an idle worker handed a task still starts it at once.
 
 use std::{
     io,
