@@ -2,8 +2,8 @@
 //! the tasks it is sent on a rayon pool, instead of running `main`'s body.
 
 use std::{
-    io::{self, BufReader, BufWriter, Write},
-    os::unix::net::UnixStream,
+    io::{self, BufReader, BufWriter, Read, Write},
+    os::{fd::AsRawFd, unix::net::UnixStream},
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -59,7 +59,7 @@ fn serve(socket: &std::ffi::OsStr) -> io::Result<()> {
         tasks: count,
     });
 
-    let mut input = BufReader::with_capacity(1 << 16, stream);
+    let mut input = BufReader::with_capacity(1 << 16, ReadableFirst(stream));
     while let Some(message) = wp::read_frame::<ToWorker>(&mut input)? {
         match message {
             ToWorker::Shared { sha256, data } => shared::receive(sha256, data),
@@ -98,7 +98,7 @@ fn serve_inline(stream: UnixStream, count: u32) -> io::Result<()> {
         },
     )?;
     out.flush()?;
-    let mut input = BufReader::with_capacity(1 << 16, stream);
+    let mut input = BufReader::with_capacity(1 << 16, ReadableFirst(stream));
     // When the oldest result not yet sent was written; the last task run, and how long it took.
     let mut held_since: Option<Instant> = None;
     let mut last: Option<(String, Duration)> = None;
@@ -142,6 +142,35 @@ fn serve_inline(stream: UnixStream, count: u32) -> io::Result<()> {
         };
     }
     out.flush()
+}
+
+/// The agent's socket, read only once `poll` says it is readable. A thread asleep in `read` on a
+/// Unix socket is also woken each time the peer consumes what this side wrote (the kernel
+/// signals write space on the same wait queue), so a worker waiting for its next task was woken
+/// for nothing by the agent reading every result: a wasted pair of context switches per task on
+/// the agent's CPU. `poll` waits for input alone.
+struct ReadableFirst(UnixStream);
+
+impl io::Read for ReadableFirst {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut fd = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        loop {
+            // SAFETY: one valid pollfd, for a descriptor this struct owns.
+            if unsafe { libc::poll(&mut fd, 1, -1) } >= 0 {
+                break;
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+        // Whatever poll reported (input, hang-up, error), `read` now returns at once and says it.
+        self.0.read(buf)
+    }
 }
 
 /// The longest a finished task's result waits in the worker for others to travel with it.
