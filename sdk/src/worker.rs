@@ -2,7 +2,7 @@
 //! the tasks it is sent on a rayon pool, instead of running `main`'s body.
 
 use std::{
-    io::{self, BufReader, BufWriter, Read, Write},
+    io::{self, BufReader, BufWriter, Write},
     os::{fd::AsRawFd, unix::net::UnixStream},
     sync::mpsc,
     time::{Duration, Instant},
