@@ -48,6 +48,16 @@ for name in scheduler agent; do
   for lib in $(ldd "$binary" | grep -o '/[^ ]*' | sort -u); do
     cp --parents -L "$lib" "$context/rootfs/"
   done
+  # Jobs' executables run in the agent's container: it carries the whole C runtime a Rust program
+  # may link, not only the part the agent itself happens to (built with LTO, it needs no libm).
+  if [[ "$name" == agent ]]; then
+    libdir=$(dirname "$(ldd "$binary" | grep -o '/[^ ]*/libc\.so\.6' | head -n 1)")
+    for lib in libc.so.6 libm.so.6 libgcc_s.so.1 libpthread.so.0 libdl.so.2 librt.so.1 libutil.so.1; do
+      if [[ -e "$libdir/$lib" ]]; then
+        cp --parents -L "$libdir/$lib" "$context/rootfs/"
+      fi
+    done
+  fi
   chmod 1777 "$context/rootfs/tmp"
   echo "root:x:0:0:root:/:/sbin/nologin" > "$context/rootfs/etc/passwd"
   echo "ladle:x:10001:10001:ladle:/var/lib/ladle:/sbin/nologin" >> "$context/rootfs/etc/passwd"
