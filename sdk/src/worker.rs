@@ -147,12 +147,15 @@ fn serve_inline(stream: UnixStream, count: u32) -> io::Result<()> {
 /// The agent's socket, read only once `poll` says it is readable. A thread asleep in `read` on a
 /// Unix socket is also woken each time the peer consumes what this side wrote (the kernel
 /// signals write space on the same wait queue), so a worker waiting for its next task was woken
-/// for nothing by the agent reading every result: a wasted pair of context switches per task on
-/// the agent's CPU. `poll` waits for input alone.
+/// for nothing by the agent reading every result: a wasted wake-up and pair of context switches
+/// per task. `poll` waits for input alone.
 struct ReadableFirst(UnixStream);
 
 impl io::Read for ReadableFirst {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
         let mut fd = libc::pollfd {
             fd: self.0.as_raw_fd(),
             events: libc::POLLIN,
@@ -250,5 +253,43 @@ fn write_results(stream: UnixStream, rx: mpsc::Receiver<FromWorker>) {
         if out.flush().is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{io::Write, os::unix::net::UnixStream};
+
+    use ladle_common::worker_protocol::{self as wp, ToWorker};
+
+    use super::ReadableFirst;
+
+    #[test]
+    fn a_frame_is_read_whole_and_a_closed_socket_ends_the_stream() {
+        let (agent, worker) = UnixStream::pair().expect("a socket pair");
+        let mut agent = agent;
+        wp::write_frame(
+            &mut agent,
+            &ToWorker::Shared {
+                sha256: "abc".into(),
+                data: vec![7; 100_000],
+            },
+        )
+        .expect("write");
+        agent.flush().expect("flush");
+        drop(agent);
+        let mut input = std::io::BufReader::with_capacity(1 << 16, ReadableFirst(worker));
+        match wp::read_frame::<ToWorker>(&mut input).expect("a frame") {
+            Some(ToWorker::Shared { sha256, data }) => {
+                assert_eq!(sha256, "abc");
+                assert_eq!(data.len(), 100_000);
+            }
+            _ => panic!("not the frame written"),
+        }
+        assert!(
+            wp::read_frame::<ToWorker>(&mut input)
+                .expect("a clean end")
+                .is_none()
+        );
     }
 }
