@@ -5,10 +5,61 @@ use std::{
     os::unix::process::CommandExt,
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
+
+/// The processes of the clusters started and not yet stopped, each with whether it leads a process
+/// group of its own: an interrupted benchmark ends them too ([`kill_all`]), instead of leaving a
+/// scheduler and agents behind to skew the next run.
+static RUNNING: Mutex<Vec<(u32, bool)>> = Mutex::new(Vec::new());
+
+fn remember(pid: u32, group: bool) {
+    if let Ok(mut running) = RUNNING.lock() {
+        running.push((pid, group));
+    }
+}
+
+fn forget(pid: u32) {
+    if let Ok(mut running) = RUNNING.lock() {
+        running.retain(|&(p, _)| p != pid);
+    }
+}
+
+fn kill(pid: u32, group: bool) {
+    let target = if group {
+        format!("-{pid}")
+    } else {
+        pid.to_string()
+    };
+    let _ = Command::new("kill").args(["-KILL", "--", &target]).status();
+}
+
+/// Kills every process of every cluster still running (on SIGINT or SIGTERM).
+pub fn kill_all() {
+    if let Ok(mut running) = RUNNING.lock() {
+        for (pid, group) in running.drain(..) {
+            kill(pid, group);
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM; never, if they cannot be listened for.
+pub async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+}
 
 pub struct LocalCluster {
     pub address: String,
@@ -71,12 +122,22 @@ impl LocalCluster {
             .stdout(Stdio::null())
             .stderr(log_file(&logs, "scheduler")?)
             .spawn()?;
-        let address = wait_for("the scheduler's address", Duration::from_secs(20), || {
+        remember(scheduler.id(), false);
+        let address = match wait_for("the scheduler's address", Duration::from_secs(20), || {
             std::fs::read_to_string(&address_file)
                 .ok()
                 .map(|s| s.trim().to_owned())
                 .filter(|s| !s.is_empty())
-        })?;
+        }) {
+            Ok(address) => address,
+            Err(err) => {
+                let mut scheduler = scheduler;
+                let _ = scheduler.kill();
+                let _ = scheduler.wait();
+                forget(scheduler.id());
+                return Err(err);
+            }
+        };
         let mut cluster = Self {
             logs,
             address,
@@ -120,6 +181,7 @@ impl LocalCluster {
             // agent together with its workers.
             .process_group(0)
             .spawn()?;
+        remember(agent.id(), true);
         self.agents.push(agent);
         Ok(())
     }
@@ -127,10 +189,9 @@ impl LocalCluster {
     /// kill -9 of the agent and its workers: a lost node.
     pub fn kill_node(&mut self, i: usize) {
         let pid = self.agents[i].id();
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{pid}")])
-            .status();
+        kill(pid, true);
         let _ = self.agents[i].wait();
+        forget(pid);
     }
 
     /// kill -9 of the agent's worker processes only.
@@ -189,12 +250,12 @@ fn children(parent: u32) -> Vec<u32> {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         for agent in &mut self.agents {
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", agent.id())])
-                .status();
+            kill(agent.id(), true);
             let _ = agent.wait();
+            forget(agent.id());
         }
         let _ = self.scheduler.kill();
         let _ = self.scheduler.wait();
+        forget(self.scheduler.id());
     }
 }

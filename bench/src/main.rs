@@ -138,6 +138,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[ladle::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    tokio::spawn(async {
+        cluster::interrupted().await;
+        cluster::kill_all();
+        std::process::exit(130);
+    });
     let wanted: Option<HashSet<String>> =
         args.only.map(|o| o.split(',').map(str::to_owned).collect());
     let run = |w: &str| wanted.as_ref().is_none_or(|set| set.contains(w));
