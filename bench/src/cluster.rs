@@ -28,20 +28,24 @@ fn forget(pid: u32) {
     }
 }
 
-fn kill(pid: u32, group: bool) {
+/// `kill -9` of a process, or of the process group it leads; whether it was delivered.
+fn kill(pid: u32, group: bool) -> bool {
     let target = if group {
         format!("-{pid}")
     } else {
         pid.to_string()
     };
-    let _ = Command::new("kill").args(["-KILL", "--", &target]).status();
+    Command::new("kill")
+        .args(["-KILL", "--", &target])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Kills every process of every cluster still running (on SIGINT or SIGTERM).
 pub fn kill_all() {
     if let Ok(mut running) = RUNNING.lock() {
         for (pid, group) in running.drain(..) {
-            kill(pid, group);
+            let _ = kill(pid, group);
         }
     }
 }
@@ -189,7 +193,7 @@ impl LocalCluster {
     /// kill -9 of the agent and its workers: a lost node.
     pub fn kill_node(&mut self, i: usize) {
         let pid = self.agents[i].id();
-        kill(pid, true);
+        let _ = kill(pid, true);
         let _ = self.agents[i].wait();
         forget(pid);
     }
@@ -197,17 +201,10 @@ impl LocalCluster {
     /// kill -9 of the agent's worker processes only.
     pub fn kill_workers(&self, i: usize) -> usize {
         let agent = self.agents[i].id();
-        let mut killed = 0;
-        for pid in children(agent) {
-            if Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status()
-                .is_ok_and(|s| s.success())
-            {
-                killed += 1;
-            }
-        }
-        killed
+        children(agent)
+            .into_iter()
+            .filter(|&pid| kill(pid, false))
+            .count()
     }
 }
 
@@ -250,7 +247,7 @@ fn children(parent: u32) -> Vec<u32> {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         for agent in &mut self.agents {
-            kill(agent.id(), true);
+            let _ = kill(agent.id(), true);
             let _ = agent.wait();
             forget(agent.id());
         }

@@ -268,15 +268,11 @@ async fn main() -> anyhow::Result<()> {
         }
         let s = summary(&mut walls);
         let wall = s["median"].as_f64().unwrap_or(f64::NAN);
-        let g = if gaps.is_empty() {
-            json!({ "median": null })
-        } else {
-            summary(&mut gaps)
-        };
+        let gap = (!gaps.is_empty()).then(|| summary(&mut gaps)["median"].clone());
         emit(
             "W4",
             json!({ "tasks": 200, "task_ms": 10, "slots": 2 }),
-            json!({ "wall_s": wall, "efficiency": ideal_w4_s() / wall, "boundary_gap_us": g["median"], "spread": s }),
+            json!({ "wall_s": wall, "efficiency": ideal_w4_s() / wall, "boundary_gap_us": gap, "spread": s }),
         );
     }
     drop(cluster);
