@@ -60,9 +60,7 @@ impl Identity {
             }
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
                 let id = uuid::Uuid::new_v4().to_string();
-                let tmp = dir.join("agent-id.tmp");
-                fs::write(&tmp, format!("{id}\n")).map_err(io_err(&tmp))?;
-                fs::rename(&tmp, &id_path).map_err(io_err(&id_path))?;
+                crate::durable::write(&id_path, &format!("{id}\n")).map_err(io_err(&id_path))?;
                 id
             }
             Err(source) => {

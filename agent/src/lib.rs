@@ -4,6 +4,7 @@
 pub mod blobs;
 pub mod cpu_policy;
 pub mod daemon;
+pub mod durable;
 pub mod executor;
 pub mod gpu;
 pub mod identity;

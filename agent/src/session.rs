@@ -242,12 +242,9 @@ impl Session {
     fn remember_drain(&mut self, draining: bool) {
         self.hello.draining = draining;
         let kept = if draining {
-            std::fs::write(&self.drained_file, "drained by an operator\n")
+            crate::durable::write(&self.drained_file, "drained by an operator\n")
         } else {
-            match std::fs::remove_file(&self.drained_file) {
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                other => other,
-            }
+            crate::durable::remove(&self.drained_file)
         };
         if let Err(err) = kept {
             // A drain not written is forgotten by a restarted agent; an undrain not written

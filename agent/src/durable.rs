@@ -1,0 +1,55 @@
+//! Small state files that must survive a power cut as well as a restart (the agent's id, an
+//! operator's drain): written whole under a temporary name, flushed, renamed into place, and the
+//! directory flushed, so that after a crash the file is either the old one or the new one.
+
+use std::{
+    fs::{self, File},
+    io::{self, Write},
+    path::Path,
+};
+
+/// Replaces `path` with `contents`.
+pub fn write(path: &Path, contents: &str) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, path)?;
+    sync_dir(path)
+}
+
+/// Removes `path`; a file already gone is no error.
+pub fn remove(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    }
+    sync_dir(path)
+}
+
+/// Flushes the directory entry of `path` (its creation, rename or removal).
+fn sync_dir(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
+        _ => File::open(".")?.sync_all(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_is_replaced_whole_and_removed_once_or_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("drained");
+        write(&path, "first\n").unwrap();
+        write(&path, "second\n").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "second\n");
+        assert!(!path.with_extension("tmp").exists());
+        remove(&path).unwrap();
+        assert!(!path.exists());
+        remove(&path).unwrap();
+    }
+}
