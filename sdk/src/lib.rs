@@ -81,7 +81,14 @@ pub mod __private {
             _ => tokio::runtime::Builder::new_multi_thread(),
         };
         match builder.enable_all().build() {
-            Ok(runtime) => runtime.block_on(future),
+            Ok(runtime) => {
+                let output = runtime.block_on(future);
+                // The clusters `main` dropped say goodbye before the process goes.
+                runtime.block_on(crate::cluster::session::all_closed(
+                    crate::cluster::session::CLOSE_WAIT,
+                ));
+                output
+            }
             Err(err) => {
                 eprintln!("ladle: cannot start the async runtime: {err}");
                 std::process::exit(1);

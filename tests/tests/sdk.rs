@@ -214,6 +214,23 @@ fn a_driver_killed_mid_job_has_its_tasks_stopped() {
 }
 
 #[test]
+fn a_driver_that_ends_with_tasks_left_has_them_stopped_at_once() {
+    // A grace far longer than the test: only the driver's goodbye can end its job in time.
+    let (scheduler, _agents) = cluster(SchedulerOptions {
+        extra: "driver_grace = \"10m\"",
+        ..SchedulerOptions::default()
+    });
+    let found = last_json(&scheduler.run_driver(&test_driver(), &["leave"]));
+    assert_eq!(found["left"], 20, "{}", show(&found));
+    wait_for("the job to be gone", Duration::from_secs(30), || {
+        (scheduler.status()["jobs"] == 0).then_some(())
+    });
+    wait_for("the agents to go idle", Duration::from_secs(30), || {
+        (busy_slots(&scheduler) == 0).then_some(())
+    });
+}
+
+#[test]
 fn a_shared_constant_travels_to_each_agent_once() {
     let (scheduler, _agents) = cluster(SchedulerOptions::default());
     let found = last_json(&scheduler.run_driver(&test_driver(), &["shared"]));

@@ -102,7 +102,8 @@ impl Options {
 }
 
 /// A connection to a Ladle cluster (or to an embedded one). Cheap to clone; the session ends,
-/// and its unfinished tasks are cancelled, when the last clone is dropped.
+/// and its unfinished tasks are cancelled, when the last clone is dropped (a `#[ladle::main]`
+/// program waits up to a second for the scheduler to hear of it before it exits).
 #[derive(Clone)]
 pub struct Cluster {
     inner: Arc<Inner>,
@@ -118,6 +119,14 @@ struct Inner {
     lone_wait: Arc<LoneWait>,
     // Dropped last: the embedded scheduler and agent stop when the handle goes.
     _embedded: Option<embedded::Embedded>,
+}
+
+impl Drop for Inner {
+    /// Ends the session: its unfinished tasks are cancelled, and futures still held fail as
+    /// disconnected.
+    fn drop(&mut self) {
+        let _ = self.requests.send(Request::Close(session::Closing::new()));
+    }
 }
 
 impl Cluster {

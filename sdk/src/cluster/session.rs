@@ -9,6 +9,7 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -22,7 +23,7 @@ use ladle_proto::v1::{
     SessionOpened, SubmitTasks, blob_service_client::BlobServiceClient, driver_event,
     driver_message, driver_service_client::DriverServiceClient, task_result,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tonic::Streaming;
 use tracing::{debug, warn};
 
@@ -43,6 +44,50 @@ pub(crate) type Route = Box<dyn FnOnce(RawResult) + Send>;
 pub(crate) enum Request {
     Submit(Vec<(pb::TaskSpec, Route)>),
     Cancel(Vec<u64>),
+    /// The program dropped its last handle on the cluster: say goodbye, so that the scheduler
+    /// cancels what is left at once instead of keeping it for a driver that might come back.
+    Close(Closing),
+}
+
+/// How long a program that ends waits for its sessions' goodbyes to reach the scheduler.
+pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Sessions told to close whose goodbye is not yet acknowledged.
+static CLOSING: AtomicUsize = AtomicUsize::new(0);
+static ALL_CLOSED: Notify = Notify::const_new();
+
+/// Held while a session's goodbye is on its way; dropped when it has arrived, or when the
+/// session turns out to be gone already.
+pub(crate) struct Closing(());
+
+impl Closing {
+    pub(crate) fn new() -> Self {
+        CLOSING.fetch_add(1, Ordering::SeqCst);
+        Self(())
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        if CLOSING.fetch_sub(1, Ordering::SeqCst) == 1 {
+            ALL_CLOSED.notify_waiters();
+        }
+    }
+}
+
+/// Waits, for at most `limit`, until every session told to close has said goodbye: a program's
+/// runtime, and with it the sessions' connections, must not stop before that.
+pub(crate) async fn all_closed(limit: Duration) {
+    let _ = tokio::time::timeout(limit, async {
+        loop {
+            let notified = ALL_CLOSED.notified();
+            if CLOSING.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    })
+    .await;
 }
 
 /// A batch on the wire stays around this size, so that results keep flowing between batches.
@@ -183,7 +228,7 @@ async fn serve(
         tokio::select! {
             request = requests.recv() => match request {
                 None => {
-                    let _ = stream.up.send(message(driver_message::Body::Close(CloseSession {}))).await;
+                    close(stream).await;
                     return None;
                 }
                 Some(request) => {
@@ -196,6 +241,15 @@ async fn serve(
                                     batch.push(spec.clone());
                                     pending.insert(spec.task_id, (spec, route));
                                 }
+                            }
+                            Request::Close(closing) => {
+                                // Submissions before the goodbye go first: their futures may be
+                                // held still, and fail as disconnected once it is said.
+                                if send_batches(&stream.up, std::mem::take(&mut batch)).await.is_ok() {
+                                    close(stream).await;
+                                }
+                                drop(closing);
+                                return None;
                             }
                             Request::Cancel(task_ids) => {
                                 // A cancelled task is never run again, even if its failure is
@@ -237,6 +291,19 @@ async fn serve(
     }
 }
 
+/// Tells the scheduler the session is over, and waits (briefly) for it to end the stream: the
+/// goodbye has then arrived, whatever happens to this process next.
+async fn close(stream: &mut Stream) {
+    let _ = stream
+        .up
+        .send(message(driver_message::Body::Close(CloseSession {})))
+        .await;
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        while let Ok(Some(_)) = stream.down.message().await {}
+    })
+    .await;
+}
+
 /// Tries to open the session again, with backoff, until `give_up_after`. Meanwhile new
 /// submissions wait in `pending`, and cancels are answered here.
 async fn reopen(
@@ -257,7 +324,7 @@ async fn reopen(
             tokio::select! {
                 () = &mut pause => break,
                 request = requests.recv() => match request {
-                    None => return None,
+                    None | Some(Request::Close(_)) => return None,
                     Some(Request::Submit(tasks)) => {
                         for (spec, route) in tasks {
                             pending.insert(spec.task_id, (spec, route));

@@ -256,6 +256,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("{}", json!({ "started": true }));
             let _ = map.await;
         }
+        "leave" => {
+            // Long tasks submitted and never awaited: the program's end must stop them.
+            let left = (0..20)
+                .map(|_| cluster.submit(nap, 60_000))
+                .collect::<Result<Vec<_>, _>>()?;
+            out(json!({ "left": left.len() }));
+        }
         "shared" => {
             let data: Vec<u8> = (0..50_000_000u64).map(|i| (i % 251) as u8).collect();
             let shared = cluster.share(data).await?;
