@@ -24,6 +24,16 @@ pub fn serve_if_worker() {
     };
     let code = match serve(&socket) {
         Ok(()) => 0,
+        // The agent closed the socket with results still unread (it ended the job, or is
+        // going away): nothing is left to do, and nothing went wrong here.
+        Err(err)
+            if matches!(
+                err.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            0
+        }
         Err(err) => {
             eprintln!("ladle worker: {err}");
             1
