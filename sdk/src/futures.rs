@@ -110,18 +110,22 @@ impl<R: DeserializeOwned> Future for TaskFuture<R> {
                 if this.lone_wait.alone() {
                     this.awaited_alone = true;
                     if this.lone_wait.spin(this.submitted) {
+                        this.lone_wait.spinning_here();
                         // Whatever this submission woke may be queued on this very CPU, and
                         // Linux lets a thread early in its time slice run on: let it go first.
                         std::thread::yield_now();
                         // Polled again as soon as the runtime has looked at its sockets (at once
                         // on a thread outside the runtime): see `lone_wait`.
                         let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
+                    } else {
+                        this.lone_wait.stopped_spinning();
                     }
                 }
                 Poll::Pending
             }
             Poll::Ready(()) => {
                 if std::mem::take(&mut this.awaited_alone) {
+                    this.lone_wait.stopped_spinning();
                     this.lone_wait.finished(this.submitted.elapsed());
                 }
                 Poll::Ready(
@@ -135,6 +139,14 @@ impl<R: DeserializeOwned> Future for TaskFuture<R> {
 }
 
 impl<R> Unpin for TaskFuture<R> {}
+
+impl<R> Drop for TaskFuture<R> {
+    fn drop(&mut self) {
+        if self.awaited_alone {
+            self.lone_wait.stopped_spinning();
+        }
+    }
+}
 
 pub(crate) fn disconnected(task: &str) -> TaskError {
     TaskError {

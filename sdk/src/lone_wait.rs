@@ -19,6 +19,18 @@ const DEFAULT_SPIN: Duration = Duration::from_micros(500);
 /// Lone tasks whose round trips average more than this many times the limit are waited on
 /// asleep: polling would rarely see them back in time.
 const LONG: u32 = 4;
+/// See [`LoneWait::linger`]: far longer than a program takes to submit its next task, far
+/// shorter than anything a person or a benchmark of throughput would notice.
+const LINGER: Duration = Duration::from_micros(50);
+
+/// A number for the calling thread, unique in the process and never 0.
+fn thread_token() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static TOKEN: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    TOKEN.with(|t| *t)
+}
 
 pub(crate) struct LoneWait {
     /// Chunks submitted in this session and not yet answered.
@@ -26,6 +38,8 @@ pub(crate) struct LoneWait {
     /// Recent round trip of a task awaited alone, in ns (moving average; 0 before the first).
     recent_ns: AtomicU64,
     limit: Duration,
+    /// The thread polling for a lone task's result right now ([`thread_token`]; 0: none).
+    spinner: AtomicU64,
 }
 
 /// One chunk in flight; dropped when its result is routed (or the session ends without one).
@@ -60,12 +74,36 @@ impl LoneWait {
             in_flight: AtomicUsize::new(0),
             recent_ns: AtomicU64::new(0),
             limit,
+            spinner: AtomicU64::new(0),
         }
     }
 
     pub(crate) fn started(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    /// How long the session's thread should stay awake for the next submission, now that the
+    /// last result in flight has arrived (see `session::next_soon`): [`LINGER`] when a program
+    /// polls for that result on another thread, and will submit again within microseconds;
+    /// zero otherwise, and always on the thread that polls, which lingering would hold up.
+    pub(crate) fn linger(&self) -> Duration {
+        let spinner = self.spinner.load(Ordering::Relaxed);
+        if spinner != 0 && spinner != thread_token() {
+            LINGER
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// The calling thread polls for a lone task's result.
+    pub(crate) fn spinning_here(&self) {
+        self.spinner.store(thread_token(), Ordering::Relaxed);
+    }
+
+    /// Nobody polls for a lone result any more.
+    pub(crate) fn stopped_spinning(&self) {
+        self.spinner.store(0, Ordering::Relaxed);
     }
 
     /// Whether the one task in flight is the only thing the session waits for.

@@ -245,7 +245,8 @@ impl Cluster {
         };
         let (stream, opened) = opener.open().await?;
         let (requests, requests_rx) = mpsc::unbounded_channel();
-        tokio::spawn(session::run(requests_rx, stream, opener));
+        let lone_wait = Arc::new(LoneWait::from_env());
+        tokio::spawn(session::run(requests_rx, stream, opener, lone_wait.clone()));
         Ok(Self {
             inner: Arc::new(Inner {
                 requests,
@@ -254,7 +255,7 @@ impl Cluster {
                 address: address.to_owned(),
                 token,
                 channel,
-                lone_wait: Arc::new(LoneWait::from_env()),
+                lone_wait,
                 _embedded: embedded,
             }),
         })

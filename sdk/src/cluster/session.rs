@@ -9,7 +9,10 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -28,7 +31,7 @@ use tonic::Streaming;
 use tracing::{debug, warn};
 
 use super::executable;
-use crate::{error::Error, task::ErrorKind};
+use crate::{error::Error, lone_wait::LoneWait, task::ErrorKind};
 
 /// A result as it arrives, before anyone decodes it.
 pub(crate) struct RawResult {
@@ -175,10 +178,11 @@ pub(crate) async fn run(
     mut requests: mpsc::UnboundedReceiver<Request>,
     mut stream: Stream,
     opener: Opener,
+    lone_wait: Arc<LoneWait>,
 ) {
     let mut pending: Pending = HashMap::new();
     loop {
-        let lost = match serve(&mut requests, &mut stream, &mut pending).await {
+        let lost = match serve(&mut requests, &mut stream, &mut pending, &lone_wait).await {
             None => return, // the program is done with the cluster
             Some(lost) => lost,
         };
@@ -223,72 +227,121 @@ async fn serve(
     requests: &mut mpsc::UnboundedReceiver<Request>,
     stream: &mut Stream,
     pending: &mut Pending,
+    lone_wait: &LoneWait,
 ) -> Option<String> {
     loop {
-        tokio::select! {
-            request = requests.recv() => match request {
-                None => {
-                    close(stream).await;
-                    return None;
-                }
-                Some(request) => {
-                    let mut batch = Vec::new();
-                    let mut next = Some(request);
-                    while let Some(request) = next.take() {
-                        match request {
-                            Request::Submit(tasks) => {
-                                for (spec, route) in tasks {
-                                    batch.push(spec.clone());
-                                    pending.insert(spec.task_id, (spec, route));
-                                }
-                            }
-                            Request::Close(closing) => {
-                                // Submissions before the goodbye go first: their futures may be
-                                // held still, and fail as disconnected once it is said.
-                                if send_batches(&stream.up, std::mem::take(&mut batch)).await.is_ok() {
-                                    close(stream).await;
-                                }
-                                drop(closing);
-                                return None;
-                            }
-                            Request::Cancel(task_ids) => {
-                                // A cancelled task is never run again, even if its failure is
-                                // already on its way here.
-                                for id in &task_ids {
-                                    if let Some((spec, _)) = pending.get_mut(id) {
-                                        spec.retries = 0;
-                                    }
-                                }
-                                // Submissions before the cancel go first, or it would miss them.
-                                if send_batches(&stream.up, std::mem::take(&mut batch)).await.is_err() {
-                                    return Some("the stream to the scheduler closed".into());
-                                }
-                                let cancel = message(driver_message::Body::Cancel(CancelTasks { task_ids }));
-                                if stream.up.send(cancel).await.is_err() {
-                                    return Some("the stream to the scheduler closed".into());
-                                }
-                            }
-                        }
-                        next = requests.try_recv().ok();
-                    }
-                    if send_batches(&stream.up, batch).await.is_err() {
-                        return Some("the stream to the scheduler closed".into());
-                    }
-                }
-            },
+        let request = tokio::select! {
+            request = requests.recv() => request,
             event = stream.down.message() => match event {
                 Ok(Some(DriverEvent { body: Some(body) })) => {
                     let again = deliver(body, pending);
                     if !again.is_empty() && send_batches(&stream.up, again).await.is_err() {
                         return Some("the stream to the scheduler closed".into());
                     }
+                    let linger = lone_wait.linger();
+                    if !pending.is_empty() || linger.is_zero() {
+                        continue;
+                    }
+                    match next_soon(requests, linger) {
+                        Some(request) => request,
+                        None => continue,
+                    }
                 }
-                Ok(Some(DriverEvent { body: None })) => {}
+                Ok(Some(DriverEvent { body: None })) => continue,
                 Ok(None) => return Some("the scheduler closed the session".to_owned()),
                 Err(status) => return Some(format!("the session with the scheduler broke: {}", status.message())),
             },
+        };
+        let Some(request) = request else {
+            close(stream).await;
+            return None;
+        };
+        if let Some(ended) = forward(request, requests, stream, pending).await {
+            return ended;
         }
     }
+}
+
+/// The next request, if the program makes one within `linger` of its last result arriving.
+///
+/// A program that awaits its tasks one at a time submits the next a few microseconds after the
+/// last result reached it. This thread, still awake, then sends it on at once; asleep, it would
+/// first have to be woken, which on a virtual machine whose idle CPUs halt costs more than the
+/// rest of a short task's round trip. (`Some(None)`: the program dropped the cluster.)
+fn next_soon(
+    requests: &mut mpsc::UnboundedReceiver<Request>,
+    linger: Duration,
+) -> Option<Option<Request>> {
+    let until = Instant::now() + linger;
+    loop {
+        match requests.try_recv() {
+            Ok(request) => return Some(Some(request)),
+            Err(mpsc::error::TryRecvError::Disconnected) => return Some(None),
+            Err(mpsc::error::TryRecvError::Empty) if Instant::now() >= until => return None,
+            Err(mpsc::error::TryRecvError::Empty) => std::hint::spin_loop(),
+        }
+    }
+}
+
+/// Sends `first` and whatever other requests are already queued behind it, submissions in
+/// batches. `Some(ended)` when the session is over: the stream broke (`Some(why)`), or the
+/// program said goodbye (`None`).
+async fn forward(
+    first: Request,
+    requests: &mut mpsc::UnboundedReceiver<Request>,
+    stream: &mut Stream,
+    pending: &mut Pending,
+) -> Option<Option<String>> {
+    let closed = || Some(Some("the stream to the scheduler closed".to_owned()));
+    let mut batch = Vec::new();
+    let mut next = Some(first);
+    while let Some(request) = next.take() {
+        match request {
+            Request::Submit(tasks) => {
+                for (spec, route) in tasks {
+                    batch.push(spec.clone());
+                    pending.insert(spec.task_id, (spec, route));
+                }
+            }
+            Request::Close(closing) => {
+                // Submissions before the goodbye go first: their futures may be held still,
+                // and fail as disconnected once it is said.
+                if send_batches(&stream.up, std::mem::take(&mut batch))
+                    .await
+                    .is_ok()
+                {
+                    close(stream).await;
+                }
+                drop(closing);
+                return Some(None);
+            }
+            Request::Cancel(task_ids) => {
+                // A cancelled task is never run again, even if its failure is already on its
+                // way here.
+                for id in &task_ids {
+                    if let Some((spec, _)) = pending.get_mut(id) {
+                        spec.retries = 0;
+                    }
+                }
+                // Submissions before the cancel go first, or it would miss them.
+                if send_batches(&stream.up, std::mem::take(&mut batch))
+                    .await
+                    .is_err()
+                {
+                    return closed();
+                }
+                let cancel = message(driver_message::Body::Cancel(CancelTasks { task_ids }));
+                if stream.up.send(cancel).await.is_err() {
+                    return closed();
+                }
+            }
+        }
+        next = requests.try_recv().ok();
+    }
+    if send_batches(&stream.up, batch).await.is_err() {
+        return closed();
+    }
+    None
 }
 
 /// Tells the scheduler the session is over, and waits (briefly) for it to end the stream: the
