@@ -37,4 +37,6 @@ pub enum Error {
     Settings { key: String, message: String },
     #[error("cannot find a scheduler: {0}")]
     Discovery(String),
+    #[error("cannot start the driver's I/O thread: {0}")]
+    IoThread(std::io::Error),
 }

@@ -114,8 +114,8 @@ impl<R: DeserializeOwned> Future for TaskFuture<R> {
                         // Whatever this submission woke may be queued on this very CPU, and
                         // Linux lets a thread early in its time slice run on: let it go first.
                         std::thread::yield_now();
-                        // Polled again as soon as the runtime has looked at its sockets (at once
-                        // on a thread outside the runtime): see `lone_wait`.
+                        // Polled again once the runtime has run whatever else is ready (at once on
+                        // a thread outside the runtime): see `lone_wait`.
                         let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
                     } else {
                         this.lone_wait.stopped_spinning();

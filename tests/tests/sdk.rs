@@ -214,6 +214,25 @@ fn a_driver_killed_mid_job_has_its_tasks_stopped() {
 }
 
 #[test]
+fn a_main_that_blocks_holds_up_neither_its_tasks_nor_their_results() {
+    let (scheduler, _agents) = cluster(SchedulerOptions::default());
+    let out = scheduler
+        .driver(&test_driver(), &["blocking"])
+        .env("LADLE_RUNTIME", "current_thread")
+        .output()
+        .expect("the driver runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let found = last_json(&stdout);
+    assert_eq!(found["done_while_blocked"], true, "{}", show(&found));
+    assert_eq!(found["value"], 100);
+}
+
+#[test]
 fn a_driver_that_ends_with_tasks_left_has_them_stopped_at_once() {
     // A grace far longer than the test: only the driver's goodbye can end its job in time.
     let (scheduler, _agents) = cluster(SchedulerOptions {

@@ -2,6 +2,7 @@
 
 mod embedded;
 pub(crate) mod executable;
+mod io_thread;
 pub(crate) mod session;
 
 use std::{
@@ -218,7 +219,9 @@ impl Cluster {
         token: Option<Token>,
         embedded: Option<embedded::Embedded>,
     ) -> Result<Self, Error> {
-        let channel = client::connect(address).await?;
+        let io = io_thread::IoThread::start()?;
+        let to = address.to_owned();
+        let channel = io.run(async move { client::connect(&to).await }).await??;
         let path = executable::path()?;
         let blob = executable::describe(&path)?;
         let job_name = path
@@ -243,10 +246,15 @@ impl Cluster {
                 reconnect_timeout()?
             },
         };
-        let (stream, opened) = opener.open().await?;
+        let (opener, (stream, opened)) = io
+            .run(async move {
+                let opened = opener.open().await;
+                opened.map(|opened| (opener, opened))
+            })
+            .await??;
         let (requests, requests_rx) = mpsc::unbounded_channel();
         let lone_wait = Arc::new(LoneWait::from_env());
-        tokio::spawn(session::run(requests_rx, stream, opener, lone_wait.clone()));
+        io.serve(session::run(requests_rx, stream, opener, lone_wait.clone()));
         Ok(Self {
             inner: Arc::new(Inner {
                 requests,

@@ -1,7 +1,7 @@
 //! A driver program for the end-to-end tests: each subcommand is one scenario, run through the
 //! real SDK against the cluster in LADLE_SCHEDULER, printing one JSON line of findings.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ladle::{Cluster, ErrorKind, Options, ReturnWhen, Shared, StreamExt};
 use serde_json::json;
@@ -255,6 +255,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let map = cluster.map(nap, std::iter::repeat_n(500u64, 5000));
             println!("{}", json!({ "started": true }));
             let _ = map.await;
+        }
+        "blocking" => {
+            // `main` never yields to its runtime here (run it with LADLE_RUNTIME=current_thread):
+            // only the SDK's own thread can send the task and take in its result.
+            let mut future = cluster.submit(nap, 100)?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !future.is_done() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let done = future.is_done();
+            let value = if done { Some(future.await?) } else { None };
+            out(json!({ "done_while_blocked": done, "value": value }));
         }
         "leave" => {
             // Long tasks submitted and never awaited: the program's end must stop them.

@@ -1,0 +1,57 @@
+//! The driver's own thread for its traffic with the scheduler, as Dask's client and Ray's core
+//! worker have theirs: the session, its gRPC connection and every reconnection run there.
+//!
+//! Why not the program's runtime: there, a `main` that blocks (computing something locally
+//! while its tasks run, as futures invite) would hold back submissions and results; and on a
+//! multi-threaded runtime each result woke a runtime thread, which woke another to share its
+//! work, and so on at every step: wake-ups that one thread does without.
+
+use std::future::Future;
+
+use tokio::{runtime::Handle, sync::oneshot};
+
+use crate::error::Error;
+
+pub(crate) struct IoThread {
+    handle: Handle,
+    /// Ends the thread when it is sent or dropped.
+    done: oneshot::Sender<()>,
+}
+
+impl IoThread {
+    pub(crate) fn start() -> Result<Self, Error> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(Error::IoThread)?;
+        let handle = runtime.handle().clone();
+        let (done, finished) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("ladle-io".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = finished.await;
+                });
+            })
+            .map_err(Error::IoThread)?;
+        Ok(Self { handle, done })
+    }
+
+    /// Runs `future` on this thread (connecting, opening the session) and gives its output.
+    pub(crate) async fn run<F>(&self, future: F) -> Result<F::Output, Error>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(future).await.map_err(|_| Error::Closed)
+    }
+
+    /// Hands the thread to `session`: it ends when the session does.
+    pub(crate) fn serve(self, session: impl Future<Output = ()> + Send + 'static) {
+        let done = self.done;
+        self.handle.spawn(async move {
+            session.await;
+            let _ = done.send(());
+        });
+    }
+}
