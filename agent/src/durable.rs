@@ -11,11 +11,14 @@ use std::{
 /// Replaces `path` with `contents`.
 pub fn write(path: &Path, contents: &str) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut file = File::create(&tmp)?;
-    file.write_all(contents.as_bytes())?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, path)?;
+    let written = File::create(&tmp).and_then(|mut file| {
+        file.write_all(contents.as_bytes())?;
+        file.sync_all()
+    });
+    if let Err(err) = written.and_then(|()| fs::rename(&tmp, path)) {
+        let _ = fs::remove_file(&tmp);
+        return Err(err);
+    }
     sync_dir(path)
 }
 
@@ -28,11 +31,21 @@ pub fn remove(path: &Path) -> io::Result<()> {
     sync_dir(path)
 }
 
-/// Flushes the directory entry of `path` (its creation, rename or removal).
+/// Flushes the directory entry of `path` (its creation, rename or removal). Filesystems that
+/// cannot flush a directory (some network and FUSE ones say EINVAL) keep what they keep.
 fn sync_dir(path: &Path) -> io::Result<()> {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
-        _ => File::open(".")?.sync_all(),
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    match File::open(dir)?.sync_all() {
+        Err(err)
+            if err.kind() == io::ErrorKind::InvalidInput
+                || err.kind() == io::ErrorKind::Unsupported =>
+        {
+            Ok(())
+        }
+        other => other,
     }
 }
 

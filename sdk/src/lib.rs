@@ -83,10 +83,11 @@ pub mod __private {
         match builder.enable_all().build() {
             Ok(runtime) => {
                 let output = runtime.block_on(future);
-                // The clusters `main` dropped say goodbye before the process goes.
-                runtime.block_on(crate::cluster::session::all_closed(
-                    crate::cluster::session::CLOSE_WAIT,
-                ));
+                // Stopping the runtime drops what its tasks still held (a map's clone of the
+                // cluster, say); every session whose last handle is gone then says goodbye, on
+                // its own thread, before the process goes.
+                drop(runtime);
+                crate::cluster::session::wait_all_closed(crate::cluster::session::CLOSE_WAIT);
                 output
             }
             Err(err) => {

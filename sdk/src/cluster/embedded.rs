@@ -26,6 +26,9 @@ fn stopper() -> (
 }
 
 impl Embedded {
+    /// Starts the scheduler and the agent, each on a thread of its own with its own runtime, as
+    /// the real binaries run on one thread each: they answer (heartbeats, keep-alives, workers)
+    /// whatever the program's own runtime is doing, even blocked in `main`.
     pub(crate) async fn start() -> Result<Self, Error> {
         let dir = tempfile::Builder::new()
             .prefix("ladle-")
@@ -37,16 +40,26 @@ impl Embedded {
             state_dir: Some(dir.path().join("scheduler")),
             ..SchedulerSettings::default()
         };
-        let listening = ladle_scheduler::server::listen_quietly(settings)
-            .await
-            .map_err(|e| Error::Embedded(e.to_string()))?;
-        let address = listening.advertised.clone();
         let (stop_scheduler, scheduler_stopped) = stopper();
-        tokio::spawn(async move {
+        let (listening_tx, listening_rx) = oneshot::channel::<Result<String, String>>();
+        on_own_thread("ladle-scheduler", async move {
+            let listening = match ladle_scheduler::server::listen_quietly(settings).await {
+                Ok(listening) => listening,
+                Err(err) => {
+                    let _ = listening_tx.send(Err(err.to_string()));
+                    return;
+                }
+            };
+            let _ = listening_tx.send(Ok(listening.advertised.clone()));
             if let Err(err) = listening.serve(scheduler_stopped).await {
                 tracing::error!("the embedded scheduler stopped: {err}");
             }
-        });
+        })
+        .await?;
+        let address = listening_rx
+            .await
+            .map_err(|_| Error::Embedded("the scheduler's thread ended before it listened".into()))?
+            .map_err(Error::Embedded)?;
 
         let agent = AgentSettings {
             scheduler: Some(address.clone()),
@@ -54,16 +67,51 @@ impl Embedded {
             ..AgentSettings::default()
         };
         let (stop_agent, agent_stopped) = stopper();
-        tokio::spawn(async move {
+        on_own_thread("ladle-agent", async move {
             if let Err(err) = ladle_agent::daemon::run(agent, "embedded", agent_stopped).await {
                 tracing::error!("the embedded agent stopped: {err}");
             }
-        });
+        })
+        .await?;
         Ok(Self {
             address,
             stops: vec![stop_agent, stop_scheduler],
             _dir: dir,
         })
+    }
+}
+
+/// Runs `future` to its end on a new thread, on a single-threaded runtime of its own (built on
+/// that thread: a runtime must not be dropped inside another's context, as it would be here if
+/// the thread could not start).
+async fn on_own_thread(
+    name: &str,
+    future: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let (started_tx, started) = oneshot::channel::<Result<(), String>>();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => {
+                    let _ = started_tx.send(Ok(()));
+                    runtime.block_on(future);
+                }
+                Err(err) => {
+                    let _ = started_tx.send(Err(err.to_string()));
+                }
+            }
+        })
+        .map_err(|e| Error::Embedded(format!("cannot start the thread {name}: {e}")))?;
+    match started.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(Error::Embedded(format!(
+            "cannot start a runtime for {name}: {err}"
+        ))),
+        Err(_) => Err(Error::Embedded(format!("the thread {name} ended at once"))),
     }
 }
 

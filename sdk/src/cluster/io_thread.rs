@@ -19,20 +19,33 @@ pub(crate) struct IoThread {
 }
 
 impl IoThread {
-    pub(crate) fn start() -> Result<Self, Error> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(Error::IoThread)?;
-        let handle = runtime.handle().clone();
+    pub(crate) async fn start() -> Result<Self, Error> {
         let (done, finished) = oneshot::channel::<()>();
+        let (handle_tx, handle_rx) = oneshot::channel();
+        // The runtime is built on its thread: were it built here and the thread failed to
+        // start, it would be dropped inside the program's runtime, which tokio forbids.
         std::thread::Builder::new()
             .name("ladle-io".into())
             .spawn(move || {
-                runtime.block_on(async {
-                    let _ = finished.await;
-                });
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => {
+                        let _ = handle_tx.send(Ok(runtime.handle().clone()));
+                        runtime.block_on(async {
+                            let _ = finished.await;
+                        });
+                    }
+                    Err(err) => {
+                        let _ = handle_tx.send(Err(err));
+                    }
+                }
             })
+            .map_err(Error::IoThread)?;
+        let handle = handle_rx
+            .await
+            .map_err(|_| Error::IoThread(std::io::Error::other("the thread ended at once")))?
             .map_err(Error::IoThread)?;
         Ok(Self { handle, done })
     }

@@ -219,7 +219,7 @@ impl Cluster {
         token: Option<Token>,
         embedded: Option<embedded::Embedded>,
     ) -> Result<Self, Error> {
-        let io = io_thread::IoThread::start()?;
+        let io = io_thread::IoThread::start().await?;
         let to = address.to_owned();
         let channel = io.run(async move { client::connect(&to).await }).await??;
         let path = executable::path()?;

@@ -9,10 +9,7 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -26,7 +23,7 @@ use ladle_proto::v1::{
     SessionOpened, SubmitTasks, blob_service_client::BlobServiceClient, driver_event,
     driver_message, driver_service_client::DriverServiceClient, task_result,
 };
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tonic::Streaming;
 use tracing::{debug, warn};
 
@@ -56,8 +53,12 @@ pub(crate) enum Request {
 pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Sessions told to close whose goodbye is not yet acknowledged.
-static CLOSING: AtomicUsize = AtomicUsize::new(0);
-static ALL_CLOSED: Notify = Notify::const_new();
+static CLOSING: Mutex<usize> = Mutex::new(0);
+static ALL_CLOSED: Condvar = Condvar::new();
+
+fn closing() -> MutexGuard<'static, usize> {
+    CLOSING.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Held while a session's goodbye is on its way; dropped when it has arrived, or when the
 /// session turns out to be gone already.
@@ -65,32 +66,25 @@ pub(crate) struct Closing(());
 
 impl Closing {
     pub(crate) fn new() -> Self {
-        CLOSING.fetch_add(1, Ordering::SeqCst);
+        *closing() += 1;
         Self(())
     }
 }
 
 impl Drop for Closing {
     fn drop(&mut self) {
-        if CLOSING.fetch_sub(1, Ordering::SeqCst) == 1 {
-            ALL_CLOSED.notify_waiters();
+        let mut left = closing();
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            ALL_CLOSED.notify_all();
         }
     }
 }
 
-/// Waits, for at most `limit`, until every session told to close has said goodbye: a program's
-/// runtime, and with it the sessions' connections, must not stop before that.
-pub(crate) async fn all_closed(limit: Duration) {
-    let _ = tokio::time::timeout(limit, async {
-        loop {
-            let notified = ALL_CLOSED.notified();
-            if CLOSING.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    })
-    .await;
+/// Waits, for at most `limit`, until every session told to close has said goodbye (on the
+/// sessions' own threads): the process must not exit before that.
+pub(crate) fn wait_all_closed(limit: Duration) {
+    let _ = ALL_CLOSED.wait_timeout_while(closing(), limit, |left| *left > 0);
 }
 
 /// A batch on the wire stays around this size, so that results keep flowing between batches.
@@ -278,7 +272,8 @@ fn next_soon(
             Ok(request) => return Some(Some(request)),
             Err(mpsc::error::TryRecvError::Disconnected) => return Some(None),
             Err(mpsc::error::TryRecvError::Empty) if Instant::now() >= until => return None,
-            Err(mpsc::error::TryRecvError::Empty) => std::hint::spin_loop(),
+            // Should the program's thread share this CPU, it runs first.
+            Err(mpsc::error::TryRecvError::Empty) => std::thread::yield_now(),
         }
     }
 }
@@ -306,12 +301,15 @@ async fn forward(
             Request::Close(closing) => {
                 // Submissions before the goodbye go first: their futures may be held still,
                 // and fail as disconnected once it is said.
-                if send_batches(&stream.up, std::mem::take(&mut batch))
-                    .await
-                    .is_ok()
-                {
-                    close(stream).await;
-                }
+                let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                    if send_batches(&stream.up, std::mem::take(&mut batch))
+                        .await
+                        .is_ok()
+                    {
+                        close(stream).await;
+                    }
+                })
+                .await;
                 drop(closing);
                 return Some(None);
             }
@@ -347,12 +345,11 @@ async fn forward(
 /// Tells the scheduler the session is over, and waits (briefly) for it to end the stream: the
 /// goodbye has then arrived, whatever happens to this process next.
 async fn close(stream: &mut Stream) {
-    let _ = stream
-        .up
-        .send(message(driver_message::Body::Close(CloseSession {})))
-        .await;
     let _ = tokio::time::timeout(CLOSE_WAIT, async {
-        while let Ok(Some(_)) = stream.down.message().await {}
+        let goodbye = message(driver_message::Body::Close(CloseSession {}));
+        if stream.up.send(goodbye).await.is_ok() {
+            while let Ok(Some(_)) = stream.down.message().await {}
+        }
     })
     .await;
 }

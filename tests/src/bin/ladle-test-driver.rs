@@ -273,6 +273,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let left = (0..20)
                 .map(|_| cluster.submit(nap, 60_000))
                 .collect::<Result<Vec<_>, _>>()?;
+            // And a map, whose feeding task holds a handle on the cluster of its own.
+            let _map = cluster.map(nap, std::iter::repeat_n(60_000u64, 100));
             out(json!({ "left": left.len() }));
         }
         "shared" => {
