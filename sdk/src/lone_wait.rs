@@ -40,6 +40,9 @@ pub(crate) struct LoneWait {
     limit: Duration,
     /// The thread polling for a lone task's result right now ([`thread_token`]; 0: none).
     spinner: AtomicU64,
+    /// Whether this process may run on more than one CPU: on one, the session's thread staying
+    /// awake would only keep the program's thread from submitting.
+    several_cpus: bool,
 }
 
 /// One chunk in flight; dropped when its result is routed (or the session ends without one).
@@ -75,6 +78,7 @@ impl LoneWait {
             recent_ns: AtomicU64::new(0),
             limit,
             spinner: AtomicU64::new(0),
+            several_cpus: std::thread::available_parallelism().is_ok_and(|n| n.get() > 1),
         }
     }
 
@@ -86,10 +90,11 @@ impl LoneWait {
     /// How long the session's thread should stay awake for the next submission, now that the
     /// last result in flight has arrived (see `session::next_soon`): [`LINGER`] when a program
     /// polls for that result on another thread, and will submit again within microseconds;
-    /// zero otherwise, and always on the thread that polls, which lingering would hold up.
+    /// zero otherwise, and always on the thread that polls or on a single CPU, where lingering
+    /// would hold up the very submission it waits for.
     pub(crate) fn linger(&self) -> Duration {
         let spinner = self.spinner.load(Ordering::Relaxed);
-        if spinner != 0 && spinner != thread_token() {
+        if self.several_cpus && spinner != 0 && spinner != thread_token() {
             LINGER
         } else {
             Duration::ZERO

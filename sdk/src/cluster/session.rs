@@ -272,8 +272,7 @@ fn next_soon(
             Ok(request) => return Some(Some(request)),
             Err(mpsc::error::TryRecvError::Disconnected) => return Some(None),
             Err(mpsc::error::TryRecvError::Empty) if Instant::now() >= until => return None,
-            // Should the program's thread share this CPU, it runs first.
-            Err(mpsc::error::TryRecvError::Empty) => std::thread::yield_now(),
+            Err(mpsc::error::TryRecvError::Empty) => std::hint::spin_loop(),
         }
     }
 }
