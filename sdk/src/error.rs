@@ -4,6 +4,7 @@
 use thiserror::Error;
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum Error {
     #[error(transparent)]
     Connect(#[from] ladle_common::client::ConnectError),

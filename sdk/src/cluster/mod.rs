@@ -428,6 +428,10 @@ impl Cluster {
             message: e.to_string(),
         })?;
         let blob = executable::describe_bytes(&bytes);
+        // The connection lives on the session's thread, which ends with the session.
+        if self.inner.requests.is_closed() {
+            return Err(Error::Closed);
+        }
         let mut blobs = BlobServiceClient::with_interceptor(
             self.inner.channel.clone(),
             TokenInterceptor::new(self.inner.token.as_ref()),
