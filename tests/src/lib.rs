@@ -67,6 +67,19 @@ pub fn wait_for<T>(what: &str, within: Duration, mut probe: impl FnMut() -> Opti
     }
 }
 
+/// Runs `command` to its end and returns its stdout, failing the test (showing both outputs) if
+/// it failed.
+pub fn stdout_of(command: &mut Command) -> String {
+    let out = command.output().expect("the program runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}\nstdout: {stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// A child process that is killed when the test lets go of it.
 pub struct Process {
     child: Child,
@@ -323,18 +336,7 @@ impl Scheduler {
 
     /// Runs a driver to the end; returns its stdout, failing the test if it failed.
     pub fn run_driver(&self, program: &Path, args: &[&str]) -> String {
-        let out = self
-            .driver(program, args)
-            .output()
-            .expect("the driver runs");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{} {args:?} failed: {}\nstdout: {stdout}",
-            program.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
+        stdout_of(&mut self.driver(program, args))
     }
 
     /// Starts a driver in the background, its output going to a log file.

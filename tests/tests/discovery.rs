@@ -5,7 +5,7 @@ use std::{fs, path::Path, time::Duration};
 
 use ladle_tests::{
     Agent, Process, Scheduler, SchedulerOptions, bin, clean_command, last_json, netns::Host,
-    netns::Lab, show, test_driver, wait_for,
+    netns::Lab, show, stdout_of, test_driver, wait_for,
 };
 use serde_json::Value;
 
@@ -137,18 +137,11 @@ fn agents_on_other_hosts_join_their_clusters_scheduler_by_multicast_and_follow_i
     );
 
     // A driver on a third host finds it too.
-    let out = b
-        .command(&test_driver())
-        .arg("panic")
-        .env("LADLE_SCHEDULER", "discover")
-        .env("LADLE_TOKEN", TOKEN)
-        .output()
-        .expect("the driver runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = stdout_of(
+        b.command(&test_driver())
+            .arg("panic")
+            .env("LADLE_SCHEDULER", "discover")
+            .env("LADLE_TOKEN", TOKEN),
     );
     assert_eq!(last_json(&stdout)["ok"], 999, "{stdout}");
 

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use ladle_tests::{
-    Agent, Scheduler, SchedulerOptions, clean_command, example, last_json, show, test_driver,
-    wait_for,
+    Agent, Scheduler, SchedulerOptions, clean_command, example, last_json, show, stdout_of,
+    test_driver, wait_for,
 };
 use serde_json::Value;
 
@@ -79,16 +79,7 @@ fn the_examples_give_exact_results_on_a_cluster_and_embedded() {
     ];
     for (name, args, expected) in cases {
         let on_cluster = own_lines(&scheduler.run_driver(&example(name), &args));
-        let out = clean_command(&example(name))
-            .args(&args)
-            .output()
-            .expect("runs");
-        assert!(
-            out.status.success(),
-            "{name} embedded: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let embedded = own_lines(&String::from_utf8_lossy(&out.stdout));
+        let embedded = own_lines(&stdout_of(clean_command(&example(name)).args(&args)));
         for line in expected {
             assert!(
                 on_cluster.lines().any(|l| l == line),
@@ -216,18 +207,11 @@ fn a_driver_killed_mid_job_has_its_tasks_stopped() {
 #[test]
 fn a_main_that_blocks_holds_up_neither_its_tasks_nor_their_results() {
     let (scheduler, _agents) = cluster(SchedulerOptions::default());
-    let out = scheduler
-        .driver(&test_driver(), &["blocking"])
-        .env("LADLE_RUNTIME", "current_thread")
-        .output()
-        .expect("the driver runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let found = last_json(&stdout);
+    let found = last_json(&stdout_of(
+        scheduler
+            .driver(&test_driver(), &["blocking"])
+            .env("LADLE_RUNTIME", "current_thread"),
+    ));
     assert_eq!(found["done_while_blocked"], true, "{}", show(&found));
     assert_eq!(found["value"], 100);
 }
@@ -271,13 +255,7 @@ fn a_worker_without_the_requested_task_fails_it_clearly() {
     // Agents run another program (the `completed` example), which has no such task.
     let mut command = scheduler.driver(&test_driver(), &["unknown"]);
     command.env("LADLE_WORKER_EXECUTABLE", example("completed"));
-    let out = command.output().expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let found = last_json(&String::from_utf8_lossy(&out.stdout));
+    let found = last_json(&stdout_of(&mut command));
     assert_eq!(found["error"]["kind"], "UnknownTask", "{}", show(&found));
     let text = found["error"]["text"].as_str().unwrap_or_default();
     assert!(
