@@ -81,38 +81,15 @@ impl Embedded {
     }
 }
 
-/// Runs `future` to its end on a new thread, on a single-threaded runtime of its own (built on
-/// that thread: a runtime must not be dropped inside another's context, as it would be here if
-/// the thread could not start).
+/// Runs `future` to its end on a thread of its own, with a runtime of its own.
 async fn on_own_thread(
     name: &str,
     future: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let (started_tx, started) = oneshot::channel::<Result<(), String>>();
-    std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => {
-                    let _ = started_tx.send(Ok(()));
-                    runtime.block_on(future);
-                }
-                Err(err) => {
-                    let _ = started_tx.send(Err(err.to_string()));
-                }
-            }
-        })
-        .map_err(|e| Error::Embedded(format!("cannot start the thread {name}: {e}")))?;
-    match started.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(Error::Embedded(format!(
-            "cannot start a runtime for {name}: {err}"
-        ))),
-        Err(_) => Err(Error::Embedded(format!("the thread {name} ended at once"))),
-    }
+    super::io_thread::on_own_thread(name, future)
+        .await
+        .map(drop)
+        .map_err(|e| Error::Embedded(format!("cannot start {name}: {e}")))
 }
 
 impl Drop for Embedded {

@@ -21,31 +21,11 @@ pub(crate) struct IoThread {
 impl IoThread {
     pub(crate) async fn start() -> Result<Self, Error> {
         let (done, finished) = oneshot::channel::<()>();
-        let (handle_tx, handle_rx) = oneshot::channel();
-        // The runtime is built on its thread: were it built here and the thread failed to
-        // start, it would be dropped inside the program's runtime, which tokio forbids.
-        std::thread::Builder::new()
-            .name("ladle-io".into())
-            .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => {
-                        let _ = handle_tx.send(Ok(runtime.handle().clone()));
-                        runtime.block_on(async {
-                            let _ = finished.await;
-                        });
-                    }
-                    Err(err) => {
-                        let _ = handle_tx.send(Err(err));
-                    }
-                }
-            })
-            .map_err(Error::IoThread)?;
-        let handle = handle_rx
+        let future = async {
+            let _ = finished.await;
+        };
+        let handle = on_own_thread("ladle-io", future)
             .await
-            .map_err(|_| Error::IoThread(std::io::Error::other("the thread ended at once")))?
             .map_err(Error::IoThread)?;
         Ok(Self { handle, done })
     }
@@ -67,4 +47,34 @@ impl IoThread {
             let _ = done.send(());
         });
     }
+}
+
+/// Runs `future` to its end on a new thread named `name`, on a single-threaded runtime of its
+/// own; returns that runtime's handle once it runs. The runtime is built on its thread: were it
+/// built here and the thread failed to start, it would be dropped inside the caller's runtime,
+/// which tokio forbids.
+pub(crate) async fn on_own_thread(
+    name: &str,
+    future: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<Handle> {
+    let (started_tx, started) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => {
+                    let _ = started_tx.send(Ok(runtime.handle().clone()));
+                    runtime.block_on(future);
+                }
+                Err(err) => {
+                    let _ = started_tx.send(Err(err));
+                }
+            }
+        })?;
+    started
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("the thread ended at once")))
 }
