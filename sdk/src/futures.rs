@@ -110,7 +110,7 @@ impl<R: DeserializeOwned> Future for TaskFuture<R> {
                 if this.lone_wait.alone() {
                     this.awaited_alone = true;
                     if this.lone_wait.spin(this.submitted) {
-                        this.lone_wait.spinning_here();
+                        this.lone_wait.spinning();
                         // Whatever this submission woke may be queued on this very CPU, and
                         // Linux lets a thread early in its time slice run on: let it go first.
                         std::thread::yield_now();

@@ -9,7 +9,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -23,23 +23,14 @@ const LONG: u32 = 4;
 /// shorter than anything a person or a benchmark of throughput would notice.
 const LINGER: Duration = Duration::from_micros(50);
 
-/// A number for the calling thread, unique in the process and never 0.
-fn thread_token() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    thread_local! {
-        static TOKEN: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
-    }
-    TOKEN.with(|t| *t)
-}
-
 pub(crate) struct LoneWait {
     /// Chunks submitted in this session and not yet answered.
     in_flight: AtomicUsize,
     /// Recent round trip of a task awaited alone, in ns (moving average; 0 before the first).
     recent_ns: AtomicU64,
     limit: Duration,
-    /// The thread polling for a lone task's result right now ([`thread_token`]; 0: none).
-    spinner: AtomicU64,
+    /// Whether the program polls for a lone task's result right now.
+    polled: AtomicBool,
     /// Whether this process may run on more than one CPU: on one, the session's thread staying
     /// awake would only keep the program's thread from submitting.
     several_cpus: bool,
@@ -77,7 +68,7 @@ impl LoneWait {
             in_flight: AtomicUsize::new(0),
             recent_ns: AtomicU64::new(0),
             limit,
-            spinner: AtomicU64::new(0),
+            polled: AtomicBool::new(false),
             several_cpus: std::thread::available_parallelism().is_ok_and(|n| n.get() > 1),
         }
     }
@@ -88,27 +79,26 @@ impl LoneWait {
     }
 
     /// How long the session's thread should stay awake for the next submission, now that the
-    /// last result in flight has arrived (see `session::next_soon`): [`LINGER`] when a program
-    /// polls for that result on another thread, and will submit again within microseconds;
-    /// zero otherwise, and always on the thread that polls or on a single CPU, where lingering
-    /// would hold up the very submission it waits for.
+    /// last result in flight has arrived (see `session::next_soon`): [`LINGER`] when the program
+    /// polls for that result (on its own thread: the session has one of its own), and will submit
+    /// again within microseconds; zero otherwise, and on a single CPU, where lingering would hold
+    /// up the very submission it waits for.
     pub(crate) fn linger(&self) -> Duration {
-        let spinner = self.spinner.load(Ordering::Relaxed);
-        if self.several_cpus && spinner != 0 && spinner != thread_token() {
+        if self.several_cpus && self.polled.load(Ordering::Relaxed) {
             LINGER
         } else {
             Duration::ZERO
         }
     }
 
-    /// The calling thread polls for a lone task's result.
-    pub(crate) fn spinning_here(&self) {
-        self.spinner.store(thread_token(), Ordering::Relaxed);
+    /// The program polls for a lone task's result.
+    pub(crate) fn spinning(&self) {
+        self.polled.store(true, Ordering::Relaxed);
     }
 
     /// Nobody polls for a lone result any more.
     pub(crate) fn stopped_spinning(&self) {
-        self.spinner.store(0, Ordering::Relaxed);
+        self.polled.store(false, Ordering::Relaxed);
     }
 
     /// Whether the one task in flight is the only thing the session waits for.
