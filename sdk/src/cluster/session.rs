@@ -247,7 +247,7 @@ async fn serve(
             },
         };
         let Some(request) = request else {
-            close(stream).await;
+            close(stream, Vec::new()).await;
             return None;
         };
         if let Some(ended) = forward(request, requests, stream, pending).await {
@@ -298,17 +298,7 @@ async fn forward(
                 }
             }
             Request::Close(closing) => {
-                // Submissions before the goodbye go first: their futures may be held still,
-                // and fail as disconnected once it is said.
-                let _ = tokio::time::timeout(CLOSE_WAIT, async {
-                    if send_batches(&stream.up, std::mem::take(&mut batch))
-                        .await
-                        .is_ok()
-                    {
-                        close(stream).await;
-                    }
-                })
-                .await;
+                close(stream, std::mem::take(&mut batch)).await;
                 drop(closing);
                 return Some(None);
             }
@@ -341,10 +331,15 @@ async fn forward(
     None
 }
 
-/// Tells the scheduler the session is over, and waits (briefly) for it to end the stream: the
-/// goodbye has then arrived, whatever happens to this process next.
-async fn close(stream: &mut Stream) {
+/// Sends `last` (submissions before the goodbye go first: their futures may be held still, and
+/// fail as disconnected once it is said), tells the scheduler the session is over, and waits for
+/// it to end the stream: the goodbye has then arrived, whatever happens to this process next.
+/// All of it within [`CLOSE_WAIT`].
+async fn close(stream: &mut Stream, last: Vec<pb::TaskSpec>) {
     let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        if send_batches(&stream.up, last).await.is_err() {
+            return;
+        }
         let goodbye = message(driver_message::Body::Close(CloseSession {}));
         if stream.up.send(goodbye).await.is_ok() {
             while let Ok(Some(_)) = stream.down.message().await {}
