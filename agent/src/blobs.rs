@@ -11,7 +11,7 @@ use ladle_common::{
     client::{self, TokenInterceptor},
     token::Token,
 };
-use ladle_proto::v1::{FetchBlobRequest, blob_service_client::BlobServiceClient};
+use ladle_proto::v1::{BlobRef, FetchBlobRequest};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, info};
@@ -80,18 +80,7 @@ impl BlobCache {
         tokio::fs::create_dir_all(&self.inner.dir)
             .await
             .map_err(|e| format!("cannot create {}: {e}", self.inner.dir.display()))?;
-        let address = self
-            .inner
-            .address
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let channel = client::connect(&address).await.map_err(|e| e.to_string())?;
-        let mut client = BlobServiceClient::with_interceptor(
-            channel,
-            TokenInterceptor::new(self.inner.token.as_ref()),
-        )
-        .max_decoding_message_size(64 << 20);
+        let mut client = self.client().await?;
         let mut stream = client
             .fetch_blob(FetchBlobRequest {
                 sha256: sha256.to_owned(),
@@ -130,6 +119,47 @@ impl BlobCache {
             let _ = tokio::fs::remove_file(&tmp).await;
         }
         result
+    }
+
+    async fn client(&self) -> Result<ladle_common::blobs::BlobClient, String> {
+        let address = self
+            .inner
+            .address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let channel = client::connect(&address).await.map_err(|e| e.to_string())?;
+        Ok(ladle_common::blobs::client(
+            channel,
+            TokenInterceptor::new(self.inner.token.as_ref()),
+        ))
+    }
+
+    /// Stores `data` (a task's big result) in the scheduler's blob store as part of job `job`,
+    /// in pieces; returns how it is known there.
+    pub async fn upload(&self, data: bytes::Bytes, job: &str) -> Result<BlobRef, String> {
+        // Hashing a big value takes milliseconds: not on the agent's one thread.
+        let hashed = data.clone();
+        let blob = tokio::task::spawn_blocking(move || ladle_common::blobs::describe(&hashed))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut client = self.client().await?;
+        ladle_common::blobs::upload(&mut client, &blob, data, job)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(blob)
+    }
+
+    /// Drops blob `sha256` from the cache (a value of a job that ended).
+    pub fn forget(&self, sha256: &str) {
+        if valid_hash(sha256) {
+            let _ = std::fs::remove_file(self.inner.dir.join(sha256));
+            self.inner
+                .locks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(sha256);
+        }
     }
 
     /// Keeps the cache under its bound, removing the least recently used blobs first.

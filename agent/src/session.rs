@@ -157,10 +157,10 @@ impl Session {
             .fixed_discovery
             .clone()
             .unwrap_or_else(|| found.how.to_owned());
-        let mut client = AgentServiceClient::with_interceptor(
+        let mut client = ladle_common::with_message_limits!(AgentServiceClient::with_interceptor(
             channel,
             TokenInterceptor::new(self.token.as_ref()),
-        );
+        ));
         let (tx, rx) = mpsc::channel(64);
         let hello = AgentMessage {
             body: Some(agent_message::Body::Hello(self.hello.clone())),
@@ -184,6 +184,9 @@ impl Session {
         };
         self.joined(&welcome);
         self.remember_drain(welcome.draining);
+        if welcome.max_value_bytes > 0 {
+            self.executor.set_max_value(welcome.max_value_bytes);
+        }
         // The scheduler placed again whatever this agent held on an earlier stream.
         self.executor.send(Input::Reset);
         while self.outgoing.try_recv().is_ok() {}

@@ -55,6 +55,10 @@ pub fn run(agents: u32, slots: u32, tasks: u64) -> Figures {
         forget_lost_after: Duration::from_secs(3600),
         max_crashes: 3,
         driver_grace: Duration::from_secs(5),
+        budget: ladle_scheduler::core::Budget {
+            tasks: u64::MAX,
+            bytes: u64::MAX,
+        },
     });
     let now = Instant::now();
     let mut out = Vec::new();

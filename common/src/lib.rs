@@ -1,8 +1,10 @@
 //! What the scheduler, the agent, the CLI and the SDK share.
 
 pub mod address;
+pub mod blobs;
 pub mod client;
 pub mod discovery;
+pub mod limits;
 pub mod logging;
 pub mod settings;
 pub mod token;

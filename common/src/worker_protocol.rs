@@ -17,6 +17,9 @@ pub const JOB_ENV: &str = "LADLE_WORKER_JOB";
 pub const GPU_ENV: &str = "LADLE_GPU";
 /// The name of the agent running the worker, as its table shows it.
 pub const AGENT_ENV: &str = "LADLE_AGENT";
+/// The largest result the cluster carries (the scheduler's `max_value_bytes`): a worker fails a
+/// task whose result is larger instead of sending it.
+pub const MAX_VALUE_ENV: &str = "LADLE_MAX_VALUE_BYTES";
 
 /// The largest frame either side accepts.
 pub const MAX_FRAME: usize = 1 << 31;
@@ -28,12 +31,19 @@ pub enum ToWorker {
         task: u64,
         function: String,
         reducer: Option<String>,
+        // Bytes as one block: serde's default for a Vec<u8> is element by element, which for a
+        // big value costs the agent's one thread seconds in a debug build.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
         /// Say when it starts (the agent times it from then).
         report_start: bool,
     },
     /// A shared constant that tasks may refer to; sent once per worker, before such tasks.
-    Shared { sha256: String, data: Vec<u8> },
+    Shared {
+        sha256: String,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -56,7 +66,7 @@ pub enum FromWorker {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum WorkerOutcome {
     /// postcard: the chunk's per-item results, or the folded value of a reduction.
-    Output(Vec<u8>),
+    Output(#[serde(with = "serde_bytes")] Vec<u8>),
     Failed {
         kind: WorkerFailure,
         message: String,
@@ -71,6 +81,8 @@ pub enum WorkerFailure {
     UnknownTask,
     /// The input did not decode as the task's input type.
     BadInput,
+    /// The result is larger than the cluster carries.
+    TooLarge,
 }
 
 /// Writes one frame.

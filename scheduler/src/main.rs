@@ -203,7 +203,8 @@ async fn run(command: Command, settings: SchedulerSettings) -> anyhow::Result<()
                     "cpu_slots": { "busy": status.cpu_slots_busy, "total": status.cpu_slots_total },
                     "gpu_slots": { "busy": status.gpu_slots_busy, "total": status.gpu_slots_total },
                     "jobs": status.jobs,
-                    "tasks": { "queued": status.tasks_queued, "running": status.tasks_running, "gpu_queued": status.gpu_tasks_queued },
+                    "tasks": { "queued": status.tasks_queued, "running": status.tasks_running, "gpu_queued": status.gpu_tasks_queued, "refused": status.tasks_refused, "session_unfinished_peak": status.session_unfinished_peak },
+                    "job_values": { "blobs": status.job_blobs, "bytes": status.job_blob_bytes },
                     "blob_fetches": status.blob_fetches,
                 });
                 println!("{}", serde_json::to_string_pretty(&value)?);

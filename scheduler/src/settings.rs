@@ -42,8 +42,14 @@ pub struct SchedulerSettings {
     /// Where the scheduler keeps uploaded executables and shared constants. Default:
     /// /var/lib/ladle/scheduler for root, else the user's state directory.
     pub state_dir: Option<PathBuf>,
-    /// The largest task argument (one task's encoded input) the scheduler accepts.
-    pub max_message_bytes: u64,
+    /// The largest value the cluster carries: one task's encoded argument (refused at `submit`)
+    /// or result (the task fails, its worker checks before sending).
+    pub max_value_bytes: u64,
+    /// A session's admission budget: tasks without a result that the scheduler holds for one
+    /// driver at most, and the bytes of their inline arguments. The driver waits (its
+    /// submissions stay in the program) while its budget is spent.
+    pub session_max_tasks: u64,
+    pub session_max_bytes: u64,
     /// The largest blob (executable, shared constant) the scheduler stores.
     pub max_blob_bytes: u64,
     /// Worker crashes a task may cause before it fails with an error that says so.
@@ -77,7 +83,9 @@ impl Default for SchedulerSettings {
             heartbeat_timeout: Duration::from_secs(5),
             forget_lost_after: Duration::from_secs(3600),
             state_dir: None,
-            max_message_bytes: 64 << 20,
+            max_value_bytes: 1 << 30,
+            session_max_tasks: 100_000,
+            session_max_bytes: 256 << 20,
             max_blob_bytes: 16 << 30,
             max_task_crashes: 3,
             driver_grace: Duration::from_secs(5),
@@ -103,6 +111,12 @@ pub enum SettingsCheck {
     IntervalTooShort,
     #[error("`cluster` must be a non-empty name of letters, digits, '-', '_' or '.'")]
     BadClusterName,
+    #[error("`{key}` must be at least {min}")]
+    TooSmall { key: &'static str, min: u64 },
+    #[error(
+        "`max_value_bytes` ({value}) must not exceed `max_blob_bytes` ({blob}): big values are stored as blobs"
+    )]
+    ValueAboveBlob { value: u64, blob: u64 },
 }
 
 impl SchedulerSettings {
@@ -124,6 +138,24 @@ impl SchedulerSettings {
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
             return Err(SettingsCheck::BadClusterName);
+        }
+        // One inline chunk must always fit, or a session could never send anything.
+        let inline = ladle_common::limits::INLINE_VALUE_BYTES as u64
+            + ladle_common::limits::ITEM_OVERHEAD_BYTES as u64;
+        for (key, value, min) in [
+            ("session_max_tasks", self.session_max_tasks, 1),
+            ("session_max_bytes", self.session_max_bytes, inline),
+            ("max_value_bytes", self.max_value_bytes, 1),
+        ] {
+            if value < min {
+                return Err(SettingsCheck::TooSmall { key, min });
+            }
+        }
+        if self.max_value_bytes > self.max_blob_bytes {
+            return Err(SettingsCheck::ValueAboveBlob {
+                value: self.max_value_bytes,
+                blob: self.max_blob_bytes,
+            });
         }
         Ok(())
     }

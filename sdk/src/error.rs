@@ -22,8 +22,8 @@ pub enum Error {
     #[error("cannot start the embedded cluster: {0}")]
     Embedded(String),
     #[error(
-        "the argument of task {task} is {size} bytes, more than the scheduler's limit of {limit} bytes \
-         (its max_message_bytes); pass large values with cluster.share()"
+        "the argument of task {task} is {size} bytes, more than the cluster's limit of {limit} bytes \
+         (the scheduler's max_value_bytes)"
     )]
     TooLarge {
         task: String,

@@ -25,8 +25,9 @@ use crate::{
 /// cluster stays balanced.
 const TARGET_CHUNK: Duration = Duration::from_millis(5);
 const MAX_CHUNK_ITEMS: usize = 1 << 20;
-/// The largest encoded chunk the driver builds (a single bigger item still goes alone).
-const MAX_CHUNK_BYTES: usize = 8 << 20;
+/// The largest encoded chunk the driver builds: chunks travel inline (a single bigger item
+/// goes alone, by reference through the blob store).
+const MAX_CHUNK_BYTES: usize = ladle_common::limits::INLINE_VALUE_BYTES;
 
 type ItemEvent<R> = (usize, Result<R, TaskError>);
 
@@ -383,7 +384,14 @@ async fn drive<T: Task>(
                 let Some(chunk) = inflight.remove(&task_id) else { continue };
                 // A chunk that killed its worker: run its items one by one, so that only the
                 // item at fault fails (after its own attempts) and the others succeed.
-                if chunk.len > 1 && matches!(&raw.outcome, Err((ErrorKind::WorkerCrashed, _))) {
+                // Likewise a chunk whose results together were too large: one by one, only the
+                // items whose own result is too large fail.
+                if chunk.len > 1
+                    && matches!(
+                        &raw.outcome,
+                        Err((ErrorKind::WorkerCrashed | ErrorKind::TooLarge, _))
+                    )
+                {
                     singles.extend(chunk.start..chunk.start + chunk.len);
                     continue;
                 }

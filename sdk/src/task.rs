@@ -37,8 +37,10 @@ pub enum ErrorKind {
     TimedOut,
     /// The worker could not decode the input, or the driver the output.
     BadData,
-    /// The argument is larger than the scheduler accepts.
+    /// The argument or result is larger than the cluster carries (`max_value_bytes`).
     TooLarge,
+    /// The scheduler refused the task (its session sent past its admission budget).
+    Refused,
     /// The connection to the scheduler was lost.
     Disconnected,
 }
@@ -65,7 +67,8 @@ impl fmt::Display for TaskError {
             ErrorKind::Cancelled => "was cancelled",
             ErrorKind::TimedOut => "timed out",
             ErrorKind::BadData => "could not be decoded",
-            ErrorKind::TooLarge => "was refused",
+            ErrorKind::TooLarge => "is too large",
+            ErrorKind::Refused => "was refused by the scheduler",
             ErrorKind::Disconnected => "lost its scheduler",
         };
         write!(f, "task {} {what}", self.task)?;

@@ -222,10 +222,32 @@ fn frame_ready(buffer: &[u8]) -> bool {
     }
 }
 
-/// Runs one chunk and says how it went.
+/// The largest result the cluster carries, as the agent said (none: no check here).
+fn max_value() -> Option<usize> {
+    static LIMIT: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::env::var(wp::MAX_VALUE_ENV)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+    })
+}
+
+/// Runs one chunk and says how it went. A result larger than the cluster carries fails here,
+/// before it is sent: the agent's stream and the other tasks never see it.
 fn run_task(task: u64, function: &str, reducer: Option<&str>, payload: &[u8]) -> FromWorker {
     let started = Instant::now();
     let outcome = match registry::execute(function, reducer, payload) {
+        Executed::Output(bytes) if max_value().is_some_and(|limit| bytes.len() > limit) => {
+            WorkerOutcome::Failed {
+                kind: WorkerFailure::TooLarge,
+                message: format!(
+                    "its result is {} bytes, more than the cluster's limit of {} bytes (the \
+                     scheduler's max_value_bytes)",
+                    bytes.len(),
+                    max_value().unwrap_or_default()
+                ),
+            }
+        }
         Executed::Output(bytes) => WorkerOutcome::Output(bytes),
         Executed::UnknownTask(message) => WorkerOutcome::Failed {
             kind: WorkerFailure::UnknownTask,

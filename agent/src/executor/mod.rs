@@ -4,15 +4,20 @@
 
 pub mod worker;
 
+mod output;
+
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{
         Arc,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
 };
 
-use ladle_common::worker_protocol::{WorkerFailure, WorkerOutcome};
+use ladle_common::{
+    limits,
+    worker_protocol::{WorkerFailure, WorkerOutcome},
+};
 use ladle_proto::v1::{self as pb, agent_task_result::Outcome};
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -41,6 +46,7 @@ pub enum Outgoing {
 pub struct ExecutorHandle {
     tx: mpsc::UnboundedSender<Input>,
     busy: Arc<Busy>,
+    max_value: Arc<AtomicU64>,
 }
 
 /// Slots in use now, for heartbeats.
@@ -63,6 +69,12 @@ impl ExecutorHandle {
     /// GPU slots holding a task now.
     pub fn busy_gpus(&self) -> u32 {
         self.busy.gpu.load(Ordering::Relaxed)
+    }
+
+    /// The cluster's largest value, as the scheduler said: workers started from now on fail a
+    /// larger result rather than send it.
+    pub fn set_max_value(&self, bytes: u64) {
+        self.max_value.store(bytes, Ordering::Relaxed);
     }
 }
 
@@ -135,6 +147,10 @@ struct Executor {
     busy: Arc<Busy>,
     results: Vec<pb::AgentTaskResult>,
     output: HashMap<Arc<str>, Vec<pb::OutputLine>>,
+    /// What each job may still print (lines and bytes per second), and what it dropped.
+    output_caps: HashMap<Arc<str>, output::Cap>,
+    /// The big arguments each job's tasks fetched into the cache, dropped when the job ends.
+    job_blobs: HashMap<Arc<str>, HashSet<String>>,
     out: mpsc::UnboundedSender<Outgoing>,
 }
 
@@ -149,6 +165,7 @@ pub fn start(
     let (out, outgoing) = mpsc::unbounded_channel();
     let (events_tx, events) = mpsc::unbounded_channel();
     let busy = Arc::new(Busy::default());
+    let max_value = Arc::new(AtomicU64::new(0));
     let executor = Executor {
         generation: 0,
         held_since: None,
@@ -161,6 +178,7 @@ pub fn start(
             run_dir,
             events: events_tx,
             agent_name,
+            max_value: max_value.clone(),
         }),
         queue: VecDeque::new(),
         running: HashMap::new(),
@@ -169,10 +187,19 @@ pub fn start(
         busy: busy.clone(),
         results: Vec::new(),
         output: HashMap::new(),
+        output_caps: HashMap::new(),
+        job_blobs: HashMap::new(),
         out,
     };
     tokio::spawn(executor.run(inputs, events));
-    (ExecutorHandle { tx, busy }, outgoing)
+    (
+        ExecutorHandle {
+            tx,
+            busy,
+            max_value,
+        },
+        outgoing,
+    )
 }
 
 impl Executor {
@@ -184,10 +211,13 @@ impl Executor {
         loop {
             let held = self.held_since.map(|since| since + RESULT_HOLD);
             let overdue = self.running.values().filter_map(|r| r.deadline).min();
-            let deadline = match (held, overdue) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            // A note of dropped output must reach the driver even if nothing else happens.
+            let note = self
+                .output_caps
+                .values()
+                .filter_map(output::Cap::note_due)
+                .min();
+            let deadline = [held, overdue, note].into_iter().flatten().min();
             tokio::select! {
                 input = inputs.recv() => match input {
                     Some(input) => self.input(input),
@@ -240,6 +270,12 @@ impl Executor {
                     })
                 });
                 for task in assign.tasks {
+                    if let Some(blob) = &task.payload_blob {
+                        self.job_blobs
+                            .entry(id.clone())
+                            .or_default()
+                            .insert(blob.sha256.clone());
+                    }
                     self.queue.push_back(Queued {
                         job: id.clone(),
                         task,
@@ -312,6 +348,16 @@ impl Executor {
                     }
                 }
                 self.jobs.remove(&job);
+                self.output_caps.remove(&job);
+                if let Some(blobs) = self.job_blobs.remove(&job) {
+                    // Big arguments are the job's own (shared constants stay, under the cache's
+                    // bound, for the next job that shares the same value).
+                    for sha in blobs {
+                        if !self.job_blobs.values().any(|other| other.contains(&sha)) {
+                            self.ctx.cache.forget(&sha);
+                        }
+                    }
+                }
                 debug!(job = %job_id, "job ended");
             }
             Input::Reset => {
@@ -324,6 +370,7 @@ impl Executor {
                 self.jobs.clear();
                 self.results.clear();
                 self.output.clear();
+                self.output_caps.clear();
             }
         }
         self.publish_busy();
@@ -351,12 +398,22 @@ impl Executor {
                     cancelled()
                 } else {
                     match outcome {
+                        WorkerOutcome::Output(bytes)
+                            if bytes.len() > limits::INLINE_VALUE_BYTES =>
+                        {
+                            // Too big for the stream: it goes to the blob store first, and its
+                            // result follows once it is there.
+                            self.store(task_ref, running.attempt, &running.job, bytes, run_ns);
+                            self.publish_busy();
+                            return;
+                        }
                         WorkerOutcome::Output(bytes) => Outcome::Output(bytes.into()),
                         WorkerOutcome::Failed { kind, message } => failure(
                             match kind {
                                 WorkerFailure::TaskError => pb::FailureKind::TaskError,
                                 WorkerFailure::UnknownTask => pb::FailureKind::UnknownTask,
                                 WorkerFailure::BadInput => pb::FailureKind::BadInput,
+                                WorkerFailure::TooLarge => pb::FailureKind::TooLarge,
                             },
                             message,
                         ),
@@ -414,13 +471,61 @@ impl Executor {
                 }
             }
             WorkerEvent::Output { job, stderr, line } => {
-                self.output
-                    .entry(job)
-                    .or_default()
-                    .push(pb::OutputLine { stderr, text: line });
+                let cap = self.output_caps.entry(job.clone()).or_default();
+                if cap.admit(line.len(), tokio::time::Instant::now()) {
+                    self.output
+                        .entry(job)
+                        .or_default()
+                        .push(pb::OutputLine { stderr, text: line });
+                }
+            }
+            WorkerEvent::Stored {
+                task_ref,
+                attempt,
+                outcome,
+                run_ns,
+            } => {
+                self.results.push(pb::AgentTaskResult {
+                    task_ref,
+                    attempt,
+                    outcome: Some(outcome),
+                    run_ns,
+                    crashed_with: 0,
+                });
             }
         }
         self.publish_busy();
+    }
+
+    /// Uploads a big result to the scheduler's blob store, off the executor's loop; its result
+    /// (naming the blob, or saying why it could not be stored) arrives as a `Stored` event.
+    fn store(&self, task_ref: u64, attempt: u32, job: &Arc<str>, bytes: Vec<u8>, run_ns: u64) {
+        let cache = self.ctx.cache.clone();
+        let events = self.ctx.events.clone();
+        let generation = self.generation;
+        let job = job.clone();
+        tokio::spawn(async move {
+            let size = bytes.len();
+            let outcome = match cache.upload(bytes.into(), &job).await {
+                Ok(blob) => Outcome::OutputBlob(blob),
+                Err(reason) => failure(
+                    pb::FailureKind::TaskError,
+                    format!(
+                        "the task's result of {size} bytes could not be stored in the \
+                         scheduler's blob store: {reason}"
+                    ),
+                ),
+            };
+            let _ = events.send(Stamped {
+                generation,
+                event: WorkerEvent::Stored {
+                    task_ref,
+                    attempt,
+                    outcome,
+                    run_ns,
+                },
+            });
+        });
     }
 
     fn report_cancelled(&mut self, task_ref: u64, attempt: u32) {
@@ -574,6 +679,7 @@ impl Executor {
             function: task.function,
             reducer: (!task.reducer.is_empty()).then_some(task.reducer),
             payload: task.payload,
+            payload_blob: task.payload_blob.map(|b| b.sha256),
             shared: task.shared,
             timeout,
         }));
@@ -621,15 +727,31 @@ impl Executor {
         );
         if !self.results.is_empty() {
             let results = std::mem::take(&mut self.results);
-            let _ = self
-                .out
-                .send(Outgoing::Results(pb::AgentResults { results }));
+            for results in limits::batches(results, usize::MAX, result_bytes) {
+                let _ = self
+                    .out
+                    .send(Outgoing::Results(pb::AgentResults { results }));
+            }
+        }
+        let now = tokio::time::Instant::now();
+        for (job, cap) in &mut self.output_caps {
+            if let Some(note) = cap.note(now) {
+                self.output
+                    .entry(job.clone())
+                    .or_default()
+                    .push(pb::OutputLine {
+                        stderr: true,
+                        text: note,
+                    });
+            }
         }
         for (job, lines) in self.output.drain() {
-            let _ = self.out.send(Outgoing::Output(pb::JobOutput {
-                job_id: job.to_string(),
-                lines,
-            }));
+            for lines in limits::batches(lines, usize::MAX, |l| l.text.len()) {
+                let _ = self.out.send(Outgoing::Output(pb::JobOutput {
+                    job_id: job.to_string(),
+                    lines,
+                }));
+            }
         }
     }
 }
@@ -639,6 +761,15 @@ fn failure(kind: pb::FailureKind, message: String) -> Outcome {
         kind: kind.into(),
         message,
     })
+}
+
+/// What a result weighs in a message.
+fn result_bytes(result: &pb::AgentTaskResult) -> usize {
+    match &result.outcome {
+        Some(Outcome::Output(bytes)) => bytes.len(),
+        Some(Outcome::Failure(f)) => f.message.len(),
+        Some(Outcome::OutputBlob(_)) | None => 0,
+    }
 }
 
 fn cancelled() -> Outcome {

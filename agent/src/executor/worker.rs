@@ -15,9 +15,10 @@ use std::{
 };
 
 use bytes::Bytes;
+use ladle_common::limits::MAX_OUTPUT_LINE_BYTES;
 use ladle_common::worker_protocol::{self as wp, FromWorker, ToWorker};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter},
+    io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter},
     net::{UnixListener, unix::OwnedWriteHalf},
     process::{Child, Command},
     sync::mpsc,
@@ -38,6 +39,8 @@ pub struct Dispatch {
     pub function: String,
     pub reducer: Option<String>,
     pub payload: Bytes,
+    /// The payload is in the blob store, by this hash (`payload` is empty then).
+    pub payload_blob: Option<String>,
     pub shared: Vec<String>,
     /// The task must not run longer than this; its start is reported so that it can be timed.
     pub timeout: Option<std::time::Duration>,
@@ -70,6 +73,13 @@ pub enum WorkerEvent {
     },
     /// A timed task started.
     Started { task_ref: u64 },
+    /// A big result was stored in the scheduler's blob store (or could not be).
+    Stored {
+        task_ref: u64,
+        attempt: u32,
+        outcome: ladle_proto::v1::agent_task_result::Outcome,
+        run_ns: u64,
+    },
 }
 
 pub struct WorkerContext {
@@ -79,6 +89,8 @@ pub struct WorkerContext {
     pub agent_name: String,
     pub run_dir: PathBuf,
     pub events: mpsc::UnboundedSender<Stamped>,
+    /// The cluster's `max_value_bytes`, from the scheduler's welcome (0: not known yet).
+    pub max_value: Arc<AtomicU64>,
 }
 
 /// One worker actor's way to the executor.
@@ -238,6 +250,29 @@ async fn send(p: &mut Process, d: Dispatch, ctx: &WorkerContext, events: &Events
         }
         p.sent_shared.insert(sha.clone());
     }
+    let payload = match &d.payload_blob {
+        None => d.payload.to_vec(),
+        // A big argument: fetched once into the cache, read from there.
+        Some(sha) => {
+            let data = match ctx.cache.get(sha).await {
+                Ok(path) => tokio::fs::read(&path)
+                    .await
+                    .map_err(|e| format!("cannot read {}: {e}", path.display())),
+                Err(reason) => Err(reason),
+            };
+            match data {
+                Ok(data) => data,
+                Err(reason) => {
+                    events.refused(
+                        d.task_ref,
+                        wp::WorkerFailure::BadInput,
+                        format!("cannot get the task's argument {sha}: {reason}"),
+                    );
+                    return;
+                }
+            }
+        }
+    };
     p.inflight.insert(d.task_ref);
     let _ = write(
         p,
@@ -245,7 +280,7 @@ async fn send(p: &mut Process, d: Dispatch, ctx: &WorkerContext, events: &Events
             task: d.task_ref,
             function: d.function,
             reducer: d.reducer,
-            payload: d.payload.to_vec(),
+            payload,
             report_start: d.timeout.is_some(),
         },
     )
@@ -276,6 +311,47 @@ async fn stop(mut p: Process, events: &Events, why: &str) {
             start_failed: false,
         });
     }
+}
+
+/// The next line of a task's output, of at most `max` bytes: the rest of a longer line is read
+/// and dropped, and the line says how much was cut. `None` at the end of the pipe.
+async fn next_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> std::io::Result<Option<String>> {
+    let mut line = Vec::new();
+    let mut cut = 0usize;
+    let mut any = false;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            if !any {
+                return Ok(None);
+            }
+            break;
+        }
+        any = true;
+        let end = available.iter().position(|&b| b == b'\n');
+        let content = &available[..end.unwrap_or(available.len())];
+        let take = content.len().min(max.saturating_sub(line.len()));
+        line.extend_from_slice(&content[..take]);
+        cut += content.len() - take;
+        let consumed = end.map_or(available.len(), |i| i + 1);
+        reader.consume(consumed);
+        if end.is_some() {
+            break;
+        }
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    let mut text = String::from_utf8_lossy(&line).into_owned();
+    if cut > 0 {
+        text.push_str(&format!(
+            " [ladle: {cut} more bytes of this line dropped; lines are cut at {max} bytes]"
+        ));
+    }
+    Ok(Some(text))
 }
 
 /// The device a worker for GPU `ordinal` should see. The agent numbers GPUs as the CUDA driver
@@ -335,6 +411,10 @@ async fn start(
         .env(wp::SOCKET_ENV, &socket)
         .env(wp::JOB_ENV, job.id.as_ref())
         .env(wp::AGENT_ENV, &ctx.agent_name);
+    match ctx.max_value.load(Ordering::Relaxed) {
+        0 => command.env_remove(wp::MAX_VALUE_ENV),
+        limit => command.env(wp::MAX_VALUE_ENV, limit.to_string()),
+    };
     match gpu {
         // The worker owns that one device: inside it, CUDA numbers it 0.
         Some(ordinal) => command
@@ -391,8 +471,8 @@ async fn start(
             };
             let job = job.id.clone();
             tokio::spawn(async move {
-                let mut lines = BufReader::new(pipe).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
+                let mut pipe = BufReader::new(pipe);
+                while let Ok(Some(line)) = next_line(&mut pipe, MAX_OUTPUT_LINE_BYTES).await {
                     events.send(WorkerEvent::Output {
                         job: job.clone(),
                         stderr,
@@ -459,7 +539,26 @@ async fn start(
 
 #[cfg(test)]
 mod tests {
-    use super::visible_device;
+    use super::{next_line, visible_device};
+
+    #[tokio::test]
+    async fn long_output_lines_are_cut_and_say_so() {
+        let long = "x".repeat(100);
+        let text = format!("short\r\n{long}\nlast");
+        let mut input = tokio::io::BufReader::with_capacity(8, text.as_bytes());
+        let mut lines = Vec::new();
+        while let Some(line) = next_line(&mut input, 10).await.expect("read") {
+            lines.push(line);
+        }
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines[0], "short");
+        assert!(
+            lines[1].starts_with("xxxxxxxxxx [ladle: 90 more bytes"),
+            "{}",
+            lines[1]
+        );
+        assert_eq!(lines[2], "last");
+    }
 
     #[test]
     fn a_gpu_worker_sees_its_device_within_what_the_agent_was_given() {

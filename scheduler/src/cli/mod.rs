@@ -35,9 +35,11 @@ type Admin = AdminServiceClient<InterceptedService<Channel, TokenInterceptor>>;
 impl Target {
     async fn admin(&self) -> Result<Admin, CliError> {
         let channel = client::connect(&self.address).await?;
-        Ok(AdminServiceClient::with_interceptor(
-            channel,
-            TokenInterceptor::new(self.token.as_ref()),
+        Ok(ladle_common::with_message_limits!(
+            AdminServiceClient::with_interceptor(
+                channel,
+                TokenInterceptor::new(self.token.as_ref())
+            )
         ))
     }
 

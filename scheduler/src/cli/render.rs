@@ -179,7 +179,8 @@ pub fn status_text(status: &ClusterStatusResponse, address: &str) -> String {
          agents      {agents} ({alive} alive, {draining} draining, {lost} lost)\n\
          cpu slots   {cpu_busy} busy of {cpu_total}\n\
          gpu slots   {gpu_busy} busy of {gpu_total}{gpu_waiting}\n\
-         jobs        {jobs} running, {queued} tasks queued, {running} placed on agents",
+         jobs        {jobs} running, {queued} tasks queued, {running} placed on agents\n\
+         values      {blobs} stored for running jobs ({blob_mib:.1} MiB)",
         cluster = status.cluster,
         version = status.scheduler_version,
         protocol = status.protocol_version,
@@ -204,6 +205,8 @@ pub fn status_text(status: &ClusterStatusResponse, address: &str) -> String {
         jobs = status.jobs,
         queued = status.tasks_queued,
         running = status.tasks_running,
+        blobs = status.job_blobs,
+        blob_mib = status.job_blob_bytes as f64 / f64::from(1 << 20),
     )
 }
 

@@ -91,6 +91,11 @@ struct Session {
     /// Agents that have seen this job, to be told when it ends.
     agents: HashSet<AgentId>,
     delivered: u64,
+    /// Its tasks by state, and the bytes of the inline payloads of those without a result:
+    /// kept as events happen, so that no query scans the tasks.
+    queued: u64,
+    running: u64,
+    bytes: u64,
 }
 
 pub(super) struct Jobs {
@@ -108,10 +113,25 @@ pub(super) struct Jobs {
     pub(super) max_crashes: u32,
     /// A task went back to the queue since this was last taken: every agent may take it.
     requeued: bool,
+    /// A session's admission budget: tasks without a result, and their inline bytes.
+    budget: Budget,
+    /// The cluster's counters, kept as tasks change state.
+    totals: TaskCounts,
+    /// The most tasks without a result one session has held at once.
+    unfinished_peak: u64,
+    /// Tasks refused because their session sent past its budget.
+    refused: u64,
+}
+
+/// What one session may have the scheduler hold for it at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub tasks: u64,
+    pub bytes: u64,
 }
 
 impl Jobs {
-    pub(super) fn new(max_crashes: u32) -> Self {
+    pub(super) fn new(max_crashes: u32, budget: Budget) -> Self {
         Self {
             sessions: HashMap::default(),
             by_conn: HashMap::default(),
@@ -123,7 +143,62 @@ impl Jobs {
             next_seq: 0,
             max_crashes,
             requeued: false,
+            budget,
+            totals: TaskCounts::default(),
+            unfinished_peak: 0,
+            refused: 0,
         }
+    }
+
+    /// Removes a task, keeping the counters true.
+    fn forget(&mut self, task_ref: TaskRef) -> Option<Task> {
+        let task = self.tasks.remove(&task_ref)?;
+        self.tally(&task, -1);
+        if let Some(session) = self.sessions.get_mut(&task.session) {
+            session.bytes = session.bytes.saturating_sub(task.spec.payload.len() as u64);
+        }
+        Some(task)
+    }
+
+    /// Counts `task` in (`delta` 1) or out (-1) of its state's counters.
+    fn tally(&mut self, task: &Task, delta: i64) {
+        let running = matches!(task.state, TaskState::Running(_));
+        let gpu_required = task.spec.gpu == GpuUse::Required;
+        count(
+            &mut self.totals,
+            self.sessions.get_mut(&task.session),
+            running,
+            gpu_required,
+            delta,
+        );
+    }
+
+    /// Moves a task to `state`, keeping the counters true.
+    fn set_state(&mut self, task_ref: TaskRef, state: TaskState) {
+        let Some(task) = self.tasks.get_mut(&task_ref) else {
+            return;
+        };
+        let old = std::mem::replace(&mut task.state, state);
+        let was_running = matches!(old, TaskState::Running(_));
+        let is_running = matches!(task.state, TaskState::Running(_));
+        if was_running == is_running {
+            return;
+        }
+        let (no, gpu_required) = (task.session, task.spec.gpu == GpuUse::Required);
+        count(
+            &mut self.totals,
+            self.sessions.get_mut(&no),
+            was_running,
+            gpu_required,
+            -1,
+        );
+        count(
+            &mut self.totals,
+            self.sessions.get_mut(&no),
+            is_running,
+            gpu_required,
+            1,
+        );
     }
 
     /// Opens a session, or gives a driver back the one it had (same session id): then it
@@ -177,6 +252,9 @@ impl Jobs {
                 by_task_id: HashMap::default(),
                 agents: HashSet::default(),
                 delivered: 0,
+                queued: 0,
+                running: 0,
+                bytes: 0,
             },
         );
         self.by_conn.insert(conn, no);
@@ -230,12 +308,46 @@ impl Jobs {
             return;
         };
         let mut duplicates = Vec::new();
+        let mut refused = Vec::new();
         for spec in specs {
             if session.by_task_id.contains_key(&spec.task_id) {
                 // A resubmission of a task the scheduler already holds (a driver that
                 // reconnected): the first copy stands.
                 duplicates.push(spec.task_id);
                 continue;
+            }
+            let bytes = spec.payload.len() as u64;
+            if session.by_task_id.len() as u64 >= self.budget.tasks
+                || (session.bytes + bytes > self.budget.bytes && !session.by_task_id.is_empty())
+            {
+                // The driver sent past the budget it was given: this task is not admitted, and
+                // the scheduler does not grow for it.
+                refused.push(DriverResult {
+                    task_id: spec.task_id,
+                    attempt: 0,
+                    agent: "".into(),
+                    outcome: Outcome::Failed {
+                        kind: FailureKind::Refused,
+                        message: format!(
+                            "the scheduler refused the task: its session already holds {} tasks \
+                             and {} bytes of arguments, its budget (session_max_tasks = {}, \
+                             session_max_bytes = {}); the driver sent more than it was granted",
+                            session.by_task_id.len(),
+                            session.bytes,
+                            self.budget.tasks,
+                            self.budget.bytes
+                        ),
+                    },
+                    run_ns: 0,
+                    gpu: false,
+                });
+                continue;
+            }
+            session.bytes += bytes;
+            session.queued += 1;
+            self.totals.queued += 1;
+            if spec.gpu == GpuUse::Required {
+                self.totals.gpu_queued += 1;
             }
             let task_ref = self.next_ref;
             self.next_ref += 1;
@@ -260,10 +372,18 @@ impl Jobs {
                 },
             );
         }
+        self.unfinished_peak = self.unfinished_peak.max(session.by_task_id.len() as u64);
         if !duplicates.is_empty() {
             debug!(count = duplicates.len(), "ignored resubmitted tasks");
         }
-        let _ = out;
+        if !refused.is_empty() {
+            warn!(session = %session.job.id, tasks = refused.len(), "refused tasks past the session's budget");
+            self.refused += refused.len() as u64;
+            out.push(Command::Deliver {
+                conn,
+                results: refused,
+            });
+        }
     }
 
     /// Tells the drivers whose GPU tasks wait that no agent has a GPU, once each, so that they
@@ -329,7 +449,7 @@ impl Jobs {
             let Some(task_ref) = session.by_task_id.remove(&task_id) else {
                 continue;
             };
-            let Some(task) = self.tasks.remove(&task_ref) else {
+            let Some(task) = self.forget(task_ref) else {
                 continue;
             };
             if let TaskState::Running(agent) = &task.state
@@ -380,12 +500,15 @@ impl Jobs {
         }
         let mut dropped = 0usize;
         for task_ref in session.by_task_id.values() {
-            if self.tasks.remove(task_ref).is_some() {
+            if self.forget(*task_ref).is_some() {
                 dropped += 1;
             }
         }
         info!(session = %session.job.id, job = %session.job.name, delivered = session.delivered,
               unfinished = dropped, "job ended");
+        out.push(Command::JobEnded {
+            job_id: session.job.id.clone(),
+        });
         for agent in &session.agents {
             if let Some(agent_conn) = members.get(agent).and_then(|a| a.conn) {
                 out.push(Command::EndJob {
@@ -427,9 +550,12 @@ impl Jobs {
         };
         self.requeued = true;
         task.attempt += 1;
-        task.state = TaskState::Queued;
         task.on_gpu = false;
         task.revoking = false;
+        self.set_state(task_ref, TaskState::Queued);
+        let Some(task) = self.tasks.get(&task_ref) else {
+            return;
+        };
         if let Some(session) = self.sessions.get_mut(&task.session) {
             session.queues[lane(task.spec.gpu)].push((
                 task.spec.priority,
@@ -513,7 +639,7 @@ impl Jobs {
                 };
                 let (session, task_id, attempt) = (task.session, task.spec.task_id, task.attempt);
                 let gpu = task.on_gpu;
-                self.tasks.remove(&result.task_ref);
+                self.forget(result.task_ref);
                 deliveries.entry(session).or_default().push(DriverResult {
                     task_id,
                     attempt,
@@ -529,7 +655,7 @@ impl Jobs {
             }
             let (session, task_id, attempt) = (task.session, task.spec.task_id, task.attempt);
             let gpu = task.on_gpu;
-            self.tasks.remove(&result.task_ref);
+            self.forget(result.task_ref);
             deliveries.entry(session).or_default().push(DriverResult {
                 task_id,
                 attempt,
@@ -790,10 +916,10 @@ impl Jobs {
         members: &mut Membership,
         batches: &mut HashMap<(AgentId, u64), Vec<Assigned>>,
     ) {
+        self.set_state(task_ref, TaskState::Running(agent_id.clone()));
         let Some(task) = self.tasks.get_mut(&task_ref) else {
             return;
         };
-        task.state = TaskState::Running(agent_id.clone());
         task.on_gpu = gpu;
         if let Some(agent) = members.get_mut(agent_id) {
             agent.assigned.insert(task_ref);
@@ -846,9 +972,23 @@ impl Jobs {
         capacity
     }
 
+    /// The cluster's task counters (kept as events happen: no scan).
     pub(super) fn counts(&self) -> TaskCounts {
+        TaskCounts {
+            sessions: self.sessions.len(),
+            unfinished_peak: self.unfinished_peak,
+            refused: self.refused,
+            ..self.totals
+        }
+    }
+
+    /// The counters recomputed from every task: what [`Jobs::counts`] must always equal (tests).
+    #[cfg(test)]
+    pub(super) fn counts_by_scan(&self) -> TaskCounts {
         let mut counts = TaskCounts {
             sessions: self.sessions.len(),
+            unfinished_peak: self.unfinished_peak,
+            refused: self.refused,
             ..TaskCounts::default()
         };
         for task in self.tasks.values() {
@@ -862,6 +1002,24 @@ impl Jobs {
                 }
             }
         }
+        for session in self.sessions.values() {
+            let (mut queued, mut running, mut bytes) = (0, 0, 0);
+            for r in session.by_task_id.values() {
+                if let Some(t) = self.tasks.get(r) {
+                    bytes += t.spec.payload.len() as u64;
+                    match t.state {
+                        TaskState::Queued => queued += 1,
+                        TaskState::Running(_) => running += 1,
+                    }
+                }
+            }
+            assert_eq!(
+                (session.queued, session.running, session.bytes),
+                (queued, running, bytes),
+                "session {} counters",
+                session.job.id
+            );
+        }
         counts
     }
 
@@ -870,19 +1028,10 @@ impl Jobs {
     }
 
     fn view(&self, s: &Session) -> JobView {
-        let running = s
-            .by_task_id
-            .values()
-            .filter(|r| {
-                self.tasks
-                    .get(r)
-                    .is_some_and(|t| matches!(t.state, TaskState::Running(_)))
-            })
-            .count();
         JobView {
             job: s.job.clone(),
             unfinished: s.by_task_id.len() as u64,
-            running: running as u64,
+            running: s.running,
             delivered: s.delivered,
             driver_connected: s.conn.is_some(),
         }
@@ -955,6 +1104,34 @@ impl Jobs {
     }
 }
 
+/// Adds `delta` to the counters of a task's state (running or queued) in `totals` and its
+/// session's.
+fn count(
+    totals: &mut TaskCounts,
+    session: Option<&mut Session>,
+    running: bool,
+    gpu_required: bool,
+    delta: i64,
+) {
+    let add = |n: &mut usize| *n = n.saturating_add_signed(delta as isize);
+    if running {
+        add(&mut totals.running);
+    } else {
+        add(&mut totals.queued);
+        if gpu_required {
+            add(&mut totals.gpu_queued);
+        }
+    }
+    if let Some(s) = session {
+        let n = if running {
+            &mut s.running
+        } else {
+            &mut s.queued
+        };
+        *n = n.saturating_add_signed(delta);
+    }
+}
+
 /// Lists a session for the slots that can take a task of kind `gpu`, if not listed yet.
 fn list(ready: &mut [VecDeque<u64>; 2], no: u64, session: &mut Session, gpu: GpuUse) {
     let slots: &[usize] = match gpu {
@@ -1008,4 +1185,8 @@ pub struct TaskCounts {
     pub running: usize,
     /// Queued tasks that need a GPU slot.
     pub gpu_queued: usize,
+    /// The most tasks without a result one session has held at once.
+    pub unfinished_peak: u64,
+    /// Tasks refused because their session sent past its budget.
+    pub refused: u64,
 }

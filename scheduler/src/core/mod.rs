@@ -9,7 +9,7 @@ mod membership;
 mod task_map;
 mod types;
 
-pub use jobs::TaskCounts;
+pub use jobs::{Budget, TaskCounts};
 pub use membership::{Agent, AgentState, SelectError};
 pub use types::{
     AgentHello, AgentId, AgentResult, Assigned, BlobRef, Capacity, ConnId, DriverResult,
@@ -37,6 +37,8 @@ pub struct CoreConfig {
     pub max_crashes: u32,
     /// How long a job waits for a driver whose stream broke before it is ended.
     pub driver_grace: Duration,
+    /// What one session may have the scheduler hold at once.
+    pub budget: Budget,
 }
 
 /// Something that happened, as the shell saw it.
@@ -165,6 +167,10 @@ pub enum Command {
         agent: Arc<str>,
         lines: Vec<OutputLine>,
     },
+    /// The job is over: what was stored for it (big values) can go.
+    JobEnded {
+        job_id: Arc<str>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -190,7 +196,7 @@ pub struct Core {
 impl Core {
     pub fn new(config: CoreConfig) -> Self {
         Self {
-            jobs: Jobs::new(config.max_crashes),
+            jobs: Jobs::new(config.max_crashes, config.budget),
             config,
             membership: Membership::default(),
         }

@@ -14,6 +14,13 @@ struct Sim {
 
 impl Sim {
     fn new() -> Self {
+        Self::with_budget(Budget {
+            tasks: 1_000_000,
+            bytes: 1 << 40,
+        })
+    }
+
+    fn with_budget(budget: Budget) -> Self {
         Self {
             core: Core::new(CoreConfig {
                 protocol_version: 1,
@@ -21,6 +28,7 @@ impl Sim {
                 forget_lost_after: Duration::from_secs(3600),
                 max_crashes: 3,
                 driver_grace: Duration::from_secs(5),
+                budget,
             }),
             now: Instant::now(),
             out: Vec::new(),
@@ -35,6 +43,8 @@ impl Sim {
     fn send(&mut self, event: Event) -> Vec<Command> {
         self.out.clear();
         self.core.handle(self.now, event, &mut self.out);
+        // The counters kept as events happen always equal a count of the tasks.
+        assert_eq!(self.core.jobs.counts(), self.core.jobs.counts_by_scan());
         std::mem::take(&mut self.out)
     }
 
@@ -1184,4 +1194,41 @@ fn a_one_slot_agent_is_refilled_as_soon_as_its_prefetched_task_starts() {
         }],
     });
     assert_eq!(assignments(&cmds).len(), 1, "{cmds:?}");
+}
+
+#[test]
+fn a_driver_sending_past_its_budget_has_the_excess_refused_and_the_scheduler_does_not_grow() {
+    let mut sim = Sim::with_budget(Budget {
+        tasks: 3,
+        bytes: 250,
+    });
+    sim.join(1, "a");
+    open(&mut sim, 10);
+    let sized = |id: u64, bytes: usize| TaskSpec {
+        payload: vec![0u8; bytes].into(),
+        ..spec(id)
+    };
+    // Two fit the bytes (200 of 250); the third would pass them; the fourth and fifth fit
+    // neither (the count is reached by then: three held).
+    let cmds = sim.send(Event::TasksSubmitted {
+        conn: 10,
+        tasks: vec![sized(1, 100), sized(2, 100), sized(3, 100), sized(4, 10), sized(5, 10)],
+    });
+    let refused: Vec<u64> = delivered(&cmds)
+        .into_iter()
+        .filter(|(_, o)| matches!(o, Outcome::Failed { kind: FailureKind::Refused, .. }))
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(refused, vec![3, 5], "{cmds:?}");
+    let counts = sim.core.task_counts();
+    assert_eq!((counts.queued + counts.running, counts.unfinished_peak, counts.refused), (3, 3, 2));
+    // A result gives its share back: the next task is admitted.
+    let placed = assignments(&cmds);
+    sim.send(Event::AgentResults {
+        conn: 1,
+        results: vec![ok(placed[0].1, placed[0].2)],
+    });
+    let cmds = submit(&mut sim, 10, 6..7);
+    assert!(delivered(&cmds).is_empty(), "{cmds:?}");
+    assert_eq!(sim.core.task_counts().unfinished_peak, 3);
 }

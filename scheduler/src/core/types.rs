@@ -140,6 +140,8 @@ pub struct TaskSpec {
     pub retries: u32,
     pub timeout_ms: u64,
     pub gpu: GpuUse,
+    /// Set instead of `payload` for a big argument: it is in the blob store.
+    pub payload_blob: Option<BlobRef>,
 }
 
 /// Whether a task runs on a GPU slot.
@@ -163,12 +165,21 @@ pub enum FailureKind {
     TimedOut,
     BadInput,
     WorkerStart,
+    /// The result was larger than the cluster's `max_value_bytes`.
+    TooLarge,
+    /// The scheduler refused the task (its session sent past its budget).
+    Refused,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
     Output(Bytes),
-    Failed { kind: FailureKind, message: String },
+    /// A big output, in the blob store.
+    Stored(BlobRef),
+    Failed {
+        kind: FailureKind,
+        message: String,
+    },
 }
 
 /// A task as handed to an agent.

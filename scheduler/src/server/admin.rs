@@ -53,12 +53,15 @@ impl admin_service_server::AdminService for AdminService {
             ..Default::default()
         };
         status.blob_fetches = self.shared.blobs.fetch_counts().into_iter().collect();
+        (status.job_blobs, status.job_blob_bytes) = self.shared.blobs.job_usage();
         self.shared.with_core(|core, _| {
             let counts = core.task_counts();
             status.jobs = u32::try_from(counts.sessions).unwrap_or(u32::MAX);
             status.tasks_queued = counts.queued as u64;
             status.tasks_running = counts.running as u64;
             status.gpu_tasks_queued = counts.gpu_queued as u64;
+            status.session_unfinished_peak = counts.unfinished_peak;
+            status.tasks_refused = counts.refused;
             for agent in core.agents() {
                 let state = agent.state();
                 match state {

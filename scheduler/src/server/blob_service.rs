@@ -13,8 +13,7 @@ use super::{
     state::Shared,
 };
 
-/// Pieces of a blob on the wire.
-const CHUNK: usize = 1 << 20;
+use ladle_common::limits::BLOB_PIECE_BYTES as CHUNK;
 
 pub struct BlobService {
     shared: Arc<Shared>,
@@ -74,6 +73,7 @@ impl blob_service_server::BlobService for BlobService {
             Status::invalid_argument("the first chunk of an upload must name the blob")
         })?;
         if self.shared.blobs.has(&blob.sha256) {
+            self.shared.blobs.held_by(&blob.sha256, &first.job_id);
             return Ok(Response::new(blob));
         }
         // Put the first chunk's data back in front of the rest.
@@ -91,6 +91,7 @@ impl blob_service_server::BlobService for BlobService {
             .receive(
                 &blob.sha256,
                 blob.size,
+                &first.job_id,
                 Prefixed(Some(first.data), Upload(stream)),
             )
             .await
@@ -136,6 +137,7 @@ impl blob_service_server::BlobService for BlobService {
                 let chunk = BlobChunk {
                     blob: first.take(),
                     data: buf.into(),
+                    job_id: String::new(),
                 };
                 if tx.send(Ok(chunk)).await.is_err() || n == 0 {
                     return;

@@ -1,11 +1,15 @@
 //! Content-addressed blobs on the scheduler's disk: job executables and shared constants.
 //! A blob is stored under its SHA-256 once, whatever number of drivers send it, and its hash
 //! is checked on the way in.
+//!
+//! Values of jobs (big arguments and results, shared constants) belong to the jobs that uploaded
+//! or referred to them, and are deleted when the last of those jobs ends; blobs uploaded outside
+//! any job (executables) are kept, bounded by `max_blob_bytes` each.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use sha2::{Digest, Sha256};
@@ -31,6 +35,23 @@ pub struct BlobStore {
     dir: PathBuf,
     limit: u64,
     fetches: Mutex<HashMap<String, u64>>,
+    owners: Mutex<Owners>,
+}
+
+/// Which jobs hold which blobs.
+#[derive(Default)]
+struct Owners {
+    /// Blobs held by at least one job, with their size and holders. A blob not listed here is
+    /// kept for good (an executable, or one stored before this scheduler started).
+    blobs: HashMap<String, Held>,
+    by_job: HashMap<Arc<str>, HashSet<String>>,
+    /// Blobs that must never go, whatever jobs also hold them (uploaded outside a job).
+    pinned: HashSet<String>,
+}
+
+struct Held {
+    size: u64,
+    jobs: HashSet<Arc<str>>,
 }
 
 pub fn valid_hash(sha256: &str) -> bool {
@@ -47,7 +68,105 @@ impl BlobStore {
             dir: dir.to_owned(),
             limit,
             fetches: Mutex::new(HashMap::new()),
+            owners: Mutex::new(Owners::default()),
         })
+    }
+
+    fn owners(&self) -> std::sync::MutexGuard<'_, Owners> {
+        self.owners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that job `job` uses blob `sha256` (it uploaded it, or submitted a task naming
+    /// it); the blob goes when the last job holding it ends, unless pinned. Unknown blobs and
+    /// empty job ids are ignored.
+    pub fn claim(&self, sha256: &str, job: &str) {
+        if job.is_empty() {
+            return;
+        }
+        let Ok(path) = self.path(sha256) else {
+            return;
+        };
+        let mut owners = self.owners();
+        if owners.pinned.contains(sha256) {
+            return;
+        }
+        let job: Arc<str> = match owners.by_job.get_key_value(job) {
+            Some((key, _)) => key.clone(),
+            None => job.into(),
+        };
+        if !owners.blobs.contains_key(sha256) {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                return;
+            };
+            owners.blobs.insert(
+                sha256.to_owned(),
+                Held {
+                    size: meta.len(),
+                    jobs: HashSet::new(),
+                },
+            );
+        }
+        if let Some(held) = owners.blobs.get_mut(sha256) {
+            held.jobs.insert(job.clone());
+        }
+        owners
+            .by_job
+            .entry(job)
+            .or_default()
+            .insert(sha256.to_owned());
+    }
+
+    /// Keeps `sha256` for good (uploaded outside any job).
+    fn pin(&self, sha256: &str) {
+        let mut owners = self.owners();
+        owners.pinned.insert(sha256.to_owned());
+        if let Some(held) = owners.blobs.remove(sha256) {
+            for job in held.jobs {
+                if let Some(set) = owners.by_job.get_mut(&job) {
+                    set.remove(sha256);
+                }
+            }
+        }
+    }
+
+    /// The job ended: deletes the blobs no other job holds. Returns how many were deleted.
+    pub fn release_job(&self, job: &str) -> usize {
+        let mut gone = Vec::new();
+        {
+            let mut owners = self.owners();
+            let Some(shas) = owners.by_job.remove(job) else {
+                return 0;
+            };
+            for sha in shas {
+                let last = owners.blobs.get_mut(&sha).is_some_and(|held| {
+                    held.jobs.remove(job);
+                    held.jobs.is_empty()
+                });
+                if last {
+                    owners.blobs.remove(&sha);
+                    gone.push(sha);
+                }
+            }
+        }
+        for sha in &gone {
+            if let Ok(path) = self.path(sha)
+                && let Err(err) = std::fs::remove_file(&path)
+                && err.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!("cannot delete blob {}: {err}", path.display());
+            }
+        }
+        if !gone.is_empty() {
+            tracing::debug!(job, blobs = gone.len(), "deleted the ended job's values");
+        }
+        gone.len()
+    }
+
+    /// Blobs held by running jobs: how many, and their bytes.
+    pub fn job_usage(&self) -> (u64, u64) {
+        let owners = self.owners();
+        let bytes = owners.blobs.values().map(|h| h.size).sum();
+        (owners.blobs.len() as u64, bytes)
     }
 
     /// The file of a stored blob.
@@ -62,8 +181,30 @@ impl BlobStore {
         self.path(sha256).is_ok_and(|p| p.is_file())
     }
 
-    /// Receives a blob in pieces; stores it only if it matches `sha256` and `size`.
+    /// Receives a blob in pieces for job `job` (empty: outside any job, kept for good); stores
+    /// it only if it matches `sha256` and `size`.
     pub async fn receive(
+        &self,
+        sha256: &str,
+        size: u64,
+        job: &str,
+        next: impl AsyncNext,
+    ) -> Result<(), BlobError> {
+        self.store(sha256, size, next).await?;
+        self.held_by(sha256, job);
+        Ok(())
+    }
+
+    /// A blob present already, uploaded again for `job`: it is that job's too (or pinned).
+    pub fn held_by(&self, sha256: &str, job: &str) {
+        if job.is_empty() {
+            self.pin(sha256);
+        } else {
+            self.claim(sha256, job);
+        }
+    }
+
+    async fn store(
         &self,
         sha256: &str,
         size: u64,

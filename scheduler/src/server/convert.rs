@@ -109,6 +109,7 @@ pub fn agent_info(a: &Agent, now: Instant) -> pb::AgentInfo {
 fn outcome_pb(outcome: Outcome) -> pb::task_result::Outcome {
     match outcome {
         Outcome::Output(bytes) => pb::task_result::Outcome::Output(bytes),
+        Outcome::Stored(blob) => pb::task_result::Outcome::OutputBlob(blob_pb(&blob)),
         Outcome::Failed { kind, message } => pb::task_result::Outcome::Failure(pb::TaskFailure {
             kind: failure_kind_pb(kind).into(),
             message,
@@ -125,6 +126,22 @@ pub fn failure_kind_pb(kind: FailureKind) -> pb::FailureKind {
         FailureKind::TimedOut => pb::FailureKind::TimedOut,
         FailureKind::BadInput => pb::FailureKind::BadInput,
         FailureKind::WorkerStart => pb::FailureKind::WorkerStart,
+        FailureKind::TooLarge => pb::FailureKind::TooLarge,
+        FailureKind::Refused => pb::FailureKind::Refused,
+    }
+}
+
+fn blob_pb(blob: &BlobRef) -> pb::BlobRef {
+    pb::BlobRef {
+        sha256: blob.sha256.clone(),
+        size: blob.size,
+    }
+}
+
+fn blob(blob: pb::BlobRef) -> BlobRef {
+    BlobRef {
+        sha256: blob.sha256,
+        size: blob.size,
     }
 }
 
@@ -136,6 +153,8 @@ fn failure_kind(kind: i32) -> FailureKind {
         Ok(pb::FailureKind::TimedOut) => FailureKind::TimedOut,
         Ok(pb::FailureKind::BadInput) => FailureKind::BadInput,
         Ok(pb::FailureKind::WorkerStart) => FailureKind::WorkerStart,
+        Ok(pb::FailureKind::TooLarge) => FailureKind::TooLarge,
+        Ok(pb::FailureKind::Refused) => FailureKind::Refused,
         _ => FailureKind::TaskError,
     }
 }
@@ -165,6 +184,7 @@ pub fn agent_results(results: pb::AgentResults) -> Vec<AgentResult> {
             attempt: r.attempt,
             outcome: match r.outcome {
                 Some(pb::agent_task_result::Outcome::Output(bytes)) => Outcome::Output(bytes),
+                Some(pb::agent_task_result::Outcome::OutputBlob(b)) => Outcome::Stored(blob(b)),
                 Some(pb::agent_task_result::Outcome::Failure(f)) => Outcome::Failed {
                     kind: failure_kind(f.kind),
                     message: f.message,
@@ -203,6 +223,7 @@ pub fn assign(job: &Job, tasks: Vec<Assigned>) -> pb::Assign {
                 gpu: t.gpu,
                 items: t.spec.items,
                 isolated: t.isolated,
+                payload_blob: t.spec.payload_blob.as_ref().map(blob_pb),
             })
             .collect(),
     }
@@ -249,6 +270,7 @@ pub fn task_spec(t: pb::TaskSpec) -> TaskSpec {
             Ok(pb::GpuUse::None) => GpuUse::None,
             Err(_) => GpuUse::Required,
         },
+        payload_blob: t.payload_blob.map(blob),
     }
 }
 

@@ -60,6 +60,7 @@ impl driver_service_server::DriverService for DriverService {
             ));
         }
 
+        let job_id = open.session_id.clone();
         let (conn, rx) = self.shared.open_driver();
         self.shared.apply(Event::DriverOpened {
             conn,
@@ -70,10 +71,22 @@ impl driver_service_server::DriverService for DriverService {
             loop {
                 match inbound.message().await {
                     Ok(Some(DriverMessage { body: Some(body) })) => match body {
-                        Body::Submit(batch) => shared.apply(Event::TasksSubmitted {
-                            conn,
-                            tasks: batch.tasks.into_iter().map(convert::task_spec).collect(),
-                        }),
+                        Body::Submit(batch) => {
+                            // The job holds the values its tasks name (a scheduler that
+                            // restarted learns it again from the resubmissions).
+                            for task in &batch.tasks {
+                                if let Some(blob) = &task.payload_blob {
+                                    shared.blobs.claim(&blob.sha256, &job_id);
+                                }
+                                for sha in &task.shared {
+                                    shared.blobs.claim(sha, &job_id);
+                                }
+                            }
+                            shared.apply(Event::TasksSubmitted {
+                                conn,
+                                tasks: batch.tasks.into_iter().map(convert::task_spec).collect(),
+                            })
+                        }
                         Body::Cancel(cancel) => shared.apply(Event::TasksCancelled {
                             conn,
                             task_ids: cancel.task_ids,

@@ -20,6 +20,7 @@ use std::{
 use ladle_common::{
     discovery::{Announcement, Announcer},
     token::Token,
+    with_message_limits,
 };
 use ladle_proto::v1::{
     admin_service_server::AdminServiceServer, agent_service_server::AgentServiceServer,
@@ -130,6 +131,10 @@ async fn listen_with(settings: SchedulerSettings, announce: bool) -> Result<List
         forget_lost_after: settings.forget_lost_after,
         max_crashes: settings.max_task_crashes.max(1),
         driver_grace: settings.driver_grace,
+        budget: crate::core::Budget {
+            tasks: settings.session_max_tasks,
+            bytes: settings.session_max_bytes,
+        },
     };
     let state_dir = settings.state_dir();
     let blobs = blobs::BlobStore::open(&state_dir.join("blobs"), settings.max_blob_bytes).map_err(
@@ -168,31 +173,32 @@ impl Listening {
         let announcing = announcer.map(|a| tokio::spawn(a.run()));
         let guard = auth::TokenCheck::new(token);
         let incoming = accepting(listener);
-        // Room for the largest payload plus the batch around it.
-        let limit = usize::try_from(shared.settings.max_message_bytes)
-            .unwrap_or(usize::MAX)
-            .saturating_add(16 << 20);
         let result = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            // Every service takes the one message limit of ladle_common::limits.
             .add_service(InterceptedService::new(
-                AgentServiceServer::new(agents::AgentService::new(shared.clone()))
-                    .max_decoding_message_size(limit)
-                    .max_encoding_message_size(limit),
+                with_message_limits!(AgentServiceServer::new(agents::AgentService::new(
+                    shared.clone()
+                ))),
                 guard.clone(),
             ))
             .add_service(InterceptedService::new(
-                DriverServiceServer::new(drivers::DriverService::new(shared.clone()))
-                    .max_decoding_message_size(limit)
-                    .max_encoding_message_size(limit),
+                with_message_limits!(DriverServiceServer::new(drivers::DriverService::new(
+                    shared.clone()
+                ))),
                 guard.clone(),
             ))
-            .add_service(BlobServiceServer::with_interceptor(
-                blob_service::BlobService::new(shared.clone()),
+            .add_service(InterceptedService::new(
+                with_message_limits!(BlobServiceServer::new(blob_service::BlobService::new(
+                    shared.clone()
+                ))),
                 guard.clone(),
             ))
-            .add_service(AdminServiceServer::with_interceptor(
-                admin::AdminService::new(shared.clone()),
+            .add_service(InterceptedService::new(
+                with_message_limits!(AdminServiceServer::new(admin::AdminService::new(
+                    shared.clone()
+                ))),
                 guard,
             ))
             .serve_with_incoming_shutdown(incoming, {

@@ -16,9 +16,11 @@ use tokio::{sync::mpsc, task::AbortHandle};
 use tonic::Status;
 use tracing::debug;
 
+use ladle_common::limits;
+
 use super::{blobs::BlobStore, convert};
 use crate::{
-    core::{Command, ConnId, Core, CoreConfig, Event},
+    core::{Command, ConnId, Core, CoreConfig, Event, Outcome},
     settings::SchedulerSettings,
 };
 
@@ -111,7 +113,7 @@ impl Shared {
         let mut inner = self.lock();
         let mut commands = Vec::new();
         inner.core.handle(now, event, &mut commands);
-        inner.execute(commands, &self.settings);
+        inner.execute(commands, &self.settings, &self.blobs);
     }
 
     /// Runs `f` on the core (queries and operator actions) and carries out any commands.
@@ -119,7 +121,7 @@ impl Shared {
         let mut inner = self.lock();
         let mut commands = Vec::new();
         let result = f(&mut inner.core, &mut commands);
-        inner.execute(commands, &self.settings);
+        inner.execute(commands, &self.settings, &self.blobs);
         result
     }
 
@@ -140,14 +142,17 @@ impl Shared {
         inner.outboxes.remove(&conn);
         let mut commands = Vec::new();
         inner.core.handle(now, event, &mut commands);
-        inner.execute(commands, &self.settings);
+        inner.execute(commands, &self.settings, &self.blobs);
     }
 }
 
 impl Inner {
     // Sends are non-blocking (unbounded channels), so doing them under the lock keeps the
-    // order of messages on each stream the order the core decided them in.
-    fn execute(&mut self, commands: Vec<Command>, settings: &SchedulerSettings) {
+    // order of messages on each stream the order the core decided them in. The channels are
+    // bounded by what feeds them: an agent's by the tasks placed on it (its slots and prefetch),
+    // a driver's by its session's budget of unfinished tasks (each result is sent once) and
+    // by the agents' caps on output.
+    fn execute(&mut self, commands: Vec<Command>, settings: &SchedulerSettings, blobs: &BlobStore) {
         for command in commands {
             match command {
                 Command::Welcome { conn, draining } => {
@@ -158,6 +163,7 @@ impl Inner {
                         heartbeat_interval_ms: millis(settings.heartbeat_interval),
                         heartbeat_timeout_ms: millis(settings.heartbeat_timeout),
                         draining,
+                        max_value_bytes: settings.max_value_bytes,
                     };
                     self.send_agent(conn, Body::Welcome(welcome));
                 }
@@ -166,7 +172,9 @@ impl Inner {
                 }
                 Command::Assign { conn, job, tasks } => {
                     tracing::trace!(conn, tasks = tasks.len(), "assign");
-                    self.send_agent(conn, Body::Assign(convert::assign(&job, tasks)));
+                    for tasks in limits::batches(tasks, usize::MAX, |t| t.spec.payload.len()) {
+                        self.send_agent(conn, Body::Assign(convert::assign(&job, tasks)));
+                    }
                 }
                 Command::Revoke { conn, tasks } => {
                     let tasks = tasks
@@ -192,21 +200,37 @@ impl Inner {
                         cpu_slots: capacity.cpu_slots,
                         gpu_slots: capacity.gpu_slots,
                         agents: capacity.agents,
-                        max_payload_bytes: settings.max_message_bytes,
+                        max_value_bytes: settings.max_value_bytes,
+                        budget_tasks: settings.session_max_tasks,
+                        budget_bytes: settings.session_max_bytes,
                     };
                     self.send_driver(conn, driver_event::Body::Opened(opened));
                 }
                 Command::Deliver { conn, results } => {
-                    self.send_driver(conn, driver_event::Body::Results(convert::results(results)));
+                    for results in limits::batches(results, usize::MAX, |r| match &r.outcome {
+                        Outcome::Output(bytes) => bytes.len(),
+                        Outcome::Failed { message, .. } => message.len(),
+                        Outcome::Stored(_) => 0,
+                    }) {
+                        self.send_driver(
+                            conn,
+                            driver_event::Body::Results(convert::results(results)),
+                        );
+                    }
                 }
                 Command::Notice { conn, text } => {
                     self.send_driver(conn, driver_event::Body::Notice(pb::Notice { text }));
                 }
                 Command::ForwardOutput { conn, agent, lines } => {
-                    self.send_driver(
-                        conn,
-                        driver_event::Body::Output(convert::output(&agent, lines)),
-                    );
+                    for lines in limits::batches(lines, usize::MAX, |l| l.text.len()) {
+                        self.send_driver(
+                            conn,
+                            driver_event::Body::Output(convert::output(&agent, lines)),
+                        );
+                    }
+                }
+                Command::JobEnded { job_id } => {
+                    blobs.release_job(&job_id);
                 }
                 Command::Refuse { conn, reason } => {
                     self.close(conn, Status::failed_precondition(reason.to_string()));

@@ -2,17 +2,15 @@
 
 use std::{io::Read, path::PathBuf};
 
-use ladle_common::client::TokenInterceptor;
-use ladle_proto::v1::{BlobChunk, BlobRef, blob_service_client::BlobServiceClient};
+use ladle_proto::v1::BlobRef;
 use sha2::{Digest, Sha256};
-use tonic::transport::Channel;
 
 use crate::error::Error;
 
 /// Overrides the executable agents run (a build for the agents' platform, say).
 pub const EXECUTABLE_ENV: &str = "LADLE_WORKER_EXECUTABLE";
 
-const CHUNK: usize = 1 << 20;
+const CHUNK: usize = ladle_common::limits::BLOB_PIECE_BYTES;
 
 pub(crate) fn path() -> Result<PathBuf, Error> {
     match std::env::var_os(EXECUTABLE_ENV) {
@@ -46,55 +44,4 @@ pub(crate) fn describe(path: &std::path::Path) -> Result<BlobRef, Error> {
         sha256: hex::encode(hasher.finalize()),
         size,
     })
-}
-
-/// Hashes `bytes`.
-pub(crate) fn describe_bytes(bytes: &[u8]) -> BlobRef {
-    BlobRef {
-        sha256: hex::encode(Sha256::digest(bytes)),
-        size: bytes.len() as u64,
-    }
-}
-
-type Blobs =
-    BlobServiceClient<tonic::service::interceptor::InterceptedService<Channel, TokenInterceptor>>;
-
-/// Uploads `data` (already read) unless the scheduler holds it.
-pub(crate) async fn upload(
-    client: &mut Blobs,
-    blob: &BlobRef,
-    data: bytes::Bytes,
-    what: &str,
-) -> Result<(), Error> {
-    let fail = |message: String| Error::Upload {
-        what: what.to_owned(),
-        message,
-    };
-    let present = client
-        .has_blob(blob.clone())
-        .await
-        .map_err(|s| fail(s.message().to_owned()))?
-        .into_inner()
-        .present;
-    if present {
-        return Ok(());
-    }
-    let mut chunks = Vec::new();
-    let mut offset = 0usize;
-    loop {
-        let end = (offset + CHUNK).min(data.len());
-        chunks.push(BlobChunk {
-            blob: (offset == 0).then(|| blob.clone()),
-            data: data.slice(offset..end),
-        });
-        offset = end;
-        if offset >= data.len() {
-            break;
-        }
-    }
-    client
-        .upload_blob(tokio_stream::iter(chunks))
-        .await
-        .map_err(|s| fail(s.message().to_owned()))?;
-    Ok(())
 }

@@ -3,6 +3,7 @@
 mod embedded;
 pub(crate) mod executable;
 mod io_thread;
+mod pending;
 pub(crate) mod session;
 
 use std::{
@@ -18,11 +19,10 @@ use bytes::Bytes;
 use ladle_common::{
     client::{self, TokenInterceptor},
     discovery::{self, Locator},
+    limits,
     token::Token,
 };
-use ladle_proto::v1::{
-    self as pb, OpenSession, SessionOpened, TaskSpec, blob_service_client::BlobServiceClient,
-};
+use ladle_proto::v1::{self as pb, OpenSession, SessionOpened, TaskSpec};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
@@ -118,6 +118,8 @@ struct Inner {
     token: Option<Token>,
     channel: tonic::transport::Channel,
     lone_wait: Arc<LoneWait>,
+    /// The session's id: the job its stored values belong to.
+    session_id: String,
     // Dropped last: the embedded scheduler and agent stop when the handle goes.
     _embedded: Option<embedded::Embedded>,
 }
@@ -246,6 +248,7 @@ impl Cluster {
                 reconnect_timeout()?
             },
         };
+        let session_id = opener.open.session_id.clone();
         let (opener, (stream, opened)) = io
             .run(async move {
                 let opened = opener.open().await;
@@ -264,6 +267,7 @@ impl Cluster {
                 token,
                 channel,
                 lone_wait,
+                session_id,
                 _embedded: embedded,
             }),
         })
@@ -427,16 +431,27 @@ impl Cluster {
             task: "share".into(),
             message: e.to_string(),
         })?;
-        let blob = executable::describe_bytes(&bytes);
+        let blob = ladle_common::blobs::describe(&bytes);
         // The connection lives on the session's thread, which ends with the session.
         if self.inner.requests.is_closed() {
             return Err(Error::Closed);
         }
-        let mut blobs = BlobServiceClient::with_interceptor(
+        let mut blobs = ladle_common::blobs::client(
             self.inner.channel.clone(),
             TokenInterceptor::new(self.inner.token.as_ref()),
         );
-        executable::upload(&mut blobs, &blob, Bytes::from(bytes), "a shared constant").await?;
+        // Stored for this job: the scheduler deletes it when the job ends.
+        ladle_common::blobs::upload(
+            &mut blobs,
+            &blob,
+            Bytes::from(bytes),
+            &self.inner.session_id,
+        )
+        .await
+        .map_err(|e| Error::Upload {
+            what: "a shared constant".into(),
+            message: e.to_string(),
+        })?;
         Ok(Shared::new(blob.sha256, value))
     }
 
@@ -468,18 +483,26 @@ impl Cluster {
         options: &Options,
         route: Route,
     ) -> Result<(), Error> {
-        let limit = self.inner.opened.max_payload_bytes;
-        if payload.len() as u64 > limit {
+        let limit = self.inner.opened.max_value_bytes;
+        if limit > 0 && payload.len() as u64 > limit {
             return Err(Error::TooLarge {
                 task: T::NAME.to_owned(),
                 size: payload.len(),
                 limit,
             });
         }
+        // A big argument goes to the blob store (by the session's thread) and travels by hash.
+        let (payload, payload_blob, upload) = if payload.len() > limits::INLINE_VALUE_BYTES {
+            let blob = ladle_common::blobs::describe(&payload);
+            (Bytes::new(), Some(blob), Some(Bytes::from(payload)))
+        } else {
+            (Bytes::from(payload), None, None)
+        };
         let spec = TaskSpec {
             task_id,
             function: T::NAME.to_owned(),
-            payload: payload.into(),
+            payload,
+            payload_blob,
             items: u32::try_from(items).unwrap_or(u32::MAX),
             reducer: reducer.unwrap_or_default().to_owned(),
             shared,
@@ -502,7 +525,11 @@ impl Cluster {
         });
         self.inner
             .requests
-            .send(Request::Submit(vec![(spec, route)]))
+            .send(Request::Submit(vec![session::Submission {
+                spec,
+                route,
+                upload,
+            }]))
             .map_err(|_| Error::Closed)
     }
 

@@ -7,7 +7,6 @@
 //! holds and runs the rest, so each future still completes once, with no code in the program.
 
 use std::{
-    collections::HashMap,
     path::PathBuf,
     sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
@@ -20,14 +19,16 @@ use ladle_common::{
 };
 use ladle_proto::v1::{
     self as pb, BlobRef, CancelTasks, CloseSession, DriverEvent, DriverMessage, OpenSession,
-    SessionOpened, SubmitTasks, blob_service_client::BlobServiceClient, driver_event,
-    driver_message, driver_service_client::DriverServiceClient, task_result,
+    SessionOpened, SubmitTasks, driver_event, driver_message,
+    driver_service_client::DriverServiceClient, task_result,
 };
 use tokio::sync::mpsc;
 use tonic::Streaming;
 use tracing::{debug, warn};
 
-use super::executable;
+use ladle_common::{blobs::BlobClient, limits};
+
+use super::pending::{Budget, Pending};
 use crate::{error::Error, lone_wait::LoneWait, task::ErrorKind};
 
 /// A result as it arrives, before anyone decodes it.
@@ -38,11 +39,30 @@ pub(crate) struct RawResult {
     pub run_ns: u64,
 }
 
+impl RawResult {
+    pub(crate) fn failed(kind: ErrorKind, message: String) -> Self {
+        Self {
+            outcome: Err((kind, message)),
+            agent: String::new(),
+            attempt: 0,
+            run_ns: 0,
+        }
+    }
+}
+
 /// Where a result goes.
 pub(crate) type Route = Box<dyn FnOnce(RawResult) + Send>;
 
+/// A task for the session to send; `upload` holds its argument when it is too big to travel
+/// inline (the spec names it by hash: it goes to the blob store first).
+pub(crate) struct Submission {
+    pub spec: pb::TaskSpec,
+    pub route: Route,
+    pub upload: Option<Bytes>,
+}
+
 pub(crate) enum Request {
-    Submit(Vec<(pb::TaskSpec, Route)>),
+    Submit(Vec<Submission>),
     Cancel(Vec<u64>),
     /// The program dropped its last handle on the cluster: say goodbye, so that the scheduler
     /// cancels what is left at once instead of keeping it for a driver that might come back.
@@ -87,9 +107,6 @@ pub(crate) fn wait_all_closed(limit: Duration) {
     let _ = ALL_CLOSED.wait_timeout_while(closing(), limit, |left| *left > 0);
 }
 
-/// A batch on the wire stays around this size, so that results keep flowing between batches.
-const BATCH_BYTES: usize = 4 << 20;
-
 /// How to open the session (again): the scheduler, the program and the session's identity.
 pub(crate) struct Opener {
     pub address: String,
@@ -104,6 +121,9 @@ pub(crate) struct Opener {
 pub(crate) struct Stream {
     up: mpsc::Sender<DriverMessage>,
     down: Streaming<DriverEvent>,
+    /// Big arguments go up, and big results come down, through the blob service.
+    blobs: BlobClient,
+    budget: Budget,
 }
 
 impl Opener {
@@ -111,7 +131,7 @@ impl Opener {
     pub(crate) async fn open(&self) -> Result<(Stream, SessionOpened), Error> {
         let channel = client::connect(&self.address).await?;
         let interceptor = TokenInterceptor::new(self.token.as_ref());
-        let mut blobs = BlobServiceClient::with_interceptor(channel.clone(), interceptor.clone());
+        let mut blobs = ladle_common::blobs::client(channel.clone(), interceptor.clone());
         let present = blobs
             .has_blob(self.blob.clone())
             .await
@@ -126,17 +146,17 @@ impl Opener {
                         path: self.executable.display().to_string(),
                         source,
                     })?;
-            executable::upload(
-                &mut blobs,
-                &self.blob,
-                Bytes::from(data),
-                "the program's executable",
-            )
-            .await?;
+            ladle_common::blobs::upload(&mut blobs, &self.blob, Bytes::from(data), "")
+                .await
+                .map_err(|e| Error::Upload {
+                    what: "the program's executable".into(),
+                    message: e.to_string(),
+                })?;
         }
-        let mut driver = DriverServiceClient::with_interceptor(channel, interceptor)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
+        let mut driver = ladle_common::with_message_limits!(DriverServiceClient::with_interceptor(
+            channel,
+            interceptor
+        ));
         let (up, up_rx) = mpsc::channel(256);
         up.send(message(driver_message::Body::Open(self.open.clone())))
             .await
@@ -149,7 +169,21 @@ impl Opener {
         match down.message().await.map_err(|s| self.refused(&s))? {
             Some(DriverEvent {
                 body: Some(driver_event::Body::Opened(opened)),
-            }) => Ok((Stream { up, down }, opened)),
+            }) => {
+                let budget = Budget {
+                    tasks: opened.budget_tasks,
+                    bytes: opened.budget_bytes,
+                };
+                Ok((
+                    Stream {
+                        up,
+                        down,
+                        blobs,
+                        budget,
+                    },
+                    opened,
+                ))
+            }
             _ => Err(Error::Refused {
                 address: self.address.clone(),
                 message: "the scheduler did not confirm the session".into(),
@@ -165,8 +199,17 @@ impl Opener {
     }
 }
 
-/// Tasks without a result: their spec (to submit again) and where their result goes.
-type Pending = HashMap<u64, (pb::TaskSpec, Route)>;
+/// Tasks whose big argument finished uploading (or failed to), by id.
+type Uploaded = (u64, Result<(), String>);
+
+/// What one session's thread keeps: its tasks, and where the uploads of big arguments report.
+struct State {
+    pending: Pending,
+    uploaded_tx: mpsc::UnboundedSender<Uploaded>,
+    uploaded: mpsc::UnboundedReceiver<Uploaded>,
+    /// The job big values are stored for.
+    job_id: String,
+}
 
 pub(crate) async fn run(
     mut requests: mpsc::UnboundedReceiver<Request>,
@@ -174,14 +217,20 @@ pub(crate) async fn run(
     opener: Opener,
     lone_wait: Arc<LoneWait>,
 ) {
-    let mut pending: Pending = HashMap::new();
+    let (uploaded_tx, uploaded) = mpsc::unbounded_channel();
+    let mut state = State {
+        pending: Pending::new(stream.budget),
+        uploaded_tx,
+        uploaded,
+        job_id: opener.open.session_id.clone(),
+    };
     loop {
-        let lost = match serve(&mut requests, &mut stream, &mut pending, &lone_wait).await {
+        let lost = match serve(&mut requests, &mut stream, &mut state, &lone_wait).await {
             None => return, // the program is done with the cluster
             Some(lost) => lost,
         };
         if opener.give_up_after.is_zero() {
-            fail_all(&mut pending, &lost);
+            state.pending.fail_all(&lost);
             refuse_rest(&mut requests, &lost);
             return;
         }
@@ -189,11 +238,11 @@ pub(crate) async fn run(
             "{lost}; reconnecting to the scheduler at {}",
             opener.address
         );
-        match reopen(&opener, &mut requests, &mut pending).await {
+        match reopen(&opener, &mut requests, &mut state).await {
             Some(fresh) => {
                 stream = fresh;
-                let specs: Vec<pb::TaskSpec> =
-                    pending.values().map(|(spec, _)| spec.clone()).collect();
+                state.pending.set_budget(stream.budget);
+                let specs = state.pending.sent();
                 warn!(
                     "session reopened at {}; submitting the {} tasks without a result again",
                     opener.address,
@@ -208,7 +257,7 @@ pub(crate) async fn run(
                     "the scheduler at {} could not be reached for {:?}: {lost}",
                     opener.address, opener.give_up_after
                 );
-                fail_all(&mut pending, &why);
+                state.pending.fail_all(&why);
                 refuse_rest(&mut requests, &why);
                 return;
             }
@@ -220,20 +269,30 @@ pub(crate) async fn run(
 async fn serve(
     requests: &mut mpsc::UnboundedReceiver<Request>,
     stream: &mut Stream,
-    pending: &mut Pending,
+    state: &mut State,
     lone_wait: &LoneWait,
 ) -> Option<String> {
+    let closed = || Some("the stream to the scheduler closed".to_owned());
     loop {
         let request = tokio::select! {
             request = requests.recv() => request,
+            Some((id, result)) = state.uploaded.recv() => {
+                state.pending.uploaded(id, result);
+                if send_batches(&stream.up, state.pending.admit()).await.is_err() {
+                    return closed();
+                }
+                continue;
+            }
             event = stream.down.message() => match event {
                 Ok(Some(DriverEvent { body: Some(body) })) => {
-                    let again = deliver(body, pending);
+                    let mut again = deliver(body, &mut state.pending, &stream.blobs);
+                    // Results gave back their share of the budget: what waited may go.
+                    again.extend(state.pending.admit());
                     if !again.is_empty() && send_batches(&stream.up, again).await.is_err() {
-                        return Some("the stream to the scheduler closed".into());
+                        return closed();
                     }
                     let linger = lone_wait.linger();
-                    if !pending.is_empty() || linger.is_zero() {
+                    if !state.pending.is_empty() || linger.is_zero() {
                         continue;
                     }
                     match next_soon(requests, linger) {
@@ -250,10 +309,35 @@ async fn serve(
             close(stream, Vec::new()).await;
             return None;
         };
-        if let Some(ended) = forward(request, requests, stream, pending).await {
+        if let Some(ended) = forward(request, requests, stream, state).await {
             return ended;
         }
     }
+}
+
+/// Takes a submission into `state`: a big argument starts its upload to the blob store (the
+/// task waits for it), any other task waits for its turn in the budget.
+fn take(submission: Submission, state: &mut State, blobs: &BlobClient) {
+    let Submission {
+        spec,
+        route,
+        upload,
+    } = submission;
+    let Some(data) = upload else {
+        state.pending.add(spec, route, false);
+        return;
+    };
+    let (id, blob) = (spec.task_id, spec.payload_blob.clone().unwrap_or_default());
+    state.pending.add(spec, route, true);
+    let mut blobs = blobs.clone();
+    let done = state.uploaded_tx.clone();
+    let job_id = state.job_id.clone();
+    tokio::spawn(async move {
+        let result = ladle_common::blobs::upload(&mut blobs, &blob, data, &job_id)
+            .await
+            .map_err(|e| format!("the task's argument could not be stored: {e}"));
+        let _ = done.send((id, result));
+    });
 }
 
 /// The next request, if the program makes one within `linger` of its last result arriving.
@@ -277,55 +361,53 @@ fn next_soon(
     }
 }
 
-/// Sends `first` and whatever other requests are already queued behind it, submissions in
-/// batches. `Some(ended)` when the session is over: the stream broke (`Some(why)`), or the
-/// program said goodbye (`None`).
+/// Takes `first` and whatever other requests are already queued behind it, and sends what
+/// the budget admits, in batches. `Some(ended)` when the session is over: the stream broke
+/// (`Some(why)`), or the program said goodbye (`None`).
 async fn forward(
     first: Request,
     requests: &mut mpsc::UnboundedReceiver<Request>,
     stream: &mut Stream,
-    pending: &mut Pending,
+    state: &mut State,
 ) -> Option<Option<String>> {
     let closed = || Some(Some("the stream to the scheduler closed".to_owned()));
-    let mut batch = Vec::new();
     let mut next = Some(first);
     while let Some(request) = next.take() {
         match request {
             Request::Submit(tasks) => {
-                for (spec, route) in tasks {
-                    batch.push(spec.clone());
-                    pending.insert(spec.task_id, (spec, route));
+                for submission in tasks {
+                    take(submission, state, &stream.blobs);
                 }
             }
             Request::Close(closing) => {
-                close(stream, std::mem::take(&mut batch)).await;
+                let last = state.pending.admit();
+                close(stream, last).await;
                 drop(closing);
                 return Some(None);
             }
             Request::Cancel(task_ids) => {
-                // A cancelled task is never run again, even if its failure is already on its
-                // way here.
-                for id in &task_ids {
-                    if let Some((spec, _)) = pending.get_mut(id) {
-                        spec.retries = 0;
-                    }
-                }
                 // Submissions before the cancel go first, or it would miss them.
-                if send_batches(&stream.up, std::mem::take(&mut batch))
+                if send_batches(&stream.up, state.pending.admit())
                     .await
                     .is_err()
                 {
                     return closed();
                 }
-                let cancel = message(driver_message::Body::Cancel(CancelTasks { task_ids }));
-                if stream.up.send(cancel).await.is_err() {
-                    return closed();
+                let task_ids = state.pending.cancel(task_ids, "cancelled by the driver");
+                if !task_ids.is_empty() {
+                    let cancel = message(driver_message::Body::Cancel(CancelTasks { task_ids }));
+                    if stream.up.send(cancel).await.is_err() {
+                        return closed();
+                    }
                 }
             }
         }
         next = requests.try_recv().ok();
     }
-    if send_batches(&stream.up, batch).await.is_err() {
+    if send_batches(&stream.up, state.pending.admit())
+        .await
+        .is_err()
+    {
         return closed();
     }
     None
@@ -353,7 +435,7 @@ async fn close(stream: &mut Stream, last: Vec<pb::TaskSpec>) {
 async fn reopen(
     opener: &Opener,
     requests: &mut mpsc::UnboundedReceiver<Request>,
-    pending: &mut Pending,
+    state: &mut State,
 ) -> Option<Stream> {
     let deadline = Instant::now() + opener.give_up_after;
     let mut delay = Duration::from_millis(100);
@@ -370,13 +452,15 @@ async fn reopen(
                 request = requests.recv() => match request {
                     None | Some(Request::Close(_)) => return None,
                     Some(Request::Submit(tasks)) => {
-                        for (spec, route) in tasks {
-                            pending.insert(spec.task_id, (spec, route));
+                        for submission in tasks {
+                            take(submission, state, &opener_blobs(opener).await);
                         }
                     }
                     Some(Request::Cancel(ids)) => {
-                        for id in ids {
-                            if let Some((_, route)) = pending.remove(&id) {
+                        // The new session will not know these: answer them all here.
+                        let sent = state.pending.cancel(ids, "cancelled by the driver");
+                        for id in sent {
+                            if let Some(route) = state.pending.finish(id) {
                                 route(failed(ErrorKind::Cancelled, "cancelled by the driver".into()));
                             }
                         }
@@ -391,47 +475,34 @@ async fn reopen(
     }
 }
 
+/// A blob client for uploads made while the session is being opened again: a channel that
+/// connects when first used, so that the upload goes once the scheduler is back.
+async fn opener_blobs(opener: &Opener) -> BlobClient {
+    let channel = match ladle_common::address::normalize(&opener.address)
+        .ok()
+        .and_then(|url| tonic::transport::Endpoint::from_shared(url).ok())
+    {
+        Some(endpoint) => endpoint.connect_lazy(),
+        None => tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy(),
+    };
+    ladle_common::blobs::client(channel, TokenInterceptor::new(opener.token.as_ref()))
+}
+
+/// Sends tasks in batches cut by the one contract of `ladle_common::limits`.
 async fn send_batches(
     up: &mpsc::Sender<DriverMessage>,
     specs: Vec<pb::TaskSpec>,
 ) -> Result<(), ()> {
-    let mut batch = Vec::new();
-    let mut size = 0usize;
-    for spec in specs {
-        size += spec.payload.len() + 64;
-        batch.push(spec);
-        if size >= BATCH_BYTES {
-            let tasks = std::mem::take(&mut batch);
-            size = 0;
-            up.send(message(driver_message::Body::Submit(SubmitTasks { tasks })))
-                .await
-                .map_err(|_| ())?;
-        }
-    }
-    if !batch.is_empty() {
-        up.send(message(driver_message::Body::Submit(SubmitTasks {
-            tasks: batch,
-        })))
-        .await
-        .map_err(|_| ())?;
+    for tasks in limits::batches(specs, usize::MAX, |s| s.payload.len()) {
+        up.send(message(driver_message::Body::Submit(SubmitTasks { tasks })))
+            .await
+            .map_err(|_| ())?;
     }
     Ok(())
 }
 
 fn failed(kind: ErrorKind, message: String) -> RawResult {
-    RawResult {
-        outcome: Err((kind, message)),
-        agent: String::new(),
-        attempt: 0,
-        run_ns: 0,
-    }
-}
-
-fn fail_all(pending: &mut Pending, why: &str) {
-    debug!("{why}");
-    for (_, (_, route)) in pending.drain() {
-        route(failed(ErrorKind::Disconnected, why.to_owned()));
-    }
+    RawResult::failed(kind, message)
 }
 
 /// Answers whatever is still waiting to be submitted, and all that comes later, so that no
@@ -440,8 +511,8 @@ fn refuse_rest(requests: &mut mpsc::UnboundedReceiver<Request>, why: &str) {
     requests.close();
     while let Ok(request) = requests.try_recv() {
         if let Request::Submit(tasks) = request {
-            for (_, route) in tasks {
-                route(failed(ErrorKind::Disconnected, why.to_owned()));
+            for submission in tasks {
+                (submission.route)(failed(ErrorKind::Disconnected, why.to_owned()));
             }
         }
     }
@@ -451,13 +522,18 @@ fn message(body: driver_message::Body) -> DriverMessage {
     DriverMessage { body: Some(body) }
 }
 
-/// Hands results to their futures; returns the tasks to run again (retries).
-fn deliver(body: driver_event::Body, pending: &mut Pending) -> Vec<pb::TaskSpec> {
+/// Hands results to their futures (a big one is fetched from the blob store first, off this
+/// loop); returns the tasks to run again (retries).
+fn deliver(
+    body: driver_event::Body,
+    pending: &mut Pending,
+    blobs: &BlobClient,
+) -> Vec<pb::TaskSpec> {
     let mut again = Vec::new();
     match body {
         driver_event::Body::Results(results) => {
             for result in results.results {
-                if let Some((spec, _)) = pending.get_mut(&result.task_id)
+                if let Some(spec) = pending.spec_mut(result.task_id)
                     && spec.retries > 0
                     && task_failed(spec, &result.outcome)
                 {
@@ -467,19 +543,42 @@ fn deliver(body: driver_event::Body, pending: &mut Pending) -> Vec<pb::TaskSpec>
                     again.push(spec.clone());
                     continue;
                 }
-                let Some((_, route)) = pending.remove(&result.task_id) else {
+                let Some(route) = pending.finish(result.task_id) else {
                     continue;
                 };
-                route(RawResult {
-                    outcome: match result.outcome {
-                        Some(task_result::Outcome::Output(bytes)) => Ok(bytes),
-                        Some(task_result::Outcome::Failure(f)) => Err((kind(f.kind), f.message)),
-                        None => Err((ErrorKind::BadData, "the scheduler sent no outcome".into())),
-                    },
+                let mut raw = RawResult {
+                    outcome: Err((ErrorKind::BadData, "the scheduler sent no outcome".into())),
                     agent: result.agent,
                     attempt: result.attempt,
                     run_ns: result.run_ns,
-                });
+                };
+                match result.outcome {
+                    Some(task_result::Outcome::Output(bytes)) => raw.outcome = Ok(bytes),
+                    Some(task_result::Outcome::Failure(f)) => {
+                        raw.outcome = Err((kind(f.kind), f.message));
+                    }
+                    Some(task_result::Outcome::OutputBlob(blob)) => {
+                        let mut blobs = blobs.clone();
+                        tokio::spawn(async move {
+                            raw.outcome = ladle_common::blobs::fetch(
+                                &mut blobs,
+                                &blob.sha256,
+                                Some(blob.size),
+                            )
+                            .await
+                            .map_err(|e| {
+                                (
+                                    ErrorKind::BadData,
+                                    format!("cannot fetch the task's result: {e}"),
+                                )
+                            });
+                            route(raw);
+                        });
+                        continue;
+                    }
+                    None => {}
+                }
+                route(raw);
             }
         }
         driver_event::Body::Output(output) => {
@@ -511,7 +610,8 @@ fn task_failed(spec: &pb::TaskSpec, outcome: &Option<task_result::Outcome>) -> b
         Some(task_result::Outcome::Failure(f)) => {
             pb::FailureKind::try_from(f.kind) == Ok(pb::FailureKind::TaskError)
         }
-        None => false,
+        // Big outputs are values, not failures: a failure's result is small.
+        Some(task_result::Outcome::OutputBlob(_)) | None => false,
     }
 }
 
@@ -523,6 +623,8 @@ fn kind(kind: i32) -> ErrorKind {
         Ok(pb::FailureKind::Cancelled) => ErrorKind::Cancelled,
         Ok(pb::FailureKind::TimedOut) => ErrorKind::TimedOut,
         Ok(pb::FailureKind::BadInput) => ErrorKind::BadData,
+        Ok(pb::FailureKind::TooLarge) => ErrorKind::TooLarge,
+        Ok(pb::FailureKind::Refused) => ErrorKind::Refused,
         _ => ErrorKind::Failed,
     }
 }
