@@ -269,7 +269,7 @@ fn a_worker_without_the_requested_task_fails_it_clearly() {
 #[test]
 fn an_argument_over_the_message_limit_is_refused_at_submit() {
     let options = SchedulerOptions {
-        extra: "max_message_bytes = 1048576",
+        extra: "max_value_bytes = 1048576",
         ..Default::default()
     };
     let (scheduler, _agents) = cluster(options);

@@ -172,6 +172,36 @@ fn policy(_: u64) -> Option<u32> {
     ladle_tests::sched_policy(std::path::Path::new("/proc/thread-self/stat"))
 }
 
+/// The length of its argument and the sum of its bytes.
+#[ladle::task]
+fn checksum(data: Vec<u8>) -> (u64, u64) {
+    (data.len() as u64, data.iter().map(|&b| u64::from(b)).sum())
+}
+
+/// `n` bytes of a pattern [`expected_sum`] knows.
+#[ladle::task]
+fn bytes_of(n: u64) -> Vec<u8> {
+    pattern(n as usize)
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+fn expected(data: &[u8]) -> (u64, u64) {
+    (data.len() as u64, data.iter().map(|&b| u64::from(b)).sum())
+}
+
+/// Prints `lines` lines as fast as it can, then one line of 100,000 bytes.
+#[ladle::task]
+fn flood(lines: u64) -> u64 {
+    for i in 0..lines {
+        println!("flood line {i}");
+    }
+    println!("{}", "y".repeat(100_000));
+    lines
+}
+
 fn out(value: serde_json::Value) {
     println!("{value}");
 }
@@ -439,6 +469,70 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             out(
                 json!({ "count": runs.len(), "correct": correct, "on_gpu": runs.iter().filter(|r| r.gpu.is_some()).count() }),
             );
+        }
+        "big_values" => {
+            // Arguments of 5 and 60 MiB, a map of 40 inputs of 512 KiB, and a result of 5 MiB:
+            // all beyond an inline value, all through the blob store.
+            let five = pattern(5 << 20);
+            let sixty = pattern(60 << 20);
+            let (want5, want60) = (expected(&five), expected(&sixty));
+            let got5 = cluster.submit(checksum, five)?;
+            let got60 = cluster.submit(checksum, sixty)?;
+            let inputs: Vec<Vec<u8>> = (0..40).map(|i| vec![i as u8; 512 << 10]).collect();
+            let wants: Vec<(u64, u64)> = inputs.iter().map(|v| expected(v)).collect();
+            let mapped = cluster.map(checksum, inputs).await?;
+            let result = cluster.submit(bytes_of, 5 << 20)?.await?;
+            out(json!({
+                "five": got5.await? == want5,
+                "sixty": got60.await? == want60,
+                "map": mapped == wants,
+                "result": result == pattern(5 << 20),
+            }));
+        }
+        "too_big" => {
+            // The scheduler's max_value_bytes is 8 MiB here.
+            let refused = cluster
+                .submit(checksum, vec![1u8; 9 << 20])
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            let result = cluster.submit(bytes_of, 9 << 20)?.await;
+            let error = result
+                .err()
+                .map(|e| json!({ "kind": format!("{:?}", e.kind), "text": e.to_string() }));
+            // In a map, only the item whose own result is too large fails.
+            let mapped = cluster
+                .map(bytes_of, [1000u64, 9 << 20, 2000])
+                .collect::<Vec<_>>()
+                .await;
+            let kinds: Vec<String> = mapped
+                .iter()
+                .map(|r| match r {
+                    Ok(v) => format!("ok {}", v.len()),
+                    Err(e) => format!("{:?}", e.kind),
+                })
+                .collect();
+            let after = cluster.submit(bytes_of, 1000)?.await?.len();
+            out(json!({ "refused": refused.err(), "error": error, "map": kinds, "after": after }));
+        }
+        "flood" => {
+            let printed = cluster.submit(flood, 20_000)?.await?;
+            // What was dropped is noted within a second or so: stay a little to hear it.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            out(json!({ "printed": printed }));
+        }
+        "budget" => {
+            // Far more single submissions than the session's budget (20 in the test), then a map.
+            let n: u64 = 300;
+            let futures = (0..n)
+                .map(|i| cluster.submit(slow_id, i))
+                .collect::<Result<Vec<_>, _>>()?;
+            let values = ladle::gather(futures).await?;
+            let mapped = cluster.map(slow_id, 0..500u64).await?;
+            out(json!({
+                "submitted": values.len(),
+                "correct": values.iter().enumerate().all(|(i, &v)| v == i as u64),
+                "mapped": mapped.len(),
+            }));
         }
         other => return Err(format!("unknown scenario {other:?}").into()),
     }
