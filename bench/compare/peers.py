@@ -4,11 +4,18 @@ environment; each system gets one scheduler and two single-threaded worker proce
 loopback, as Ladle's benchmark has one scheduler and two one-slot agents.
 
     python peers.py dask|ray [--reps 3]
+
+W8 and W8r run each repetition in a child process (this script again, with --big-child) on a
+system of its own, so that the driver's peak RSS is theirs alone, as Ladle's benchmark does.
 """
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
+import threading
 import time
 
 
@@ -25,6 +32,30 @@ def spin10ms(i):
 
 def sum_of_squares(items):
     return sum(x * x for x in items)
+
+
+# W8 and W8r: 64 values of 16 MiB, 1 GiB in all.
+BIG_ITEMS = 64
+BIG_BYTES = 16 << 20
+
+
+def fill(i):
+    return i % 251
+
+
+def byte_sum(data):
+    """W8's task: the sum of the bytes (numpy, which Ray brings into the shared environment, so
+    that the figure is the transfer's and not a Python loop's)."""
+    try:
+        import numpy
+    except ImportError:
+        return sum(data)
+    return int(numpy.frombuffer(data, dtype=numpy.uint8).sum(dtype=numpy.uint64))
+
+
+def pattern(i):
+    """W8r's task: 16 MiB derived from its index."""
+    return bytes([fill(i)]) * BIG_BYTES
 
 
 def emit(system, workload, params, metrics):
@@ -81,12 +112,13 @@ class Ray:
         self.identity = ray.remote(identity)
         self.spin = ray.remote(spin10ms)
         self.squares = ray.remote(sum_of_squares)
+        self.remotes = {spin10ms: self.spin, byte_sum: ray.remote(byte_sum), pattern: ray.remote(pattern)}
 
     def submit_many(self, n):
         return self.ray.get([self.identity.remote(i) for i in range(n)])
 
     def map(self, fn, items):
-        remote = self.spin if fn is spin10ms else self.identity
+        remote = self.remotes.get(fn, self.identity)
         return self.ray.get([remote.remote(i) for i in items])
 
     def one(self, x):
@@ -99,14 +131,126 @@ class Ray:
         self.ray.shutdown()
 
 
+def status_bytes(pid, field):
+    """A size line of /proc/<pid>/status (VmHWM, VmRSS) in bytes; None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.split(":")[0] == field:
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def descendants(root):
+    """Every process under `root`, from /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+        parents.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+class Watch:
+    """The peak RSS (VmHWM) of every process under this one (the system's scheduler and workers),
+    polled, summed over processes."""
+
+    def __init__(self):
+        self.peaks = {}
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while True:
+            last = self.stopping.is_set()
+            for pid in descendants(os.getpid()):
+                hwm = status_bytes(pid, "VmHWM")
+                if hwm is not None:
+                    self.peaks[pid] = max(self.peaks.get(pid, 0), hwm)
+            if last:
+                return
+            time.sleep(0.02)
+
+    def finish(self):
+        self.stopping.set()
+        self.thread.join()
+        return sum(self.peaks.values())
+
+
+def make(name):
+    return Dask() if name == "dask" else Ray()
+
+
+def big_child(name, workload):
+    """One repetition of W8 or W8r on a system of its own; prints its figures as one JSON line."""
+    system = make(name)
+    system.one(0)  # the first task starts the workers
+    watch = Watch()
+    if workload == "W8":
+        inputs = [bytes([fill(i)]) * BIG_BYTES for i in range(BIG_ITEMS)]
+        t = time.perf_counter()
+        sums = system.map(byte_sum, inputs)
+        wall = time.perf_counter() - t
+        assert sums == [fill(i) * BIG_BYTES for i in range(BIG_ITEMS)], "W8: wrong sums"
+    else:
+        t = time.perf_counter()
+        results = system.map(pattern, range(BIG_ITEMS))
+        wall = time.perf_counter() - t
+        assert len(results) == BIG_ITEMS, "W8r: wrong count"
+        for i, r in enumerate(results):
+            assert len(r) == BIG_BYTES and r == bytes([fill(i)]) * BIG_BYTES, f"W8r: result {i} is wrong"
+    cluster_peak = watch.finish()
+    driver_peak = status_bytes(os.getpid(), "VmHWM")
+    print(json.dumps({"wall_s": wall, "driver_peak_rss_bytes": driver_peak, "cluster_peak_rss_bytes": cluster_peak}), flush=True)
+    system.close()
+
+
+def big(name, workload, reps):
+    """W8 or W8r: one child process per repetition."""
+    runs = []
+    for _ in range(reps):
+        out = subprocess.run([sys.executable, __file__, name, "--big-child", workload],
+                             stdout=subprocess.PIPE, text=True, timeout=600, check=True).stdout
+        runs.append(json.loads([line for line in out.splitlines() if line.startswith("{")][-1]))
+    wall = summary([r["wall_s"] for r in runs])
+    how = ("client.map" if name == "dask" else "one remote call each") + (" over the values" if workload == "W8" else "")
+    emit(name, workload,
+         {"items": BIG_ITEMS, "item_bytes": BIG_BYTES, "values": "arguments" if workload == "W8" else "results", "how": how,
+          "rss": "VmHWM; the driver is a child process, one per repetition"
+                 + (" (Dask's scheduler runs inside it)" if name == "dask" else "")
+                 + "; the cluster is every process under the driver, summed"},
+         {"gb_per_s": (BIG_ITEMS * BIG_BYTES / (1 << 30)) / wall["median"], "wall_s": wall["median"],
+          "driver_peak_rss_bytes": statistics.median(r["driver_peak_rss_bytes"] for r in runs),
+          "cluster_peak_rss_bytes": statistics.median(r["cluster_peak_rss_bytes"] for r in runs),
+          "spread": wall})
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("system", choices=["dask", "ray"])
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--big-child", choices=["W8", "W8r"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.big_child:
+        big_child(args.system, args.big_child)
+        return
 
     started = time.perf_counter()
-    system = Dask() if args.system == "dask" else Ray()
+    system = make(args.system)
     system.one(0)  # the first task starts the workers
     emit(system.name, "startup", {"workers": 2, "threads_per_worker": 1}, {"startup_s": time.perf_counter() - started})
 
@@ -157,6 +301,9 @@ def main():
     emit(system.name, "W4", {"tasks": 200, "task_ms": 10, "slots": 2},
          {"wall_s": s["median"], "efficiency": (200 * 0.010 / 2) / s["median"], "spread": s})
     system.close()
+
+    for workload in ["W8", "W8r"]:
+        big(args.system, workload, args.reps)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,12 @@ ROWS = [
     ("W2", "p99_us", "p99 µs", False),
     ("W3", "wall_s", "wall s", False),
     ("W4", "efficiency", "efficiency", True),
+    ("W8", "gb_per_s", "GiB/s", True),
+    ("W8", "driver_peak_rss_bytes", "driver peak RSS bytes", False),
+    ("W8", "cluster_peak_rss_bytes", "cluster peak RSS bytes", False),
+    ("W8r", "gb_per_s", "GiB/s", True),
+    ("W8r", "driver_peak_rss_bytes", "driver peak RSS bytes", False),
+    ("W8r", "cluster_peak_rss_bytes", "cluster peak RSS bytes", False),
     ("startup", "startup_s", "start-up s", False),
 ]
 
@@ -41,7 +47,10 @@ def main():
             else:
                 ratios.append("")
         print(f"| {workload} | {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
-    for workload, metric in [("W6", "placements_per_s"), ("W6", "bytes_per_queued_task"), ("W7", "fairness")]:
+    ladle_only = [("W6", "placements_per_s"), ("W6", "bytes_per_queued_task"), ("W7", "fairness"),
+                  ("W9", "placements_per_s"), ("W9", "first_result_s"), ("W9", "scheduler_peak_rss_bytes"),
+                  ("W9", "bytes_per_queued_task"), ("W9s", "placements_per_s"), ("W9s", "bytes_per_queued_task")]
+    for workload, metric in ladle_only:
         v = systems[0].get(workload, {}).get("metrics", {}).get(metric)
         if v is not None:
             print(f"| {workload} | {metric} | {v:,.3g} | " + " | ".join("—" for _ in names[1:]) + " | " + " | ".join("" for _ in names[1:]) + " |")

@@ -16,16 +16,38 @@ use anyhow::{Context, bail};
 /// scheduler and agents behind to skew the next run.
 static RUNNING: Mutex<Vec<(u32, bool)>> = Mutex::new(Vec::new());
 
-fn remember(pid: u32, group: bool) {
+/// Child benchmark processes (W8's drivers): asked to stop with SIGTERM, so that they end the
+/// clusters they started themselves.
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+pub fn remember(pid: u32, group: bool) {
     if let Ok(mut running) = RUNNING.lock() {
         running.push((pid, group));
     }
 }
 
-fn forget(pid: u32) {
+pub fn forget(pid: u32) {
     if let Ok(mut running) = RUNNING.lock() {
         running.retain(|&(p, _)| p != pid);
     }
+    if let Ok(mut children) = CHILDREN.lock() {
+        children.retain(|&p| p != pid);
+    }
+}
+
+/// Remembers a child benchmark process, to be stopped with SIGTERM by [`kill_all`].
+pub fn remember_child(pid: u32) {
+    if let Ok(mut children) = CHILDREN.lock() {
+        children.push(pid);
+    }
+}
+
+/// SIGTERM to a process (a child benchmark: it then ends its own cluster).
+pub fn terminate(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", "--", &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// `kill -9` of a process, or of the process group it leads; whether it was delivered.
@@ -43,8 +65,22 @@ fn kill(pid: u32, group: bool) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Kills every process of every cluster still running (on SIGINT or SIGTERM).
+/// Kills every process of every cluster still running (on SIGINT or SIGTERM), after asking the
+/// child benchmarks to end theirs.
 pub fn kill_all() {
+    let children: Vec<u32> = CHILDREN
+        .lock()
+        .map(|mut c| c.drain(..).collect())
+        .unwrap_or_default();
+    if !children.is_empty() {
+        for &pid in &children {
+            terminate(pid);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        for pid in children {
+            let _ = kill(pid, false);
+        }
+    }
     if let Ok(mut running) = RUNNING.lock() {
         for (pid, group) in running.drain(..) {
             let _ = kill(pid, group);
@@ -75,7 +111,7 @@ pub struct LocalCluster {
     dir: tempfile::TempDir,
 }
 
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+pub fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe
         .parent()
@@ -108,9 +144,20 @@ fn wait_for<T>(
 }
 
 impl LocalCluster {
-    /// A scheduler and `agents` agents of `slots` CPU slots each, all joined.
+    /// A scheduler and `agents` agents of `slots` CPU slots each, all joined; an agent silent
+    /// for 2 s is lost (W5 kills one).
     /// With `logs`, the processes' stderr goes to files there, at the level RUST_LOG gives.
     pub fn start(agents: usize, slots: u32, logs: Option<PathBuf>) -> anyhow::Result<Self> {
+        Self::start_with(agents, slots, logs, "2s")
+    }
+
+    /// As [`LocalCluster::start`], with the scheduler's `heartbeat_timeout` (humantime).
+    pub fn start_with(
+        agents: usize,
+        slots: u32,
+        logs: Option<PathBuf>,
+        heartbeat_timeout: &str,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let address_file = dir.path().join("address");
         let scheduler = Command::new(sibling("ladle-scheduler")?)
@@ -119,7 +166,7 @@ impl LocalCluster {
                 "--port",
                 "0",
                 "--heartbeat-timeout",
-                "2s",
+                heartbeat_timeout,
                 "--address-file",
             ])
             .arg(&address_file)
@@ -192,6 +239,10 @@ impl LocalCluster {
         Ok(())
     }
 
+    pub fn scheduler_pid(&self) -> u32 {
+        self.scheduler.id()
+    }
+
     /// kill -9 of the agent and its workers: a lost node.
     pub fn kill_node(&mut self, i: usize) {
         let pid = self.agents[i].id();
@@ -210,14 +261,14 @@ impl LocalCluster {
     }
 }
 
-fn log_level(logs: &Option<PathBuf>) -> String {
+pub fn log_level(logs: &Option<PathBuf>) -> String {
     match logs {
         Some(_) => std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         None => "warn".into(),
     }
 }
 
-fn log_file(logs: &Option<PathBuf>, name: &str) -> anyhow::Result<Stdio> {
+pub fn log_file(logs: &Option<PathBuf>, name: &str) -> anyhow::Result<Stdio> {
     Ok(match logs {
         Some(dir) => {
             std::fs::create_dir_all(dir)?;
@@ -228,7 +279,7 @@ fn log_file(logs: &Option<PathBuf>, name: &str) -> anyhow::Result<Stdio> {
 }
 
 /// Processes whose parent is `parent`, from /proc.
-fn children(parent: u32) -> Vec<u32> {
+pub fn children(parent: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -244,6 +295,16 @@ fn children(parent: u32) -> Vec<u32> {
             })
         })
         .collect()
+}
+
+/// A size line of /proc/<pid>/status (`VmHWM`, `VmRSS`), in bytes.
+pub fn status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status
+        .lines()
+        .find(|l| l.split(':').next() == Some(field))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 impl Drop for LocalCluster {

@@ -1,11 +1,15 @@
 //! Runs the workloads of WORKLOADS.md against a cluster of one scheduler and two one-slot agents
 //! that it starts itself (W7: two slots each; W6 drives the scheduler's core alone, in this
-//! process), and prints one JSON line per workload.
+//! process; W8 and W8r each repetition in a child process with a cluster of its own; W9 a real
+//! scheduler with simulated agents), and prints one JSON line per workload.
 //!
 //! cargo build --release --bins && target/release/ladle-bench [--reps 3] [--only W1a,W3]
 
 mod cluster;
+mod sim_agent;
 mod w6;
+mod w8;
+mod w9;
 
 #[global_allocator]
 static ALLOCATOR: w6::Counting = w6::Counting;
@@ -100,12 +104,23 @@ struct Args {
     /// Repetitions of each workload (the median and spread are reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
-    /// Comma-separated workloads to run (W1a,W1b,W2,W3,W4,W5,W5w,W6,W7); all when omitted.
+    /// Comma-separated workloads to run (W1a,W1b,W2,W3,W4,W5,W5w,W6,W7,W8,W8r,W9,W9s); all
+    /// when omitted.
     #[arg(long)]
     only: Option<String>,
     /// Write the cluster's logs (at RUST_LOG's level) to this directory.
     #[arg(long)]
     logs: Option<std::path::PathBuf>,
+    /// W9's simulated agents (8 slots each).
+    #[arg(long, default_value_t = 1_000)]
+    w9_agents: usize,
+    /// W9's tasks.
+    #[arg(long, default_value_t = 1_000_000)]
+    w9_tasks: u64,
+    /// Run one repetition of a big-value workload (W8, W8r) and print its figures: how the
+    /// benchmark runs those in a child process.
+    #[arg(long, hide = true)]
+    big_child: Option<String>,
 }
 
 /// Runs blocking set-up work without stalling other tasks, whatever the runtime.
@@ -130,6 +145,12 @@ fn summary(values: &mut [f64]) -> Value {
     json!({ "median": median, "min": values[0], "max": values[values.len() - 1], "reps": values.len() })
 }
 
+/// [`summary`] of one figure of each repetition.
+fn summary_of<T>(runs: &[T], figure: impl Fn(&T) -> f64) -> Value {
+    let mut values: Vec<f64> = runs.iter().map(figure).collect();
+    summary(&mut values)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[rank]
@@ -143,6 +164,9 @@ async fn main() -> anyhow::Result<()> {
         cluster::kill_all();
         std::process::exit(130);
     });
+    if let Some(workload) = &args.big_child {
+        return w8::child(workload, args.logs.clone()).await;
+    }
     let wanted: Option<HashSet<String>> =
         args.only.map(|o| o.split(',').map(str::to_owned).collect());
     let run = |w: &str| wanted.as_ref().is_none_or(|set| set.contains(w));
@@ -163,120 +187,115 @@ async fn main() -> anyhow::Result<()> {
             json!({ "placements_per_s": r["median"], "bytes_per_queued_task": b["median"], "placements": placements, "spread": r }),
         );
     }
-    if wanted
-        .as_ref()
-        .is_some_and(|set| set.iter().all(|w| w == "W6"))
-    {
-        return Ok(());
-    }
-
-    let started = Instant::now();
-    let local = blocking(|| LocalCluster::start(2, 1, args.logs.clone()))?;
-    let cluster = Cluster::connect(&local.address).await?;
-    // The first task starts the workers: part of start-up, not of any workload.
-    cluster.submit(identity, 0)?.await?;
-    let startup_s = started.elapsed().as_secs_f64();
-    emit(
-        "startup",
-        json!({ "agents": 2, "slots_per_agent": 1 }),
-        json!({ "startup_s": startup_s }),
-    );
-
-    if run("W1a") {
-        let mut rates = Vec::new();
-        for _ in 0..reps {
-            let t = Instant::now();
-            let futures: Vec<_> = (0..10_000u64)
-                .map(|x| cluster.submit(identity, x))
-                .collect::<Result<_, _>>()?;
-            let results = ladle::gather(futures).await?;
-            anyhow::ensure!(
-                results.iter().enumerate().all(|(i, &r)| r == i as u64),
-                "W1a: wrong results"
-            );
-            rates.push(10_000.0 / t.elapsed().as_secs_f64());
-        }
-        let s = summary(&mut rates);
+    if ["W1a", "W1b", "W2", "W3", "W4"].into_iter().any(run) {
+        let started = Instant::now();
+        let local = blocking(|| LocalCluster::start(2, 1, args.logs.clone()))?;
+        let cluster = Cluster::connect(&local.address).await?;
+        // The first task starts the workers: part of start-up, not of any workload.
+        cluster.submit(identity, 0)?.await?;
+        let startup_s = started.elapsed().as_secs_f64();
         emit(
-            "W1a",
-            json!({ "tasks": 10_000 }),
-            json!({ "tasks_per_s": s["median"], "spread": s }),
+            "startup",
+            json!({ "agents": 2, "slots_per_agent": 1 }),
+            json!({ "startup_s": startup_s }),
         );
-    }
-    if run("W1b") {
-        let mut rates = Vec::new();
-        for _ in 0..reps {
-            let t = Instant::now();
-            let results = cluster.map(identity, 0..10_000u64).await?;
-            anyhow::ensure!(results.len() == 10_000, "W1b: wrong count");
-            rates.push(10_000.0 / t.elapsed().as_secs_f64());
-        }
-        let s = summary(&mut rates);
-        emit(
-            "W1b",
-            json!({ "tasks": 10_000 }),
-            json!({ "tasks_per_s": s["median"], "spread": s }),
-        );
-    }
-    if run("W2") {
-        let (mut medians, mut p99s) = (Vec::new(), Vec::new());
-        for _ in 0..reps {
-            let mut lat = Vec::with_capacity(1000);
-            for x in 0..1000u64 {
+
+        if run("W1a") {
+            let mut rates = Vec::new();
+            for _ in 0..reps {
                 let t = Instant::now();
-                cluster.submit(identity, x)?.await?;
-                lat.push(t.elapsed().as_secs_f64() * 1e6);
+                let futures: Vec<_> = (0..10_000u64)
+                    .map(|x| cluster.submit(identity, x))
+                    .collect::<Result<_, _>>()?;
+                let results = ladle::gather(futures).await?;
+                anyhow::ensure!(
+                    results.iter().enumerate().all(|(i, &r)| r == i as u64),
+                    "W1a: wrong results"
+                );
+                rates.push(10_000.0 / t.elapsed().as_secs_f64());
             }
-            lat.sort_by(f64::total_cmp);
-            medians.push(percentile(&lat, 0.5));
-            p99s.push(percentile(&lat, 0.99));
+            let s = summary(&mut rates);
+            emit(
+                "W1a",
+                json!({ "tasks": 10_000 }),
+                json!({ "tasks_per_s": s["median"], "spread": s }),
+            );
         }
-        let (m, p) = (summary(&mut medians), summary(&mut p99s));
-        emit(
-            "W2",
-            json!({ "round_trips": 1000 }),
-            json!({ "median_us": m["median"], "p99_us": p["median"], "spread_median": m, "spread_p99": p }),
-        );
-    }
-    if run("W3") {
-        let mut walls = Vec::new();
-        let mut correct = true;
-        for _ in 0..reps {
-            let t = Instant::now();
-            let total = cluster.map_reduce(square, sum, 0..1_000_000u64).await?;
-            walls.push(t.elapsed().as_secs_f64());
-            correct &= total == 333_332_833_333_500_000;
-        }
-        let s = summary(&mut walls);
-        emit(
-            "W3",
-            json!({ "n": 1_000_000 }),
-            json!({ "wall_s": s["median"], "correct": correct, "spread": s }),
-        );
-    }
-    if run("W4") {
-        let (mut walls, mut gaps) = (Vec::new(), Vec::new());
-        for _ in 0..reps {
-            let t = Instant::now();
-            let results = cluster.map(spin10ms_timed, 0..200u64).await?;
-            anyhow::ensure!(results.len() == 200, "W4: wrong count");
-            walls.push(t.elapsed().as_secs_f64());
-            let boundaries = boundary_gaps(&results);
-            if !boundaries.is_empty() {
-                gaps.push(percentile(&boundaries, 0.5));
+        if run("W1b") {
+            let mut rates = Vec::new();
+            for _ in 0..reps {
+                let t = Instant::now();
+                let results = cluster.map(identity, 0..10_000u64).await?;
+                anyhow::ensure!(results.len() == 10_000, "W1b: wrong count");
+                rates.push(10_000.0 / t.elapsed().as_secs_f64());
             }
+            let s = summary(&mut rates);
+            emit(
+                "W1b",
+                json!({ "tasks": 10_000 }),
+                json!({ "tasks_per_s": s["median"], "spread": s }),
+            );
         }
-        let s = summary(&mut walls);
-        let wall = s["median"].as_f64().unwrap_or(f64::NAN);
-        let gap = (!gaps.is_empty()).then(|| summary(&mut gaps)["median"].clone());
-        emit(
-            "W4",
-            json!({ "tasks": 200, "task_ms": 10, "slots": 2 }),
-            json!({ "wall_s": wall, "efficiency": ideal_w4_s() / wall, "boundary_gap_us": gap, "spread": s }),
-        );
+        if run("W2") {
+            let (mut medians, mut p99s) = (Vec::new(), Vec::new());
+            for _ in 0..reps {
+                let mut lat = Vec::with_capacity(1000);
+                for x in 0..1000u64 {
+                    let t = Instant::now();
+                    cluster.submit(identity, x)?.await?;
+                    lat.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+                lat.sort_by(f64::total_cmp);
+                medians.push(percentile(&lat, 0.5));
+                p99s.push(percentile(&lat, 0.99));
+            }
+            let (m, p) = (summary(&mut medians), summary(&mut p99s));
+            emit(
+                "W2",
+                json!({ "round_trips": 1000 }),
+                json!({ "median_us": m["median"], "p99_us": p["median"], "spread_median": m, "spread_p99": p }),
+            );
+        }
+        if run("W3") {
+            let mut walls = Vec::new();
+            let mut correct = true;
+            for _ in 0..reps {
+                let t = Instant::now();
+                let total = cluster.map_reduce(square, sum, 0..1_000_000u64).await?;
+                walls.push(t.elapsed().as_secs_f64());
+                correct &= total == 333_332_833_333_500_000;
+            }
+            let s = summary(&mut walls);
+            emit(
+                "W3",
+                json!({ "n": 1_000_000 }),
+                json!({ "wall_s": s["median"], "correct": correct, "spread": s }),
+            );
+        }
+        if run("W4") {
+            let (mut walls, mut gaps) = (Vec::new(), Vec::new());
+            for _ in 0..reps {
+                let t = Instant::now();
+                let results = cluster.map(spin10ms_timed, 0..200u64).await?;
+                anyhow::ensure!(results.len() == 200, "W4: wrong count");
+                walls.push(t.elapsed().as_secs_f64());
+                let boundaries = boundary_gaps(&results);
+                if !boundaries.is_empty() {
+                    gaps.push(percentile(&boundaries, 0.5));
+                }
+            }
+            let s = summary(&mut walls);
+            let wall = s["median"].as_f64().unwrap_or(f64::NAN);
+            let gap = (!gaps.is_empty()).then(|| summary(&mut gaps)["median"].clone());
+            emit(
+                "W4",
+                json!({ "tasks": 200, "task_ms": 10, "slots": 2 }),
+                json!({ "wall_s": wall, "efficiency": ideal_w4_s() / wall, "boundary_gap_us": gap, "spread": s }),
+            );
+        }
+        drop(cluster);
+        drop(local);
     }
-    drop(cluster);
-    drop(local);
 
     if run("W7") {
         let local = blocking(|| LocalCluster::start(2, 2, args.logs.clone()))?;
@@ -343,6 +362,74 @@ async fn main() -> anyhow::Result<()> {
             name,
             json!({ "tasks": 400, "task_ms": 10, "kill_at_s": 0.5, "kill": if node { "agent and workers" } else { "workers only" } }),
             json!({ "completed": completed, "all_completed": all_completed, "exactly_once": all_once, "wall_s": s["median"], "spread": s }),
+        );
+    }
+
+    for name in ["W8", "W8r"] {
+        if !run(name) {
+            continue;
+        }
+        let figures = w8::run(name, reps, args.logs.clone()).await?;
+        let pick = |key: &str| summary_of(&figures, |f| f[key].as_f64().unwrap_or(f64::NAN));
+        let (wall, driver, cluster) = (
+            pick("wall_s"),
+            pick("driver_peak_rss_bytes"),
+            pick("cluster_peak_rss_bytes"),
+        );
+        let gib = (w8::ITEMS * w8::ITEM_BYTES as u64) as f64 / f64::from(1 << 30);
+        let wall_s = wall["median"].as_f64().unwrap_or(f64::NAN);
+        emit(
+            name,
+            json!({
+                "items": w8::ITEMS, "item_bytes": w8::ITEM_BYTES, "agents": 2, "slots_per_agent": 1,
+                "values": if name == "W8" { "arguments" } else { "results" },
+                "rss": "VmHWM; the driver is a child process of the benchmark, one per repetition; the cluster is the scheduler, the agents and their workers, summed",
+            }),
+            json!({
+                "gb_per_s": gib / wall_s, "wall_s": wall_s,
+                "driver_peak_rss_bytes": driver["median"], "cluster_peak_rss_bytes": cluster["median"],
+                "spread": wall,
+            }),
+        );
+    }
+
+    for (name, variant) in [("W9", w9::Variant::Map), ("W9s", w9::Variant::Submit)] {
+        if !run(name) {
+            continue;
+        }
+        let (agents, tasks) = (args.w9_agents, args.w9_tasks);
+        let mut runs = Vec::new();
+        for _ in 0..reps {
+            runs.push(w9::run(variant, agents, tasks, args.logs.clone()).await?);
+        }
+        let pick = |f: &dyn Fn(&w9::Figures) -> f64| summary_of(&runs, f);
+        let rate = pick(&|f| tasks as f64 / f.wall_s);
+        let wall = pick(&|f| f.wall_s);
+        let first = pick(&|f| f.first_result_s);
+        let startup = pick(&|f| f.startup_s);
+        let peak = pick(&|f| f.scheduler_peak_rss_bytes as f64);
+        let base = pick(&|f| f.scheduler_base_rss_bytes as f64);
+        let per_task = pick(&w9::Figures::bytes_per_queued_task);
+        let unfinished = pick(&|f| f.peak_unfinished as f64);
+        let chunks = pick(&|f| f.chunks as f64);
+        emit(
+            name,
+            json!({
+                "agents": agents, "slots_per_agent": sim_agent::SLOTS, "tasks": tasks,
+                "how": if variant == w9::Variant::Map { "one map" } else { "one submit each" },
+                "agents_are": "simulated in the benchmark's process, over gRPC to a real ladle-scheduler",
+                "note": "placements_per_s counts items; chunks and peak_unfinished count the scheduler's tasks (chunks of items, in a map); bytes_per_queued_task = (scheduler VmHWM - its VmRSS before the first submission) / peak_unfinished",
+            }),
+            json!({
+                "placements_per_s": rate["median"], "wall_s": wall["median"],
+                "first_result_s": first["median"], "startup_s": startup["median"],
+                "chunks": chunks["median"],
+                "scheduler_peak_rss_bytes": peak["median"],
+                "scheduler_base_rss_bytes": base["median"],
+                "bytes_per_queued_task": per_task["median"],
+                "peak_unfinished": unfinished["median"],
+                "spread": rate,
+            }),
         );
     }
     Ok(())
