@@ -150,16 +150,16 @@ impl BlobCache {
         Ok(blob)
     }
 
-    /// Drops blob `sha256` from the cache (a value of a job that ended).
-    pub fn forget(&self, sha256: &str) {
-        if valid_hash(sha256) {
-            let _ = std::fs::remove_file(self.inner.dir.join(sha256));
-            self.inner
-                .locks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(sha256);
+    /// Fetches blob `sha256` (a task's big argument) straight into memory, hash-checked: it is
+    /// used once, so it does not go through the cache on disk.
+    pub async fn fetch_value(&self, sha256: &str) -> Result<bytes::Bytes, String> {
+        if !valid_hash(sha256) {
+            return Err(format!("{sha256:?} is not a blob hash"));
         }
+        let mut client = self.client().await?;
+        ladle_common::blobs::fetch(&mut client, sha256, None)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Keeps the cache under its bound, removing the least recently used blobs first.
@@ -184,6 +184,14 @@ impl BlobCache {
             if path != keep && std::fs::remove_file(&path).is_ok() {
                 debug!(path = %path.display(), "evicted from the blob cache");
                 total -= len;
+                // Its lock goes too: the map of locks would otherwise keep every blob ever seen.
+                if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                    self.inner
+                        .locks
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(name);
+                }
             }
         }
     }

@@ -244,9 +244,16 @@ def main():
     parser.add_argument("system", choices=["dask", "ray"])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--big-child", choices=["W8", "W8r"], help=argparse.SUPPRESS)
+    parser.add_argument("--only", help="run only W8 and/or W8r (comma-separated), e.g. --only W8,W8r")
     args = parser.parse_args()
     if args.big_child:
         big_child(args.system, args.big_child)
+        return
+    if args.only:
+        for workload in args.only.split(","):
+            if workload not in ("W8", "W8r"):
+                parser.error(f"--only takes W8 and W8r, not {workload}")
+            big(args.system, workload, args.reps)
         return
 
     started = time.perf_counter()

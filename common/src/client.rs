@@ -28,6 +28,18 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Opens a channel to the scheduler at `address` (`host:port` or `http://host:port`).
 pub async fn connect(address: &str) -> Result<Channel, ConnectError> {
     let url = address::normalize(address)?;
+    endpoint(address)?
+        .connect()
+        .await
+        .map_err(|e| ConnectError::Unreachable {
+            address: url,
+            reason: error_chain(&e),
+        })
+}
+
+/// The endpoint every client uses: its timeouts, keep-alive and flow-control windows.
+pub fn endpoint(address: &str) -> Result<Endpoint, ConnectError> {
+    let url = address::normalize(address)?;
     let endpoint = Endpoint::from_shared(url.clone())
         .map_err(|e| ConnectError::Unreachable {
             address: url.clone(),
@@ -37,14 +49,10 @@ pub async fn connect(address: &str) -> Result<Channel, ConnectError> {
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true);
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| ConnectError::Unreachable {
-            address: url,
-            reason: error_chain(&e),
-        })
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(crate::limits::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(crate::limits::CONNECTION_WINDOW_BYTES);
+    Ok(endpoint)
 }
 
 /// Adds the cluster token (when there is one) to every request.

@@ -11,6 +11,13 @@
 /// The largest gRPC message any Ladle client or server encodes or decodes.
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
+/// HTTP/2 flow-control windows, per stream and per connection, of every Ladle client and
+/// server. HTTP/2's default of 64 KiB makes a big value wait for a window update every 64 KiB:
+/// on loopback that held blob transfers to about 0.1 GB/s. What a peer may have in flight on
+/// one connection is bounded by the connection's window.
+pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+pub const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
+
 /// A batch of tasks, results or output lines closes once it holds this many bytes.
 pub const BATCH_BYTES: usize = 4 << 20;
 

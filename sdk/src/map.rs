@@ -282,6 +282,10 @@ async fn drive<T: Task>(
     let mut inflight: HashMap<u64, Chunk> = HashMap::new();
     let mut next = 0usize;
     let mut per_item_ns: Option<f64> = None;
+    // Encoded bytes per item, from the last chunk: chunks are sized to stay inline up front,
+    // rather than encoded at a guessed size and halved (for big items that meant encoding each
+    // several times over).
+    let mut per_item_bytes: Option<usize> = None;
     let mut chunk_no = 0usize;
     // Retries are counted here, per item: chunks go out with none of their own.
     let retries = options.retries;
@@ -314,20 +318,27 @@ async fn drive<T: Task>(
             });
             // Guided: never more than a share of what is left, so the end stays balanced.
             let share = (total - next).div_ceil(2 * slots);
+            let by_bytes =
+                per_item_bytes.map_or(MAX_CHUNK_ITEMS, |b| (MAX_CHUNK_BYTES / b.max(1)).max(1));
             let mut len = if single.is_some() {
                 1
             } else {
-                by_time.min(share).max(1)
+                by_time.min(share).min(by_bytes).max(1)
             };
             let encoded = loop {
                 let slice = &inputs[start..start + len];
                 match cluster.encode_chunk::<T>(slice) {
                     Ok((payload, _)) if payload.len() > MAX_CHUNK_BYTES && len > 1 => {
-                        len = len.div_ceil(2)
+                        // Items bigger than the last ones: as many as fit, judged by these.
+                        let fit = MAX_CHUNK_BYTES / (payload.len() / len).max(1);
+                        len = fit.clamp(1, len.div_ceil(2));
                     }
                     other => break other,
                 }
             };
+            if let Ok((payload, _)) = &encoded {
+                per_item_bytes = Some(payload.len() / len);
+            }
             let task_id = cluster.next_task_id();
             let done = done_tx.clone();
             let outcome = encoded.and_then(|(payload, shared)| {

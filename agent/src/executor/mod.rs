@@ -7,7 +7,7 @@ pub mod worker;
 mod output;
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
     sync::{
         Arc,
         atomic::{AtomicU32, AtomicU64, Ordering},
@@ -149,8 +149,6 @@ struct Executor {
     output: HashMap<Arc<str>, Vec<pb::OutputLine>>,
     /// What each job may still print (lines and bytes per second), and what it dropped.
     output_caps: HashMap<Arc<str>, output::Cap>,
-    /// The big arguments each job's tasks fetched into the cache, dropped when the job ends.
-    job_blobs: HashMap<Arc<str>, HashSet<String>>,
     out: mpsc::UnboundedSender<Outgoing>,
 }
 
@@ -188,7 +186,6 @@ pub fn start(
         results: Vec::new(),
         output: HashMap::new(),
         output_caps: HashMap::new(),
-        job_blobs: HashMap::new(),
         out,
     };
     tokio::spawn(executor.run(inputs, events));
@@ -270,12 +267,6 @@ impl Executor {
                     })
                 });
                 for task in assign.tasks {
-                    if let Some(blob) = &task.payload_blob {
-                        self.job_blobs
-                            .entry(id.clone())
-                            .or_default()
-                            .insert(blob.sha256.clone());
-                    }
                     self.queue.push_back(Queued {
                         job: id.clone(),
                         task,
@@ -349,15 +340,6 @@ impl Executor {
                 }
                 self.jobs.remove(&job);
                 self.output_caps.remove(&job);
-                if let Some(blobs) = self.job_blobs.remove(&job) {
-                    // Big arguments are the job's own (shared constants stay, under the cache's
-                    // bound, for the next job that shares the same value).
-                    for sha in blobs {
-                        if !self.job_blobs.values().any(|other| other.contains(&sha)) {
-                            self.ctx.cache.forget(&sha);
-                        }
-                    }
-                }
                 debug!(job = %job_id, "job ended");
             }
             Input::Reset => {

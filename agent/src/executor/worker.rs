@@ -252,26 +252,18 @@ async fn send(p: &mut Process, d: Dispatch, ctx: &WorkerContext, events: &Events
     }
     let payload = match &d.payload_blob {
         None => d.payload.to_vec(),
-        // A big argument: fetched once into the cache, read from there.
-        Some(sha) => {
-            let data = match ctx.cache.get(sha).await {
-                Ok(path) => tokio::fs::read(&path)
-                    .await
-                    .map_err(|e| format!("cannot read {}: {e}", path.display())),
-                Err(reason) => Err(reason),
-            };
-            match data {
-                Ok(data) => data,
-                Err(reason) => {
-                    events.refused(
-                        d.task_ref,
-                        wp::WorkerFailure::BadInput,
-                        format!("cannot get the task's argument {sha}: {reason}"),
-                    );
-                    return;
-                }
+        // A big argument: fetched from the scheduler's blob store into memory.
+        Some(sha) => match ctx.cache.fetch_value(sha).await {
+            Ok(data) => Vec::from(data),
+            Err(reason) => {
+                events.refused(
+                    d.task_ref,
+                    wp::WorkerFailure::BadInput,
+                    format!("cannot get the task's argument {sha}: {reason}"),
+                );
+                return;
             }
-        }
+        },
     };
     p.inflight.insert(d.task_ref);
     let _ = write(

@@ -40,6 +40,9 @@ fn lane(gpu: GpuUse) -> usize {
     }
 }
 
+/// Where an agent stands in line for CPU tasks: a free slot now, no GPU, free slots, tie-break.
+type RoomKey = (bool, bool, i64, Reverse<usize>);
+
 /// Highest priority first, then oldest first.
 type Queue = BinaryHeap<(i32, Reverse<u64>, TaskRef)>;
 
@@ -693,7 +696,14 @@ impl Jobs {
     /// with the longest backlog (tasks beyond their slots) to give back half of it. The tasks
     /// move only once their agent confirms they had not started ([`Jobs::revoked`]), so a
     /// stolen task never also runs where it was.
-    pub(super) fn steal(&mut self, members: &Membership, out: &mut Vec<Command>) {
+    /// Returns whether it asked any agent for tasks.
+    pub(super) fn steal(&mut self, members: &Membership, out: &mut Vec<Command>) -> bool {
+        let before = out.len();
+        self.steal_into(members, out);
+        out.len() > before
+    }
+
+    fn steal_into(&mut self, members: &Membership, out: &mut Vec<Command>) {
         if !self.nothing_queued() {
             return;
         }
@@ -853,6 +863,7 @@ impl Jobs {
         let mut room: BinaryHeap<(bool, bool, i64, Reverse<usize>, AgentId)> = BinaryHeap::new();
         let mut floors: HashMap<AgentId, i64> = HashMap::default();
         if !self.ready[CPU].is_empty() {
+            let mut candidates: Vec<(RoomKey, usize, i64)> = Vec::new();
             for (i, agent) in agents.iter().enumerate() {
                 if !agent.accepts_work() || agent.hello.resources.cpu_slots == 0 {
                     continue;
@@ -863,9 +874,21 @@ impl Jobs {
                 // many to a message instead of one per finished task.
                 if 2 * free > floor {
                     let no_gpu = agent.gpu_slots() == 0;
-                    room.push((free > 0, no_gpu, free, Reverse(i), agent.id().clone()));
-                    floors.insert(agent.id().clone(), floor);
+                    candidates.push(((free > 0, no_gpu, free, Reverse(i)), i, floor));
                 }
+            }
+            // k queued tasks go to at most the k agents first in line (each step takes the
+            // best, and lowers only it): with a thousand agents and a few tasks, the rest need
+            // no place in the heap.
+            let queued = self.totals.queued.max(1);
+            if candidates.len() > queued {
+                candidates.select_nth_unstable_by(queued - 1, |a, b| b.0.cmp(&a.0));
+                candidates.truncate(queued);
+            }
+            for ((now, no_gpu, free, tie), i, floor) in candidates {
+                let id = agents[i].id().clone();
+                floors.insert(id.clone(), floor);
+                room.push((now, no_gpu, free, tie, id));
             }
         }
         drop(agents);

@@ -191,7 +191,12 @@ pub struct Core {
     config: CoreConfig,
     membership: Membership,
     jobs: Jobs,
+    /// When a look for tasks to steal after a result last found none.
+    futile_steal: Option<Instant>,
 }
+
+/// How long after a fruitless look for tasks to steal a result may trigger another.
+const STEAL_PAUSE: Duration = Duration::from_millis(1);
 
 impl Core {
     pub fn new(config: CoreConfig) -> Self {
@@ -199,6 +204,7 @@ impl Core {
             jobs: Jobs::new(config.max_crashes, config.budget),
             config,
             membership: Membership::default(),
+            futile_steal: None,
         }
     }
 
@@ -280,6 +286,7 @@ impl Core {
                     self.jobs.tell_no_gpu(&self.membership, out);
                 }
                 self.jobs.steal(&self.membership, out);
+                self.futile_steal = None;
             }
             Event::DriverOpened { conn, open } => {
                 if !self.speaks(conn, "driver", open.protocol_version, out) {
@@ -328,14 +335,22 @@ impl Core {
                     }
                     _ => self.jobs.place(&mut self.membership, out),
                 }
-                // An agent that ran dry while others hold a backlog takes some of it.
+                // An agent that ran dry while others hold a backlog takes some of it. Looking
+                // costs a pass over every agent: after a look that found nothing, the next
+                // waits a millisecond (a thousand agents finishing tiny tasks would otherwise
+                // spend the scheduler on it), and the clock's tick looks in any case.
+                let looked_lately = self
+                    .futile_steal
+                    .is_some_and(|at| now.saturating_duration_since(at) < STEAL_PAUSE);
                 if self.jobs.nothing_queued()
+                    && !looked_lately
                     && self
                         .membership
                         .current(conn)
                         .is_some_and(|a| a.accepts_work() && a.free_cpus() > 0)
                 {
-                    self.jobs.steal(&self.membership, out);
+                    let asked = self.jobs.steal(&self.membership, out);
+                    self.futile_steal = (!asked).then_some(now);
                 }
             }
             Event::AgentRevoked {

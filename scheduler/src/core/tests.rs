@@ -1212,16 +1212,37 @@ fn a_driver_sending_past_its_budget_has_the_excess_refused_and_the_scheduler_doe
     // neither (the count is reached by then: three held).
     let cmds = sim.send(Event::TasksSubmitted {
         conn: 10,
-        tasks: vec![sized(1, 100), sized(2, 100), sized(3, 100), sized(4, 10), sized(5, 10)],
+        tasks: vec![
+            sized(1, 100),
+            sized(2, 100),
+            sized(3, 100),
+            sized(4, 10),
+            sized(5, 10),
+        ],
     });
     let refused: Vec<u64> = delivered(&cmds)
         .into_iter()
-        .filter(|(_, o)| matches!(o, Outcome::Failed { kind: FailureKind::Refused, .. }))
+        .filter(|(_, o)| {
+            matches!(
+                o,
+                Outcome::Failed {
+                    kind: FailureKind::Refused,
+                    ..
+                }
+            )
+        })
         .map(|(id, _)| id)
         .collect();
     assert_eq!(refused, vec![3, 5], "{cmds:?}");
     let counts = sim.core.task_counts();
-    assert_eq!((counts.queued + counts.running, counts.unfinished_peak, counts.refused), (3, 3, 2));
+    assert_eq!(
+        (
+            counts.queued + counts.running,
+            counts.unfinished_peak,
+            counts.refused
+        ),
+        (3, 3, 2)
+    );
     // A result gives its share back: the next task is admitted.
     let placed = assignments(&cmds);
     sim.send(Event::AgentResults {

@@ -176,6 +176,8 @@ impl Listening {
         let result = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .initial_stream_window_size(ladle_common::limits::STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(ladle_common::limits::CONNECTION_WINDOW_BYTES)
             // Every service takes the one message limit of ladle_common::limits.
             .add_service(InterceptedService::new(
                 with_message_limits!(AgentServiceServer::new(agents::AgentService::new(

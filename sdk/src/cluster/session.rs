@@ -478,10 +478,7 @@ async fn reopen(
 /// A blob client for uploads made while the session is being opened again: a channel that
 /// connects when first used, so that the upload goes once the scheduler is back.
 async fn opener_blobs(opener: &Opener) -> BlobClient {
-    let channel = match ladle_common::address::normalize(&opener.address)
-        .ok()
-        .and_then(|url| tonic::transport::Endpoint::from_shared(url).ok())
-    {
+    let channel = match client::endpoint(&opener.address).ok() {
         Some(endpoint) => endpoint.connect_lazy(),
         None => tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy(),
     };
