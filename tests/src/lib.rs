@@ -422,6 +422,24 @@ impl Drop for Agent {
     }
 }
 
+/// Starts `n` agents of two CPU slots each, named `agent-0`, `agent-1`, …, joining `scheduler`
+/// with its token, and waits until each is alive.
+pub fn two_slot_agents(scheduler: &Scheduler, n: usize) -> Vec<Agent> {
+    let agents: Vec<Agent> = (0..n)
+        .map(|i| {
+            Agent::start(
+                scheduler,
+                scheduler.options.token.as_deref(),
+                &["--cpu-slots", "2", "--hostname", &format!("agent-{i}")],
+            )
+        })
+        .collect();
+    for agent in &agents {
+        scheduler.wait_state(&agent.id(), "alive", Duration::from_secs(20));
+    }
+    agents
+}
+
 /// The scheduling policy (a `SCHED_*` number: 0 normal, 3 batch) in a `/proc/.../stat` file.
 pub fn sched_policy(stat: &Path) -> Option<u32> {
     let text = fs::read_to_string(stat).ok()?;

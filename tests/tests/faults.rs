@@ -7,18 +7,7 @@ use ladle_tests::{Agent, Scheduler, SchedulerOptions, last_json, show, test_driv
 #[test]
 fn a_job_survives_a_scheduler_restart_with_no_code_in_the_driver() {
     let mut scheduler = Scheduler::start(SchedulerOptions::default());
-    let agents: Vec<Agent> = (0..2)
-        .map(|i| {
-            Agent::start(
-                &scheduler,
-                None,
-                &["--cpu-slots", "2", "--hostname", &format!("agent-{i}")],
-            )
-        })
-        .collect();
-    for agent in &agents {
-        scheduler.wait_state(&agent.id(), "alive", Duration::from_secs(20));
-    }
+    let _agents = ladle_tests::two_slot_agents(&scheduler, 2);
     let mut driver = scheduler.spawn_driver(&test_driver(), &["long_map"]);
     // Mid-job: tasks are running on the agents.
     wait_for("the job to be running", Duration::from_secs(60), || {

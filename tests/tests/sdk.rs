@@ -9,23 +9,10 @@ use ladle_tests::{
 };
 use serde_json::Value;
 
-const JOIN: Duration = Duration::from_secs(20);
-
 /// A scheduler with two agents of two CPU slots each, both joined.
 fn cluster(options: SchedulerOptions) -> (Scheduler, Vec<Agent>) {
     let scheduler = Scheduler::start(options);
-    let agents: Vec<Agent> = (0..2)
-        .map(|i| {
-            Agent::start(
-                &scheduler,
-                scheduler.options.token.as_deref(),
-                &["--cpu-slots", "2", "--hostname", &format!("agent-{i}")],
-            )
-        })
-        .collect();
-    for agent in &agents {
-        scheduler.wait_state(&agent.id(), "alive", JOIN);
-    }
+    let agents = ladle_tests::two_slot_agents(&scheduler, 2);
     (scheduler, agents)
 }
 

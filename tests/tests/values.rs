@@ -8,28 +8,15 @@ use std::time::Duration;
 
 use ladle_tests::{
     Agent, Scheduler, SchedulerOptions, clean_command, last_json, show, stdout_of, test_driver,
-    wait_for,
+    two_slot_agents, wait_for,
 };
-
-const JOIN: Duration = Duration::from_secs(20);
 
 fn cluster(extra: &'static str) -> (Scheduler, Vec<Agent>) {
     let scheduler = Scheduler::start(SchedulerOptions {
         extra,
         ..Default::default()
     });
-    let agents: Vec<Agent> = (0..2)
-        .map(|i| {
-            Agent::start(
-                &scheduler,
-                None,
-                &["--cpu-slots", "2", "--hostname", &format!("agent-{i}")],
-            )
-        })
-        .collect();
-    for agent in &agents {
-        scheduler.wait_state(&agent.id(), "alive", JOIN);
-    }
+    let agents = two_slot_agents(&scheduler, 2);
     (scheduler, agents)
 }
 
