@@ -295,8 +295,13 @@ impl Jobs {
             .map(|(&no, _)| no)
             .collect();
         for no in expired {
-            self.end(no, members, out);
+            self.end(no, true, members, out);
         }
+    }
+
+    /// Whether a job of this id (session id) is open.
+    pub(super) fn has_job(&self, job_id: &str) -> bool {
+        self.by_job_id.contains_key(job_id)
     }
 
     pub(super) fn is_session(&self, conn: ConnId) -> bool {
@@ -486,11 +491,19 @@ impl Jobs {
     /// The driver said goodbye: its tasks stop everywhere.
     pub(super) fn close(&mut self, conn: ConnId, members: &Membership, out: &mut Vec<Command>) {
         if let Some(no) = self.by_conn.remove(&conn) {
-            self.end(no, members, out);
+            self.end(no, false, members, out);
         }
     }
 
-    fn end(&mut self, no: u64, members: &Membership, out: &mut Vec<Command>) {
+    /// Ends a session; `driver_may_return` when its driver went away without a goodbye (it may
+    /// still open the session again, and find its stored values).
+    fn end(
+        &mut self,
+        no: u64,
+        driver_may_return: bool,
+        members: &Membership,
+        out: &mut Vec<Command>,
+    ) {
         let Some(session) = self.sessions.remove(&no) else {
             return;
         };
@@ -511,6 +524,7 @@ impl Jobs {
               unfinished = dropped, "job ended");
         out.push(Command::JobEnded {
             job_id: session.job.id.clone(),
+            driver_may_return,
         });
         for agent in &session.agents {
             if let Some(agent_conn) = members.get(agent).and_then(|a| a.conn) {
@@ -1110,7 +1124,7 @@ impl Jobs {
             Some(conn) => self.cancel(conn, &ids, members, out),
             None => {
                 // The driver is away: end the job now rather than at the end of its grace.
-                self.end(no, members, out);
+                self.end(no, false, members, out);
             }
         }
         let view = match self.sessions.get(&no) {

@@ -167,9 +167,11 @@ pub enum Command {
         agent: Arc<str>,
         lines: Vec<OutputLine>,
     },
-    /// The job is over: what was stored for it (big values) can go.
+    /// The job is over: what was stored for it (big values) can go; after a while only when
+    /// `driver_may_return` (its driver went away without a goodbye and may open it again).
     JobEnded {
         job_id: Arc<str>,
+        driver_may_return: bool,
     },
 }
 
@@ -400,6 +402,11 @@ impl Core {
 
     pub fn task_counts(&self) -> TaskCounts {
         self.jobs.counts()
+    }
+
+    /// Whether a job of this id (session id) is open.
+    pub fn has_job(&self, job_id: &str) -> bool {
+        self.jobs.has_job(job_id)
     }
 
     pub fn is_session(&self, conn: ConnId) -> bool {

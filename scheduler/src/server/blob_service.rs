@@ -23,6 +23,15 @@ impl BlobService {
     pub fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
     }
+
+    /// A value uploaded for a job that is not open (a result that finished as its job ended):
+    /// it goes after the retention time, like the values of a job whose driver went away,
+    /// rather than staying for good.
+    fn unless_running(&self, job: &str) {
+        if !job.is_empty() && !self.shared.with_core(|core, _| core.has_job(job)) {
+            self.shared.blobs.release_later(job);
+        }
+    }
 }
 
 struct Upload(Streaming<BlobChunk>);
@@ -74,8 +83,10 @@ impl blob_service_server::BlobService for BlobService {
         })?;
         if self.shared.blobs.has(&blob.sha256) {
             self.shared.blobs.held_by(&blob.sha256, &first.job_id);
+            self.unless_running(&first.job_id);
             return Ok(Response::new(blob));
         }
+        let job_id = first.job_id.clone();
         // Put the first chunk's data back in front of the rest.
         struct Prefixed(Option<bytes::Bytes>, Upload);
         impl AsyncNext for Prefixed {
@@ -99,6 +110,7 @@ impl blob_service_server::BlobService for BlobService {
                 warn!("refused an upload: {err}");
                 to_status(err)
             })?;
+        self.unless_running(&job_id);
         Ok(Response::new(blob))
     }
 

@@ -36,7 +36,14 @@ pub struct BlobStore {
     limit: u64,
     fetches: Mutex<HashMap<String, u64>>,
     owners: Mutex<Owners>,
+    /// Jobs whose values go at the given time unless the job is open again by then.
+    deferred: Mutex<Vec<(std::time::Instant, Arc<str>)>>,
 }
+
+/// How long the values of a job whose driver went away without a goodbye are kept: past the
+/// SDK's default reconnect timeout (60 s), so that a driver that opens its session again finds
+/// its shared constants and big arguments.
+pub const VALUE_RETENTION: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Which jobs hold which blobs.
 #[derive(Default)]
@@ -69,7 +76,28 @@ impl BlobStore {
             limit,
             fetches: Mutex::new(HashMap::new()),
             owners: Mutex::new(Owners::default()),
+            deferred: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Releases the job's values after [`VALUE_RETENTION`], unless the job is open again then.
+    pub fn release_later(&self, job: &str) {
+        let at = std::time::Instant::now() + VALUE_RETENTION;
+        self.deferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((at, job.into()));
+    }
+
+    /// Jobs whose deferred release is due at `now` (taken off the list).
+    pub fn due_releases(&self, now: std::time::Instant) -> Vec<Arc<str>> {
+        let mut deferred = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        if deferred.first().is_none_or(|(at, _)| *at > now) {
+            return Vec::new();
+        }
+        let (due, later): (Vec<_>, Vec<_>) = deferred.drain(..).partition(|(at, _)| *at <= now);
+        *deferred = later;
+        due.into_iter().map(|(_, job)| job).collect()
     }
 
     fn owners(&self) -> std::sync::MutexGuard<'_, Owners> {

@@ -229,8 +229,15 @@ impl Inner {
                         );
                     }
                 }
-                Command::JobEnded { job_id } => {
-                    blobs.release_job(&job_id);
+                Command::JobEnded {
+                    job_id,
+                    driver_may_return,
+                } => {
+                    if driver_may_return {
+                        blobs.release_later(&job_id);
+                    } else {
+                        blobs.release_job(&job_id);
+                    }
                 }
                 Command::Refuse { conn, reason } => {
                     self.close(conn, Status::failed_precondition(reason.to_string()));
@@ -293,5 +300,12 @@ pub async fn tick_forever(shared: Arc<Shared>) {
     loop {
         interval.tick().await;
         shared.apply(Event::Tick);
+        // Values of jobs that ended without their driver's goodbye, kept for a while for a
+        // driver that opens its session again: they go unless the job is back.
+        for job in shared.blobs.due_releases(Instant::now()) {
+            if !shared.with_core(|core, _| core.has_job(&job)) {
+                shared.blobs.release_job(&job);
+            }
+        }
     }
 }

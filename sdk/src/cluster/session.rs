@@ -242,7 +242,10 @@ pub(crate) async fn run(
             Some(fresh) => {
                 stream = fresh;
                 state.pending.set_budget(stream.budget);
-                let specs = state.pending.sent();
+                take_held(&mut stream, &mut state.pending).await;
+                // What was sent and has no result yet goes again; then what waited meanwhile.
+                let mut specs = state.pending.sent();
+                specs.extend(state.pending.admit());
                 warn!(
                     "session reopened at {}; submitting the {} tasks without a result again",
                     opener.address,
@@ -262,6 +265,21 @@ pub(crate) async fn run(
                 return;
             }
         }
+    }
+}
+
+/// How long a reopened session waits for the results the scheduler held for it.
+const HELD_WAIT: Duration = Duration::from_millis(50);
+
+/// Takes the results the scheduler held while the driver was away: they come right behind the
+/// confirmation of a reopened session, and taken first, their tasks are not sent again (the
+/// scheduler has forgotten them, and would run them anew, past the session's budget too).
+async fn take_held(stream: &mut Stream, pending: &mut Pending) {
+    while let Ok(Ok(Some(DriverEvent { body: Some(body) }))) =
+        tokio::time::timeout(HELD_WAIT, stream.down.message()).await
+    {
+        // Retries among them are still pending as sent: they go with the rest.
+        let _ = deliver(body, pending, &stream.blobs);
     }
 }
 
