@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use ladle_tests::{
-    Agent, Scheduler, SchedulerOptions, clean_command, last_json, show, stdout_of, test_driver,
-    two_slot_agents, wait_for,
+    Agent, Process, Scheduler, SchedulerOptions, clean_command, last_json, show, stdout_of,
+    test_driver, two_slot_agents, wait_for,
 };
 
 fn cluster(extra: &'static str) -> (Scheduler, Vec<Agent>) {
@@ -118,26 +118,34 @@ fn a_driver_far_beyond_its_budget_waits_and_the_scheduler_holds_no_more() {
 #[test]
 fn an_output_flood_is_capped_and_the_driver_told_what_was_dropped() {
     let (scheduler, agents) = cluster("");
-    let run = scheduler
-        .driver(&test_driver(), &["flood"])
-        .output()
-        .expect("the driver runs");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+    let done = scheduler.dir().join("flood-seen");
+    let done_arg = done.display().to_string();
+    let mut driver = Process::spawn(
+        scheduler.driver(&test_driver(), &["flood", &done_arg]),
+        scheduler.dir().join("flood.log"),
     );
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
+    // Its stdout and stderr share one log: wait for the result and the note of the drop.
+    let note = "of this job's output dropped";
+    let log = wait_for(
+        "the note of the dropped output",
+        Duration::from_secs(60),
+        || {
+            let log = driver.output();
+            (log.contains("\"printed\"") && log.contains(note)).then_some(log)
+        },
+    );
+    std::fs::write(&done, "seen").expect("write");
+    assert!(driver.wait_exit(Duration::from_secs(30)).success(), "{log}");
+    let stdout = driver.output();
     assert_eq!(last_json(&stdout)["printed"], 20_000);
+    assert!(
+        stdout.contains("lines ("),
+        "the note counts the lines: {log}"
+    );
     let carried = stdout.lines().filter(|l| l.contains("flood line")).count();
     assert!(
         (1000..20_000).contains(&carried),
         "{carried} of 20000 lines carried"
-    );
-    assert!(
-        stderr.contains("lines (") && stderr.contains("of this job's output dropped"),
-        "no note of the drop: {stderr}"
     );
     assert!(
         stdout.lines().all(|l| l.len() < 20_000),

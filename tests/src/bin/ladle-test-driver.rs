@@ -515,10 +515,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             out(json!({ "refused": refused.err(), "error": error, "map": kinds, "after": after }));
         }
         "flood" => {
+            // The program cannot see its own output: it stays connected, for the note of what
+            // was dropped to reach it, until the test has seen that note and writes `path`.
+            let path = std::env::args().nth(2).ok_or("flood needs a path")?;
             let printed = cluster.submit(flood, 20_000)?.await?;
-            // What was dropped is noted within a second or so: stay a little to hear it.
-            tokio::time::sleep(Duration::from_millis(1500)).await;
             out(json!({ "printed": printed }));
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !std::path::Path::new(&path).exists() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         "budget" => {
             // Far more single submissions than the session's budget (20 in the test), then a map.
