@@ -34,13 +34,13 @@ fn fill(i: u64) -> u8 {
 }
 
 #[ladle::task]
-fn byte_sum(bytes: Vec<u8>) -> u64 {
+fn byte_sum(bytes: ladle::ByteBuf) -> u64 {
     bytes.iter().map(|&b| u64::from(b)).sum()
 }
 
 #[ladle::task]
-fn pattern(i: u64) -> Vec<u8> {
-    vec![fill(i); ITEM_BYTES]
+fn pattern(i: u64) -> ladle::ByteBuf {
+    ladle::ByteBuf::from(vec![fill(i); ITEM_BYTES])
 }
 
 /// The peak RSS (VmHWM) of the scheduler, the agents and every worker seen under them, polled,
@@ -98,7 +98,9 @@ pub async fn child(workload: &str, logs: Option<PathBuf>) -> anyhow::Result<()> 
     let watch = Watch::start(&local);
     let wall = match workload {
         "W8" => {
-            let inputs: Vec<Vec<u8>> = (0..ITEMS).map(|i| vec![fill(i); ITEM_BYTES]).collect();
+            let inputs: Vec<ladle::ByteBuf> = (0..ITEMS)
+                .map(|i| ladle::ByteBuf::from(vec![fill(i); ITEM_BYTES]))
+                .collect();
             let t = Instant::now();
             let sums = cluster.map(byte_sum, inputs).await?;
             let wall = t.elapsed();
