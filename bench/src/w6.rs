@@ -117,6 +117,7 @@ pub fn run(agents: u32, slots: u32, tasks: u64) -> Figures {
             now,
             Event::TasksSubmitted {
                 conn: driver,
+                acked: 0,
                 tasks: batch,
             },
             &mut out,
@@ -157,6 +158,16 @@ pub fn run(agents: u32, slots: u32, tasks: u64) -> Figures {
             );
         }
         placements += absorb(&mut out, &mut held, &mut delivered);
+        // The driver acknowledges what it received (deliveries are numbered from 1), as the
+        // SDK does with its next message.
+        core.handle(
+            now,
+            Event::DriverAcked {
+                conn: driver,
+                through: delivered,
+            },
+            &mut out,
+        );
         if !progressed {
             break;
         }

@@ -47,8 +47,8 @@ pub fn endpoint(address: &str) -> Result<Endpoint, ConnectError> {
         })?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(crate::limits::KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(crate::limits::KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
         .initial_stream_window_size(crate::limits::STREAM_WINDOW_BYTES)
         .initial_connection_window_size(crate::limits::CONNECTION_WINDOW_BYTES);

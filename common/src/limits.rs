@@ -18,6 +18,17 @@ pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
 pub const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
 
+/// HTTP/2 keep-alive of every Ladle client and server: a ping after this long without traffic
+/// (idle or not)...
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// ...and the connection is dead if its answer takes longer than this. Either side of a stream
+/// that went silent (a partitioned network, a frozen host) learns it within
+/// [`DEAD_STREAM_WITHIN`]: the driver then opens its session again, the scheduler holds its job
+/// for `driver_grace` and keeps its results until acknowledged.
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub const DEAD_STREAM_WITHIN: std::time::Duration =
+    KEEPALIVE_INTERVAL.saturating_add(KEEPALIVE_TIMEOUT);
+
 /// A batch of tasks, results or output lines closes once it holds this many bytes.
 pub const BATCH_BYTES: usize = 4 << 20;
 

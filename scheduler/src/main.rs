@@ -230,7 +230,15 @@ async fn run(command: Command, settings: SchedulerSettings) -> anyhow::Result<()
                 .job
                 .map(|j| format!("{} ({})", j.id, j.name))
                 .unwrap_or_default();
-            println!("job {name}: {} unfinished tasks cancelled", reply.cancelled);
+            println!(
+                "job {name}: {} unfinished {} cancelled",
+                reply.cancelled,
+                if reply.cancelled == 1 {
+                    "item"
+                } else {
+                    "items"
+                }
+            );
             Ok(())
         }
         Command::Drain { agent, target } => set_drain(&agent, true, &target, &settings).await,

@@ -88,7 +88,7 @@ impl Default for SchedulerSettings {
             session_max_bytes: 256 << 20,
             max_blob_bytes: 16 << 30,
             max_task_crashes: 3,
-            driver_grace: Duration::from_secs(5),
+            driver_grace: Duration::from_secs(30),
             multicast: true,
             multicast_group: ladle_common::discovery::DEFAULT_GROUP,
             multicast_port: ladle_common::discovery::DEFAULT_PORT,

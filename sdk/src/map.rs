@@ -31,6 +31,21 @@ const MAX_CHUNK_BYTES: usize = ladle_common::limits::INLINE_VALUE_BYTES;
 
 type ItemEvent<R> = (usize, Result<R, TaskError>);
 
+/// The index of the event that says the map's own driving code stopped (it panicked, in an
+/// input's `Serialize` for instance): every item without a result fails with its error.
+const STOPPED: usize = usize::MAX;
+
+/// The error of the items of a map whose events ended before theirs came.
+fn ended_early(task: &str) -> TaskError {
+    TaskError {
+        kind: ErrorKind::Failed,
+        task: task.to_owned(),
+        message: "the map stopped before this item's result came".into(),
+        agent: String::new(),
+        attempt: 0,
+    }
+}
+
 /// Stops a map: chunks not yet sent are never sent, those sent are cancelled.
 #[derive(Clone)]
 pub struct MapCancel(Arc<Notify>);
@@ -105,10 +120,18 @@ impl<R> Stream for MapStream<R> {
                 return Poll::Ready(None);
             }
             match this.rx.poll_recv(cx) {
+                Poll::Ready(Some((STOPPED, item))) => {
+                    // Never a shorter `Ok`: the map fails with why it stopped.
+                    this.next = this.total;
+                    return Poll::Ready(Some(item.and(Err(ended_early(this.task)))));
+                }
                 Poll::Ready(Some((index, item))) => {
                     this.buffer.insert(index, item);
                 }
-                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(None) => {
+                    this.next = this.total;
+                    return Poll::Ready(Some(Err(ended_early(this.task))));
+                }
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -171,6 +194,11 @@ pub struct AsCompleted<R> {
     rx: mpsc::UnboundedReceiver<ItemEvent<R>>,
     remaining: usize,
     cancel: MapCancel,
+    /// Which inputs have had their result: should the map stop, the others fail.
+    seen: Vec<bool>,
+    /// The map stopped: the error each input without a result gets, and the next to check.
+    stopped: Option<(TaskError, usize)>,
+    task: &'static str,
 }
 
 impl<R> AsCompleted<R> {
@@ -187,13 +215,38 @@ impl<R> Stream for AsCompleted<R> {
         if this.remaining == 0 {
             return Poll::Ready(None);
         }
-        match this.rx.poll_recv(cx) {
-            Poll::Ready(Some(item)) => {
-                this.remaining -= 1;
-                Poll::Ready(Some(item))
+        if this.stopped.is_none() {
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some((STOPPED, item))) => {
+                    let error = item.err().unwrap_or_else(|| ended_early(this.task));
+                    this.stopped = Some((error, 0));
+                }
+                Poll::Ready(Some((index, item))) => {
+                    if let Some(seen) = this.seen.get_mut(index) {
+                        *seen = true;
+                    }
+                    this.remaining -= 1;
+                    return Poll::Ready(Some((index, item)));
+                }
+                Poll::Ready(None) => this.stopped = Some((ended_early(this.task), 0)),
+                Poll::Pending => return Poll::Pending,
             }
-            other => other,
         }
+        // Stopped: each input without a result fails, once.
+        let Some((error, cursor)) = &mut this.stopped else {
+            return Poll::Pending;
+        };
+        while *cursor < this.seen.len() {
+            let index = *cursor;
+            *cursor += 1;
+            if !this.seen[index] {
+                this.seen[index] = true;
+                this.remaining = this.remaining.saturating_sub(1);
+                return Poll::Ready(Some((index, Err(error.clone()))));
+            }
+        }
+        this.remaining = 0;
+        Poll::Ready(None)
     }
 }
 
@@ -204,16 +257,35 @@ fn start<T: Task>(
     reducer: Option<&'static str>,
     options: Options,
 ) -> (mpsc::UnboundedReceiver<ItemEvent<T::Output>>, MapCancel) {
+    use futures::FutureExt;
     let (tx, rx) = mpsc::unbounded_channel();
     let cancel = MapCancel(Arc::new(Notify::new()));
-    tokio::spawn(drive::<T>(
+    let stopped = tx.clone();
+    let driving = std::panic::AssertUnwindSafe(drive::<T>(
         cluster.clone(),
         inputs,
         reducer,
         options,
         tx,
         cancel.clone(),
-    ));
+    ))
+    .catch_unwind();
+    tokio::spawn(async move {
+        if let Err(panic) = driving.await {
+            let error = TaskError {
+                kind: ErrorKind::Failed,
+                task: T::NAME.to_owned(),
+                message: format!(
+                    "the map stopped: its own code in the driver panicked ({}), for instance in \
+                     an input's Serialize",
+                    crate::registry::panic_message(&*panic)
+                ),
+                agent: "the driver".into(),
+                attempt: 0,
+            };
+            let _ = stopped.send((STOPPED, Err(error)));
+        }
+    });
     (rx, cancel)
 }
 
@@ -247,6 +319,9 @@ pub(crate) fn map_as_completed<T: Task>(
         rx,
         remaining,
         cancel,
+        seen: vec![false; remaining],
+        stopped: None,
+        task: T::NAME,
     }
 }
 
@@ -276,8 +351,6 @@ async fn drive<T: Task>(
     cancel: MapCancel,
 ) {
     let total = inputs.len();
-    let slots = cluster.slots().max(1) as usize;
-    let max_inflight = slots * 2 + 2;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut inflight: HashMap<u64, Chunk> = HashMap::new();
     let mut next = 0usize;
@@ -305,6 +378,10 @@ async fn drive<T: Task>(
     let cancelled = cancel.0.clone();
 
     loop {
+        // The window follows the cluster: the scheduler says when agents join, leave or are
+        // drained.
+        let slots = cluster.slots().max(1) as usize;
+        let max_inflight = slots * 2 + 2;
         // Until the first measurement, one item per slot probes the cost of an item.
         while inflight.len() < max_inflight
             && (!singles.is_empty()
@@ -432,6 +509,14 @@ async fn drive<T: Task>(
                     let _ = tx.send((chunk.start, partial));
                     continue;
                 }
+                // A lone item's own error comes as the task's failure.
+                if chunk.len == 1
+                    && matches!(&raw.outcome, Err((ErrorKind::Failed, _)))
+                    && may_retry(chunk.start)
+                {
+                    singles.push_back(chunk.start);
+                    continue;
+                }
                 match decode_items::<T::Output>(T::NAME, &raw) {
                     Ok(items) => {
                         for (i, item) in items.into_iter().enumerate() {
@@ -453,6 +538,7 @@ async fn drive<T: Task>(
                 }
                 progress.advance(chunk.len);
             }
+            () = cluster.capacity_changed() => {}
             () = cancelled.notified() => {
                 cluster.cancel_tasks(inflight.keys().copied().collect());
                 let error = TaskError {

@@ -10,7 +10,14 @@ use std::{
 use crate::task::{Reducer, Task};
 
 /// Runs a chunk: encoded inputs in, encoded per-item results out.
-type RunChunk = fn(&[u8]) -> Result<Vec<u8>, ChunkError>;
+type RunChunk = fn(&[u8]) -> Result<ChunkOutput, ChunkError>;
+
+/// A chunk's encoded per-item results; for a chunk of one item that failed, its error too (the
+/// task as a whole failed, and the scheduler decides whether it runs again).
+pub struct ChunkOutput {
+    encoded: Vec<u8>,
+    lone_error: Option<String>,
+}
 /// Folds encoded per-item results into one encoded value.
 type Fold = fn(&[u8]) -> Result<Vec<u8>, String>;
 
@@ -53,7 +60,7 @@ pub type ItemResult<T> = Result<T, String>;
 
 /// Decodes the chunk's inputs, runs each in isolation (a panic fails its item only), and
 /// encodes the per-item results.
-fn run_chunk<T: Task>(payload: &[u8]) -> Result<Vec<u8>, ChunkError> {
+fn run_chunk<T: Task>(payload: &[u8]) -> Result<ChunkOutput, ChunkError> {
     let inputs: Vec<T::Input> = postcard::from_bytes(payload).map_err(|e| {
         ChunkError::BadInput(format!(
             "the input does not decode as {}'s argument: {e}",
@@ -69,7 +76,15 @@ fn run_chunk<T: Task>(payload: &[u8]) -> Result<Vec<u8>, ChunkError> {
             },
         )
         .collect();
-    postcard::to_allocvec(&results).map_err(|e| ChunkError::Encode(e.to_string()))
+    let lone_error = match results.as_slice() {
+        [Err(message)] => Some(message.clone()),
+        _ => None,
+    };
+    let encoded = postcard::to_allocvec(&results).map_err(|e| ChunkError::Encode(e.to_string()))?;
+    Ok(ChunkOutput {
+        encoded,
+        lone_error,
+    })
 }
 
 /// Folds a chunk's per-item results with reducer `R`; the first failed item fails the fold.
@@ -158,8 +173,11 @@ pub fn execute(function: &str, reducer: Option<&str>, payload: &[u8]) -> Execute
         }
     };
     match fold {
-        None => Executed::Output(output),
-        Some(fold) => match fold(&output) {
+        None => match output.lone_error {
+            Some(message) => Executed::Failed(message),
+            None => Executed::Output(output.encoded),
+        },
+        Some(fold) => match fold(&output.encoded) {
             Ok(folded) => Executed::Output(folded),
             Err(message) => Executed::Failed(message),
         },

@@ -176,13 +176,17 @@ fn cancelling_a_long_map_leaves_the_agents_idle() {
 
 #[test]
 fn a_driver_killed_mid_job_has_its_tasks_stopped() {
-    let (scheduler, _agents) = cluster(SchedulerOptions::default());
+    // A short grace (30 s by default), so that the test need not wait it out.
+    let (scheduler, _agents) = cluster(SchedulerOptions {
+        extra: "driver_grace = \"3s\"",
+        ..SchedulerOptions::default()
+    });
     let mut driver = scheduler.spawn_driver(&test_driver(), &["hang"]);
     wait_for("the agents to be busy", Duration::from_secs(60), || {
         (busy_slots(&scheduler) == 4).then_some(())
     });
     driver.kill9();
-    // The job waits out the driver's grace period (5s by default), then stops everywhere.
+    // The job waits out the driver's grace period, then stops everywhere.
     wait_for("the agents to go idle", Duration::from_secs(30), || {
         (busy_slots(&scheduler) == 0).then_some(())
     });

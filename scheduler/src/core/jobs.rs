@@ -17,8 +17,8 @@ use tracing::{debug, info, warn};
 
 use super::{
     AgentId, AgentResult, Assigned, Capacity, Command, ConnId, DriverResult, FailureKind, GpuUse,
-    Job, JobView, Outcome, SelectError, SessionOpen, TaskRef, TaskSpec, membership::Membership,
-    task_map::TaskMap,
+    Job, JobView, Outcome, SelectError, SessionOpen, TaskRef, TaskSpec, delivery::Ledger,
+    membership::Membership, task_map::TaskMap,
 };
 
 /// The kinds of slot a task can take.
@@ -56,6 +56,8 @@ struct Task {
     session: u64,
     spec: TaskSpec,
     attempt: u32,
+    /// Runs again after its own error this many more times (the driver's `retries`).
+    retries_left: u32,
     /// Worker crashes while running this task, and the agents they happened on.
     crashes: u32,
     crashed_on: Vec<Arc<str>>,
@@ -81,8 +83,8 @@ struct Session {
     conn: Option<ConnId>,
     /// Since when the driver has been away.
     detached_at: Option<Instant>,
-    /// Results that came while the driver was away, for when it comes back.
-    held: Vec<DriverResult>,
+    /// Results delivered and not yet acknowledged: sent again to a driver that comes back.
+    ledger: Ledger,
     /// Queued tasks by lane (CPU only, GPU required, GPU preferred). Entries of tasks that
     /// left the queue (cancelled) are skipped when popped.
     queues: [Queue; 3],
@@ -90,10 +92,11 @@ struct Session {
     listed: [bool; 2],
     /// The driver was told that no agent has a GPU for its GPU tasks.
     told_no_gpu: bool,
+    /// An operator cancelled the job: what it submits fails at once.
+    cancelled: bool,
     by_task_id: HashMap<u64, TaskRef>,
     /// Agents that have seen this job, to be told when it ends.
     agents: HashSet<AgentId>,
-    delivered: u64,
     /// Its tasks by state, and the bytes of the inline payloads of those without a result:
     /// kept as events happen, so that no query scans the tasks.
     queued: u64,
@@ -127,6 +130,18 @@ pub(super) struct Jobs {
 }
 
 /// What one session may have the scheduler hold for it at once.
+/// What opening a session found: the stream the session had before (to be closed), and for a
+/// session that existed already, the tasks the scheduler holds for it.
+#[derive(Debug, Default)]
+pub(super) struct Reopened {
+    pub old: Option<ConnId>,
+    pub resumed: bool,
+    pub known: Vec<u64>,
+}
+
+/// What the tasks of a job an operator cancelled fail with.
+const OPERATOR_CANCEL: &str = "the job was cancelled by an operator (ladle-scheduler cancel)";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Budget {
     pub tasks: u64,
@@ -204,15 +219,15 @@ impl Jobs {
         );
     }
 
-    /// Opens a session, or gives a driver back the one it had (same session id): then it
-    /// receives the results that came while it was away. Returns the stream the session
-    /// had before, which the caller should close.
+    /// Opens a session, or gives a driver back the one it had (same session id): then every
+    /// result it has not acknowledged is sent again (pushed to `out`, to follow the
+    /// confirmation), and it learns which of its tasks the scheduler holds.
     pub(super) fn open(
         &mut self,
         conn: ConnId,
         open: SessionOpen,
         out: &mut Vec<Command>,
-    ) -> Option<ConnId> {
+    ) -> Reopened {
         if let Some(&no) = self.by_job_id.get(open.session_id.as_str())
             && let Some(session) = self.sessions.get_mut(&no)
         {
@@ -222,15 +237,23 @@ impl Jobs {
             }
             session.detached_at = None;
             self.by_conn.insert(conn, no);
-            info!(session = %session.job.id, held = session.held.len(), "driver came back to its job");
-            let held = std::mem::take(&mut session.held);
-            if !held.is_empty() {
+            let replay = session.ledger.replay();
+            info!(session = %session.job.id, replayed = replay.len(),
+                  unfinished = session.by_task_id.len(), "driver came back to its job");
+            let mut known: Vec<u64> = session.by_task_id.keys().copied().collect();
+            known.extend(session.ledger.task_ids());
+            known.sort_unstable();
+            if !replay.is_empty() {
                 out.push(Command::Deliver {
                     conn,
-                    results: held,
+                    results: replay,
                 });
             }
-            return old;
+            return Reopened {
+                old,
+                resumed: true,
+                known,
+            };
         }
         let no = self.next_session;
         self.next_session += 1;
@@ -248,13 +271,13 @@ impl Jobs {
                 job,
                 conn: Some(conn),
                 detached_at: None,
-                held: Vec::new(),
+                ledger: Ledger::new(),
                 queues: Default::default(),
                 listed: [false; 2],
                 told_no_gpu: false,
+                cancelled: false,
                 by_task_id: HashMap::default(),
                 agents: HashSet::default(),
-                delivered: 0,
                 queued: 0,
                 running: 0,
                 bytes: 0,
@@ -262,7 +285,33 @@ impl Jobs {
         );
         self.by_conn.insert(conn, no);
         self.by_job_id.insert(id, no);
-        None
+        Reopened::default()
+    }
+
+    /// The driver has every result of its session up to delivery `through`.
+    pub(super) fn ack(&mut self, conn: ConnId, through: u64) {
+        if through == 0 {
+            return;
+        }
+        if let Some(session) = self
+            .by_conn
+            .get(&conn)
+            .and_then(|no| self.sessions.get_mut(no))
+        {
+            session.ledger.ack(through);
+        }
+    }
+
+    /// Numbers and keeps `results` of session `no` ([`Ledger`]) and sends them if its driver
+    /// is here; they are sent again when it comes back.
+    fn deliver(&mut self, no: u64, results: Vec<DriverResult>, out: &mut Vec<Command>) {
+        let Some(session) = self.sessions.get_mut(&no) else {
+            return;
+        };
+        let results = session.ledger.record(results);
+        if let Some(conn) = session.conn {
+            out.push(Command::Deliver { conn, results });
+        }
     }
 
     /// The driver's stream broke: its job goes on for `grace`, waiting for it to come back.
@@ -304,6 +353,11 @@ impl Jobs {
         self.by_job_id.contains_key(job_id)
     }
 
+    /// The streams of the drivers here now.
+    pub(super) fn driver_conns(&self) -> Vec<ConnId> {
+        self.by_conn.keys().copied().collect()
+    }
+
     pub(super) fn is_session(&self, conn: ConnId) -> bool {
         self.by_conn.contains_key(&conn)
     }
@@ -315,17 +369,42 @@ impl Jobs {
         let Some(session) = self.sessions.get_mut(&no) else {
             return;
         };
+        if session.cancelled {
+            let results = specs
+                .iter()
+                .filter(|s| {
+                    !session.by_task_id.contains_key(&s.task_id) && !session.ledger.holds(s.task_id)
+                })
+                .map(|s| DriverResult {
+                    task_id: s.task_id,
+                    attempt: 0,
+                    agent: "".into(),
+                    outcome: Outcome::Failed {
+                        kind: FailureKind::Cancelled,
+                        message: OPERATOR_CANCEL.into(),
+                    },
+                    run_ns: 0,
+                    gpu: false,
+                    seq: 0,
+                })
+                .collect();
+            self.deliver(no, results, out);
+            return;
+        }
         let mut duplicates = Vec::new();
         let mut refused = Vec::new();
         for spec in specs {
-            if session.by_task_id.contains_key(&spec.task_id) {
-                // A resubmission of a task the scheduler already holds (a driver that
-                // reconnected): the first copy stands.
+            if session.by_task_id.contains_key(&spec.task_id) || session.ledger.holds(spec.task_id)
+            {
+                // A resubmission of a task the scheduler holds, or whose result is on its way
+                // (a driver that reconnected): the first copy stands.
                 duplicates.push(spec.task_id);
                 continue;
             }
             let bytes = spec.payload.len() as u64;
-            if session.by_task_id.len() as u64 >= self.budget.tasks
+            // Results not acknowledged are held for the session too.
+            let held = (session.by_task_id.len() + session.ledger.unacked()) as u64;
+            if held >= self.budget.tasks
                 || (session.bytes + bytes > self.budget.bytes && !session.by_task_id.is_empty())
             {
                 // The driver sent past the budget it was given: this task is not admitted, and
@@ -340,14 +419,12 @@ impl Jobs {
                             "the scheduler refused the task: its session already holds {} tasks \
                              and {} bytes of arguments, its budget (session_max_tasks = {}, \
                              session_max_bytes = {}); the driver sent more than it was granted",
-                            session.by_task_id.len(),
-                            session.bytes,
-                            self.budget.tasks,
-                            self.budget.bytes
+                            held, session.bytes, self.budget.tasks, self.budget.bytes
                         ),
                     },
                     run_ns: 0,
                     gpu: false,
+                    seq: 0,
                 });
                 continue;
             }
@@ -368,6 +445,7 @@ impl Jobs {
                 task_ref,
                 Task {
                     session: no,
+                    retries_left: spec.retries,
                     spec,
                     attempt: 1,
                     crashes: 0,
@@ -380,7 +458,9 @@ impl Jobs {
                 },
             );
         }
-        self.unfinished_peak = self.unfinished_peak.max(session.by_task_id.len() as u64);
+        self.unfinished_peak = self
+            .unfinished_peak
+            .max((session.by_task_id.len() + session.ledger.unacked()) as u64);
         if !duplicates.is_empty() {
             debug!(count = duplicates.len(), "ignored resubmitted tasks");
         }
@@ -437,22 +517,22 @@ impl Jobs {
         }
     }
 
-    /// Cancels tasks of a session: queued ones at once, running ones on their agents.
+    /// Cancels tasks of a session: queued ones at once, running ones on their agents; each
+    /// fails with `why` (who cancelled it). Returns the items of the tasks cancelled.
     pub(super) fn cancel(
         &mut self,
-        conn: ConnId,
+        no: u64,
         ids: &[u64],
+        why: &str,
         members: &Membership,
         out: &mut Vec<Command>,
-    ) {
-        let Some(&no) = self.by_conn.get(&conn) else {
-            return;
-        };
+    ) -> u64 {
         let mut on_agents: HashMap<ConnId, Vec<TaskRef>> = HashMap::default();
         let mut results = Vec::new();
+        let mut items = 0u64;
         for &task_id in ids {
             let Some(session) = self.sessions.get_mut(&no) else {
-                return;
+                return items;
             };
             let Some(task_ref) = session.by_task_id.remove(&task_id) else {
                 continue;
@@ -460,6 +540,7 @@ impl Jobs {
             let Some(task) = self.forget(task_ref) else {
                 continue;
             };
+            items += u64::from(task.spec.items.max(1));
             if let TaskState::Running(agent) = &task.state
                 && let Some(agent_conn) = members.get(agent).and_then(|a| a.conn)
             {
@@ -471,10 +552,11 @@ impl Jobs {
                 agent: "".into(),
                 outcome: Outcome::Failed {
                     kind: FailureKind::Cancelled,
-                    message: "cancelled by the driver".into(),
+                    message: why.to_owned(),
                 },
                 run_ns: 0,
                 gpu: false,
+                seq: 0,
             });
         }
         for (agent_conn, refs) in on_agents {
@@ -484,7 +566,21 @@ impl Jobs {
             });
         }
         if !results.is_empty() {
-            out.push(Command::Deliver { conn, results });
+            self.deliver(no, results, out);
+        }
+        items
+    }
+
+    /// The driver on `conn` cancels some of its tasks.
+    pub(super) fn cancel_by_driver(
+        &mut self,
+        conn: ConnId,
+        ids: &[u64],
+        members: &Membership,
+        out: &mut Vec<Command>,
+    ) {
+        if let Some(&no) = self.by_conn.get(&conn) {
+            self.cancel(no, ids, "cancelled by the driver", members, out);
         }
     }
 
@@ -520,8 +616,8 @@ impl Jobs {
                 dropped += 1;
             }
         }
-        info!(session = %session.job.id, job = %session.job.name, delivered = session.delivered,
-              unfinished = dropped, "job ended");
+        info!(session = %session.job.id, job = %session.job.name,
+              delivered = session.ledger.delivered(), unfinished = dropped, "job ended");
         out.push(Command::JobEnded {
             job_id: session.job.id.clone(),
             driver_may_return,
@@ -667,7 +763,27 @@ impl Jobs {
                     },
                     run_ns: result.run_ns,
                     gpu,
+                    seq: 0,
                 });
+                continue;
+            }
+            if matches!(
+                result.outcome,
+                Outcome::Failed {
+                    kind: FailureKind::TaskError,
+                    ..
+                }
+            ) && task.retries_left > 0
+            {
+                // The task's own error, and the driver asked for retries: again, as a new
+                // attempt (a result of this one is stale from now on).
+                task.retries_left -= 1;
+                debug!(
+                    task = result.task_ref,
+                    left = task.retries_left,
+                    "the task failed; retrying it"
+                );
+                self.queue_again(result.task_ref);
                 continue;
             }
             let (session, task_id, attempt) = (task.session, task.spec.task_id, task.attempt);
@@ -680,6 +796,7 @@ impl Jobs {
                 outcome: result.outcome,
                 run_ns: result.run_ns,
                 gpu,
+                seq: 0,
             });
         }
         for (no, results) in deliveries {
@@ -687,11 +804,7 @@ impl Jobs {
                 for r in &results {
                     session.by_task_id.remove(&r.task_id);
                 }
-                session.delivered += results.len() as u64;
-                match session.conn {
-                    Some(conn) => out.push(Command::Deliver { conn, results }),
-                    None => session.held.extend(results),
-                }
+                self.deliver(no, results, out);
             }
         }
     }
@@ -1069,7 +1182,8 @@ impl Jobs {
             job: s.job.clone(),
             unfinished: s.by_task_id.len() as u64,
             running: s.running,
-            delivered: s.delivered,
+            delivered: s.ledger.delivered(),
+            unacked: s.ledger.unacked() as u64,
             driver_connected: s.conn.is_some(),
         }
     }
@@ -1104,40 +1218,30 @@ impl Jobs {
     }
 
     /// Cancels every unfinished task of the job `selector` names (an operator's cancel): its
-    /// driver receives each as cancelled, and the agents stop them. Returns the job and how many
-    /// tasks were cancelled.
+    /// driver receives each as cancelled by an operator (on its return, if it is away), the
+    /// agents stop them, and what the driver submits from now on fails the same way. Returns
+    /// the job and how many items (inputs of a `map`, or lone tasks) were cancelled.
     pub(super) fn cancel_job(
         &mut self,
         selector: &str,
         members: &Membership,
         out: &mut Vec<Command>,
-    ) -> Result<(JobView, usize), SelectError> {
+    ) -> Result<(JobView, u64), SelectError> {
         let no = self.select(selector)?;
+        let session = self
+            .sessions
+            .get_mut(&no)
+            .ok_or_else(|| SelectError::NotFound(selector.to_owned()))?;
+        session.cancelled = true;
+        let ids: Vec<u64> = session.by_task_id.keys().copied().collect();
+        let items = self.cancel(no, &ids, OPERATOR_CANCEL, members, out);
         let session = self
             .sessions
             .get(&no)
             .ok_or_else(|| SelectError::NotFound(selector.to_owned()))?;
-        let ids: Vec<u64> = session.by_task_id.keys().copied().collect();
-        let job = session.job.clone();
-        info!(session = %job.id, job = %job.name, tasks = ids.len(), "job cancelled by the operator");
-        match session.conn {
-            Some(conn) => self.cancel(conn, &ids, members, out),
-            None => {
-                // The driver is away: end the job now rather than at the end of its grace.
-                self.end(no, false, members, out);
-            }
-        }
-        let view = match self.sessions.get(&no) {
-            Some(s) => self.view(s),
-            None => JobView {
-                job,
-                unfinished: 0,
-                running: 0,
-                delivered: 0,
-                driver_connected: false,
-            },
-        };
-        Ok((view, ids.len()))
+        info!(session = %session.job.id, job = %session.job.name, tasks = ids.len(), items,
+              "job cancelled by an operator");
+        Ok((self.view(session), items))
     }
 }
 

@@ -4,6 +4,7 @@
 //! carries out the commands. That is what lets the tests drive it through any interleaving of
 //! joins, heartbeats and losses deterministically, with simulated time.
 
+mod delivery;
 mod jobs;
 mod membership;
 mod task_map;
@@ -64,9 +65,16 @@ pub enum Event {
         conn: ConnId,
         open: SessionOpen,
     },
+    /// Tasks of a session, and the acknowledgement that came with them (0: none).
     TasksSubmitted {
         conn: ConnId,
+        acked: u64,
         tasks: Vec<TaskSpec>,
+    },
+    /// The driver has every result of its session up to delivery `through`.
+    DriverAcked {
+        conn: ConnId,
+        through: u64,
     },
     TasksCancelled {
         conn: ConnId,
@@ -125,7 +133,16 @@ pub enum Command {
         conn: ConnId,
         draining: bool,
     },
+    /// The session is open; `resumed` when it existed already (results it has not
+    /// acknowledged follow), with the tasks the scheduler holds for it.
     SessionOpened {
+        conn: ConnId,
+        capacity: Capacity,
+        resumed: bool,
+        known: Vec<u64>,
+    },
+    /// The cluster's capacity changed (session stream): maps size their window to it.
+    CapacityChanged {
         conn: ConnId,
         capacity: Capacity,
     },
@@ -195,6 +212,8 @@ pub struct Core {
     jobs: Jobs,
     /// When a look for tasks to steal after a result last found none.
     futile_steal: Option<Instant>,
+    /// The capacity drivers were last told of.
+    capacity: Capacity,
 }
 
 /// How long after a fruitless look for tasks to steal a result may trigger another.
@@ -207,6 +226,23 @@ impl Core {
             config,
             membership: Membership::default(),
             futile_steal: None,
+            capacity: Capacity::default(),
+        }
+    }
+
+    /// Tells every connected driver the cluster's capacity if it changed since last told, so
+    /// that running maps follow agents joining, leaving and being drained.
+    fn tell_capacity(&mut self, out: &mut Vec<Command>) {
+        let capacity = Jobs::capacity(&self.membership);
+        if capacity == self.capacity {
+            return;
+        }
+        self.capacity = capacity.clone();
+        for conn in self.jobs.driver_conns() {
+            out.push(Command::CapacityChanged {
+                conn,
+                capacity: capacity.clone(),
+            });
         }
     }
 
@@ -258,6 +294,7 @@ impl Core {
                     self.jobs.gpus_came();
                 }
                 self.membership.attach(now, conn, hello, out);
+                self.tell_capacity(out);
                 self.jobs.place(&mut self.membership, out);
                 // An agent that came back without its GPUs, or drained, may leave none to take
                 // GPU work (this says nothing while one does).
@@ -266,6 +303,7 @@ impl Core {
             Event::Heartbeat { conn, load } => self.membership.heartbeat(now, conn, load),
             Event::AgentDetached { conn } => {
                 if let Some(lost) = self.membership.detach(now, conn) {
+                    self.tell_capacity(out);
                     self.jobs.requeue_from(&lost, &mut self.membership);
                     self.jobs.place(&mut self.membership, out);
                     self.jobs.tell_no_gpu(&self.membership, out);
@@ -284,6 +322,7 @@ impl Core {
                 self.jobs
                     .expire(now, self.config.driver_grace, &self.membership, out);
                 if !lost.is_empty() {
+                    self.tell_capacity(out);
                     self.jobs.place(&mut self.membership, out);
                     self.jobs.tell_no_gpu(&self.membership, out);
                 }
@@ -294,9 +333,10 @@ impl Core {
                 if !self.speaks(conn, "driver", open.protocol_version, out) {
                     return;
                 }
-                // The confirmation goes first; results held for a returning driver follow.
+                // The confirmation goes first; results kept for a returning driver follow.
                 let mark = out.len();
-                if let Some(old) = self.jobs.open(conn, open, out) {
+                let reopened = self.jobs.open(conn, open, out);
+                if let Some(old) = reopened.old {
                     out.push(Command::Disconnect {
                         conn: old,
                         reason: "the driver opened its session again on a new stream".into(),
@@ -307,11 +347,16 @@ impl Core {
                     Command::SessionOpened {
                         conn,
                         capacity: Jobs::capacity(&self.membership),
+                        resumed: reopened.resumed,
+                        known: reopened.known,
                     },
                 );
             }
-            Event::TasksSubmitted { conn, tasks } => {
+            Event::DriverAcked { conn, through } => self.jobs.ack(conn, through),
+            Event::TasksSubmitted { conn, acked, tasks } => {
                 let needs_gpu = tasks.iter().any(|t| t.gpu == GpuUse::Required);
+                // The acknowledgement first: it gives these tasks their room in the budget.
+                self.jobs.ack(conn, acked);
                 self.jobs.submit(conn, tasks, out);
                 self.jobs.place(&mut self.membership, out);
                 if needs_gpu {
@@ -319,7 +364,8 @@ impl Core {
                 }
             }
             Event::TasksCancelled { conn, task_ids } => {
-                self.jobs.cancel(conn, &task_ids, &self.membership, out);
+                self.jobs
+                    .cancel_by_driver(conn, &task_ids, &self.membership, out);
                 self.jobs.place(&mut self.membership, out);
             }
             Event::DriverDetached { conn } => self.jobs.detach(conn, now),
@@ -394,7 +440,7 @@ impl Core {
         &mut self,
         selector: &str,
         out: &mut Vec<Command>,
-    ) -> Result<(JobView, usize), SelectError> {
+    ) -> Result<(JobView, u64), SelectError> {
         let result = self.jobs.cancel_job(selector, &self.membership, out);
         self.jobs.place(&mut self.membership, out);
         result
@@ -425,6 +471,7 @@ impl Core {
             .set_drain(selector, draining, out)?
             .id()
             .clone();
+        self.tell_capacity(out);
         if draining {
             self.jobs.tell_no_gpu(&self.membership, out);
         } else {

@@ -329,6 +329,7 @@ fn spec(task_id: u64) -> TaskSpec {
 
 fn submit(sim: &mut Sim, conn: ConnId, ids: std::ops::Range<u64>) -> Vec<Command> {
     sim.send(Event::TasksSubmitted {
+        acked: 0,
         conn,
         tasks: ids.map(spec).collect(),
     })
@@ -771,6 +772,7 @@ fn a_crashed_chunk_goes_back_to_its_driver_to_be_split() {
     let mut chunk = spec(0);
     chunk.items = 50;
     let cmds = sim.send(Event::TasksSubmitted {
+        acked: 0,
         conn: 10,
         tasks: vec![chunk],
     });
@@ -857,6 +859,7 @@ fn gpu_hello(id: &str, gpus: usize, cpu_slots: u32) -> AgentHello {
 
 fn submit_gpu(sim: &mut Sim, conn: ConnId, ids: std::ops::Range<u64>, gpu: GpuUse) -> Vec<Command> {
     sim.send(Event::TasksSubmitted {
+        acked: 0,
         conn,
         tasks: ids.map(|id| TaskSpec { gpu, ..spec(id) }).collect(),
     })
@@ -1211,6 +1214,7 @@ fn a_driver_sending_past_its_budget_has_the_excess_refused_and_the_scheduler_doe
     // Two fit the bytes (200 of 250); the third would pass them; the fourth and fifth fit
     // neither (the count is reached by then: three held).
     let cmds = sim.send(Event::TasksSubmitted {
+        acked: 0,
         conn: 10,
         tasks: vec![
             sized(1, 100),
@@ -1243,13 +1247,28 @@ fn a_driver_sending_past_its_budget_has_the_excess_refused_and_the_scheduler_doe
         ),
         (3, 3, 2)
     );
-    // A result gives its share back: the next task is admitted.
+    // A result is held for the session until acknowledged: it still counts...
     let placed = assignments(&cmds);
-    sim.send(Event::AgentResults {
+    let done = sim.send(Event::AgentResults {
         conn: 1,
         results: vec![ok(placed[0].1, placed[0].2)],
     });
+    let seq = done
+        .iter()
+        .find_map(|c| match c {
+            Command::Deliver { results, .. } => results.first().map(|r| r.seq),
+            _ => None,
+        })
+        .expect("the result is delivered");
+    assert_eq!(seq, 1, "deliveries count from 1, refusals take no number");
     let cmds = submit(&mut sim, 10, 6..7);
+    assert_eq!(delivered(&cmds).len(), 1, "refused: {cmds:?}");
+    // ...and its acknowledgement, with the next tasks, gives its share back.
+    let cmds = sim.send(Event::TasksSubmitted {
+        acked: seq,
+        conn: 10,
+        tasks: vec![spec(7)],
+    });
     assert!(delivered(&cmds).is_empty(), "{cmds:?}");
     assert_eq!(sim.core.task_counts().unfinished_peak, 3);
 }

@@ -124,6 +124,8 @@ pub struct JobView {
     pub unfinished: u64,
     pub running: u64,
     pub delivered: u64,
+    /// Results delivered that the driver has not acknowledged yet (kept for it).
+    pub unacked: u64,
     pub driver_connected: bool,
 }
 
@@ -215,6 +217,9 @@ pub struct DriverResult {
     pub run_ns: u64,
     /// It ran on a GPU slot.
     pub gpu: bool,
+    /// The session's delivery number ([`super::delivery`]); 0 until delivered, and for a
+    /// refusal, which is not kept.
+    pub seq: u64,
 }
 
 /// The capacity of the cluster, as a driver is told when its session opens.

@@ -110,7 +110,7 @@ impl admin_service_server::AdminService for AdminService {
             })?;
         Ok(Response::new(CancelJobResponse {
             job: Some(convert::job_info(&job)),
-            cancelled: cancelled as u64,
+            cancelled,
         }))
     }
 

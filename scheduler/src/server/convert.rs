@@ -170,6 +170,7 @@ pub fn results(results: Vec<DriverResult>) -> pb::TaskResults {
                 outcome: Some(outcome_pb(r.outcome)),
                 run_ns: r.run_ns,
                 gpu: r.gpu,
+                seq: r.seq,
             })
             .collect(),
     }
@@ -297,5 +298,6 @@ pub fn job_info(v: &JobView) -> pb::JobInfo {
         running: v.running,
         delivered: v.delivered,
         driver_connected: v.driver_connected,
+        unacked: v.unacked,
     }
 }

@@ -84,9 +84,14 @@ impl driver_service_server::DriverService for DriverService {
                             }
                             shared.apply(Event::TasksSubmitted {
                                 conn,
+                                acked: batch.acked,
                                 tasks: batch.tasks.into_iter().map(convert::task_spec).collect(),
                             })
                         }
+                        Body::Ack(ack) => shared.apply(Event::DriverAcked {
+                            conn,
+                            through: ack.through,
+                        }),
                         Body::Cancel(cancel) => shared.apply(Event::TasksCancelled {
                             conn,
                             task_ids: cancel.task_ids,

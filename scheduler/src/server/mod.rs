@@ -174,8 +174,8 @@ impl Listening {
         let guard = auth::TokenCheck::new(token);
         let incoming = accepting(listener);
         let result = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .http2_keepalive_interval(Some(ladle_common::limits::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(ladle_common::limits::KEEPALIVE_TIMEOUT))
             .initial_stream_window_size(ladle_common::limits::STREAM_WINDOW_BYTES)
             .initial_connection_window_size(ladle_common::limits::CONNECTION_WINDOW_BYTES)
             // Every service takes the one message limit of ladle_common::limits.

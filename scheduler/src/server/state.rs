@@ -194,7 +194,12 @@ impl Inner {
                         }),
                     );
                 }
-                Command::SessionOpened { conn, capacity } => {
+                Command::SessionOpened {
+                    conn,
+                    capacity,
+                    resumed,
+                    known,
+                } => {
                     let opened = pb::SessionOpened {
                         cluster: settings.cluster.clone(),
                         cpu_slots: capacity.cpu_slots,
@@ -203,8 +208,19 @@ impl Inner {
                         max_value_bytes: settings.max_value_bytes,
                         budget_tasks: settings.session_max_tasks,
                         budget_bytes: settings.session_max_bytes,
+                        resumed,
+                        // At most the session's budget of task ids: well within one message.
+                        known_task_ids: known,
                     };
                     self.send_driver(conn, driver_event::Body::Opened(opened));
+                }
+                Command::CapacityChanged { conn, capacity } => {
+                    let capacity = pb::CapacityChanged {
+                        cpu_slots: capacity.cpu_slots,
+                        gpu_slots: capacity.gpu_slots,
+                        agents: capacity.agents,
+                    };
+                    self.send_driver(conn, driver_event::Body::Capacity(capacity));
                 }
                 Command::Deliver { conn, results } => {
                     for results in limits::batches(results, usize::MAX, |r| match &r.outcome {

@@ -114,6 +114,8 @@ struct Inner {
     requests: mpsc::UnboundedSender<Request>,
     next_id: AtomicU64,
     opened: SessionOpened,
+    /// The cluster's capacity now: the scheduler says when it changes.
+    capacity: Arc<session::Capacity>,
     address: String,
     token: Option<Token>,
     channel: tonic::transport::Channel,
@@ -257,12 +259,21 @@ impl Cluster {
             .await??;
         let (requests, requests_rx) = mpsc::unbounded_channel();
         let lone_wait = Arc::new(LoneWait::from_env());
-        io.serve(session::run(requests_rx, stream, opener, lone_wait.clone()));
+        let capacity = Arc::new(session::Capacity::default());
+        capacity.set(opened.cpu_slots, opened.gpu_slots, opened.agents);
+        io.serve(session::run(
+            requests_rx,
+            stream,
+            opener,
+            lone_wait.clone(),
+            capacity.clone(),
+        ));
         Ok(Self {
             inner: Arc::new(Inner {
                 requests,
                 next_id: AtomicU64::new(1),
                 opened,
+                capacity,
                 address: address.to_owned(),
                 token,
                 channel,
@@ -278,19 +289,24 @@ impl Cluster {
         &self.inner.address
     }
 
-    /// CPU slots of the cluster when the session opened.
+    /// CPU slots of the cluster now (agents that accept work), as the scheduler last said.
     pub fn slots(&self) -> u32 {
-        self.inner.opened.cpu_slots
+        self.inner.capacity.cpu_slots()
     }
 
-    /// Agents of the cluster when the session opened.
+    /// Agents of the cluster now (those that accept work).
     pub fn agents(&self) -> u32 {
-        self.inner.opened.agents
+        self.inner.capacity.agents()
     }
 
-    /// GPU slots of the cluster when the session opened.
+    /// Returns when the scheduler says the cluster's capacity changed.
+    pub(crate) async fn capacity_changed(&self) {
+        self.inner.capacity.changed().await;
+    }
+
+    /// GPU slots of the cluster now.
     pub fn gpu_slots(&self) -> u32 {
-        self.inner.opened.gpu_slots
+        self.inner.capacity.gpu_slots()
     }
 
     /// Runs `task` on `input` somewhere in the cluster.

@@ -138,10 +138,6 @@ impl Pending {
         specs
     }
 
-    pub(crate) fn spec_mut(&mut self, id: u64) -> Option<&mut pb::TaskSpec> {
-        self.entries.get_mut(&id).map(|e| &mut e.spec)
-    }
-
     /// A task's result came: it leaves, and gives its share of the budget back.
     pub(crate) fn finish(&mut self, id: u64) -> Option<Route> {
         let entry = self.entries.remove(&id)?;

@@ -7,8 +7,12 @@
 //! holds and runs the rest, so each future still completes once, with no code in the program.
 
 use std::{
+    collections::HashSet,
     path::PathBuf,
-    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -30,6 +34,75 @@ use ladle_common::{blobs::BlobClient, limits};
 
 use super::pending::{Budget, Pending};
 use crate::{error::Error, lone_wait::LoneWait, task::ErrorKind};
+
+/// The cluster's capacity as the scheduler last told this session.
+#[derive(Default)]
+pub(crate) struct Capacity {
+    cpu_slots: AtomicU32,
+    gpu_slots: AtomicU32,
+    agents: AtomicU32,
+    /// Woken when it changes (a map widens its window at once).
+    changed: tokio::sync::Notify,
+}
+
+impl Capacity {
+    pub(crate) fn set(&self, cpu_slots: u32, gpu_slots: u32, agents: u32) {
+        self.cpu_slots.store(cpu_slots, Ordering::Relaxed);
+        self.gpu_slots.store(gpu_slots, Ordering::Relaxed);
+        self.agents.store(agents, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    pub(crate) fn cpu_slots(&self) -> u32 {
+        self.cpu_slots.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn gpu_slots(&self) -> u32 {
+        self.gpu_slots.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn agents(&self) -> u32 {
+        self.agents.load(Ordering::Relaxed)
+    }
+}
+
+/// Acknowledgements of the results received: the scheduler keeps each result until this
+/// driver has said it has it.
+#[derive(Default)]
+struct Acks {
+    /// The highest delivery number received (the stream keeps their order, and a resumed
+    /// session replays every one not acknowledged: all below it are here too).
+    received: u64,
+    /// The highest acknowledged.
+    sent: u64,
+}
+
+impl Acks {
+    fn receive(&mut self, seq: u64) {
+        self.received = self.received.max(seq);
+    }
+
+    fn due(&self) -> bool {
+        self.received > self.sent
+    }
+
+    /// The acknowledgement to send now (0: none due).
+    fn take(&mut self) -> u64 {
+        if !self.due() {
+            return 0;
+        }
+        self.sent = self.received;
+        self.received
+    }
+}
+
+/// How long received results wait for a submission to carry their acknowledgement before it
+/// goes alone.
+const ACK_DELAY: Duration = Duration::from_millis(10);
 
 /// A result as it arrives, before anyone decodes it.
 pub(crate) struct RawResult {
@@ -209,6 +282,11 @@ struct State {
     uploaded: mpsc::UnboundedReceiver<Uploaded>,
     /// The job big values are stored for.
     job_id: String,
+    acks: Acks,
+    /// Sent tasks cancelled while the scheduler could not be reached: cancelled there too if
+    /// the session resumes holding them.
+    cancel_later: Vec<u64>,
+    capacity: Arc<Capacity>,
 }
 
 pub(crate) async fn run(
@@ -216,6 +294,7 @@ pub(crate) async fn run(
     mut stream: Stream,
     opener: Opener,
     lone_wait: Arc<LoneWait>,
+    capacity: Arc<Capacity>,
 ) {
     let (uploaded_tx, uploaded) = mpsc::unbounded_channel();
     let mut state = State {
@@ -223,6 +302,9 @@ pub(crate) async fn run(
         uploaded_tx,
         uploaded,
         job_id: opener.open.session_id.clone(),
+        acks: Acks::default(),
+        cancel_later: Vec::new(),
+        capacity,
     };
     loop {
         let lost = match serve(&mut requests, &mut stream, &mut state, &lone_wait).await {
@@ -239,19 +321,52 @@ pub(crate) async fn run(
             opener.address
         );
         match reopen(&opener, &mut requests, &mut state).await {
-            Some(fresh) => {
+            Some((fresh, opened)) => {
                 stream = fresh;
                 state.pending.set_budget(stream.budget);
-                take_held(&mut stream, &mut state.pending).await;
-                // What was sent and has no result yet goes again; then what waited meanwhile.
+                state
+                    .capacity
+                    .set(opened.cpu_slots, opened.gpu_slots, opened.agents);
+                let cancel_later = std::mem::take(&mut state.cancel_later);
+                // What was sent, has no result and is unknown to the scheduler goes again;
+                // then what waited meanwhile. A resumed session replays the results this
+                // driver may have missed right behind its confirmation.
                 let mut specs = state.pending.sent();
+                let mut cancels = Vec::new();
+                if opened.resumed {
+                    let known: HashSet<u64> = opened.known_task_ids.into_iter().collect();
+                    specs.retain(|s| !known.contains(&s.task_id));
+                    cancels = cancel_later
+                        .into_iter()
+                        .filter(|id| known.contains(id))
+                        .collect();
+                } else {
+                    // A new session (the scheduler restarted): deliveries count anew.
+                    state.acks = Acks::default();
+                }
+                let again = specs.len();
                 specs.extend(state.pending.admit());
                 warn!(
-                    "session reopened at {}; submitting the {} tasks without a result again",
+                    "session {} at {}; submitting the {again} tasks without a result it does not hold again",
+                    if opened.resumed {
+                        "resumed"
+                    } else {
+                        "opened anew"
+                    },
                     opener.address,
-                    specs.len()
                 );
-                if send_batches(&stream.up, specs).await.is_err() {
+                if !cancels.is_empty() {
+                    let cancel = message(driver_message::Body::Cancel(CancelTasks {
+                        task_ids: cancels,
+                    }));
+                    if stream.up.send(cancel).await.is_err() {
+                        continue;
+                    }
+                }
+                if send_batches(&stream.up, specs, &mut state.acks)
+                    .await
+                    .is_err()
+                {
                     continue;
                 }
             }
@@ -268,21 +383,6 @@ pub(crate) async fn run(
     }
 }
 
-/// How long a reopened session waits for the results the scheduler held for it.
-const HELD_WAIT: Duration = Duration::from_millis(50);
-
-/// Takes the results the scheduler held while the driver was away: they come right behind the
-/// confirmation of a reopened session, and taken first, their tasks are not sent again (the
-/// scheduler has forgotten them, and would run them anew, past the session's budget too).
-async fn take_held(stream: &mut Stream, pending: &mut Pending) {
-    while let Ok(Ok(Some(DriverEvent { body: Some(body) }))) =
-        tokio::time::timeout(HELD_WAIT, stream.down.message()).await
-    {
-        // Retries among them are still pending as sent: they go with the rest.
-        let _ = deliver(body, pending, &stream.blobs);
-    }
-}
-
 /// Serves one stream until it breaks (`Some(why)`) or the program drops the cluster (`None`).
 async fn serve(
     requests: &mut mpsc::UnboundedReceiver<Request>,
@@ -291,23 +391,36 @@ async fn serve(
     lone_wait: &LoneWait,
 ) -> Option<String> {
     let closed = || Some("the stream to the scheduler closed".to_owned());
+    let mut ack_at: Option<tokio::time::Instant> = None;
     loop {
         let request = tokio::select! {
             request = requests.recv() => request,
             Some((id, result)) = state.uploaded.recv() => {
                 state.pending.uploaded(id, result);
-                if send_batches(&stream.up, state.pending.admit()).await.is_err() {
+                if send_batches(&stream.up, state.pending.admit(), &mut state.acks).await.is_err() {
+                    return closed();
+                }
+                continue;
+            }
+            () = tokio::time::sleep_until(ack_at.unwrap_or_else(tokio::time::Instant::now)), if ack_at.is_some() => {
+                ack_at = None;
+                let through = state.acks.take();
+                if through > 0 && stream.up.send(message(driver_message::Body::Ack(pb::Ack { through }))).await.is_err() {
                     return closed();
                 }
                 continue;
             }
             event = stream.down.message() => match event {
                 Ok(Some(DriverEvent { body: Some(body) })) => {
-                    let mut again = deliver(body, &mut state.pending, &stream.blobs);
-                    // Results gave back their share of the budget: what waited may go.
-                    again.extend(state.pending.admit());
-                    if !again.is_empty() && send_batches(&stream.up, again).await.is_err() {
+                    deliver(body, state, &stream.blobs);
+                    // Results gave back their share of the budget: what waited may go, and
+                    // takes their acknowledgement along.
+                    let ready = state.pending.admit();
+                    if !ready.is_empty() && send_batches(&stream.up, ready, &mut state.acks).await.is_err() {
                         return closed();
+                    }
+                    if state.acks.due() && ack_at.is_none() {
+                        ack_at = Some(tokio::time::Instant::now() + ACK_DELAY);
                     }
                     let linger = lone_wait.linger();
                     if !state.pending.is_empty() || linger.is_zero() {
@@ -324,7 +437,7 @@ async fn serve(
             },
         };
         let Some(request) = request else {
-            close(stream, Vec::new()).await;
+            close(stream, Vec::new(), &mut state.acks).await;
             return None;
         };
         if let Some(ended) = forward(request, requests, stream, state).await {
@@ -399,13 +512,13 @@ async fn forward(
             }
             Request::Close(closing) => {
                 let last = state.pending.admit();
-                close(stream, last).await;
+                close(stream, last, &mut state.acks).await;
                 drop(closing);
                 return Some(None);
             }
             Request::Cancel(task_ids) => {
                 // Submissions before the cancel go first, or it would miss them.
-                if send_batches(&stream.up, state.pending.admit())
+                if send_batches(&stream.up, state.pending.admit(), &mut state.acks)
                     .await
                     .is_err()
                 {
@@ -422,7 +535,7 @@ async fn forward(
         }
         next = requests.try_recv().ok();
     }
-    if send_batches(&stream.up, state.pending.admit())
+    if send_batches(&stream.up, state.pending.admit(), &mut state.acks)
         .await
         .is_err()
     {
@@ -435,9 +548,9 @@ async fn forward(
 /// fail as disconnected once it is said), tells the scheduler the session is over, and waits for
 /// it to end the stream: the goodbye has then arrived, whatever happens to this process next.
 /// All of it within [`CLOSE_WAIT`].
-async fn close(stream: &mut Stream, last: Vec<pb::TaskSpec>) {
+async fn close(stream: &mut Stream, last: Vec<pb::TaskSpec>, acks: &mut Acks) {
     let _ = tokio::time::timeout(CLOSE_WAIT, async {
-        if send_batches(&stream.up, last).await.is_err() {
+        if send_batches(&stream.up, last, acks).await.is_err() {
             return;
         }
         let goodbye = message(driver_message::Body::Close(CloseSession {}));
@@ -454,12 +567,12 @@ async fn reopen(
     opener: &Opener,
     requests: &mut mpsc::UnboundedReceiver<Request>,
     state: &mut State,
-) -> Option<Stream> {
+) -> Option<(Stream, SessionOpened)> {
     let deadline = Instant::now() + opener.give_up_after;
     let mut delay = Duration::from_millis(100);
     loop {
         match opener.open().await {
-            Ok((stream, _)) => return Some(stream),
+            Ok(opened) => return Some(opened),
             Err(err) => debug!("reconnecting: {err}"),
         }
         let pause = tokio::time::sleep(delay);
@@ -475,12 +588,13 @@ async fn reopen(
                         }
                     }
                     Some(Request::Cancel(ids)) => {
-                        // The new session will not know these: answer them all here.
+                        // Answered here; a resumed session that still holds them is told.
                         let sent = state.pending.cancel(ids, "cancelled by the driver");
                         for id in sent {
                             if let Some(route) = state.pending.finish(id) {
                                 route(failed(ErrorKind::Cancelled, "cancelled by the driver".into()));
                             }
+                            state.cancel_later.push(id);
                         }
                     }
                 },
@@ -504,14 +618,20 @@ async fn opener_blobs(opener: &Opener) -> BlobClient {
 }
 
 /// Sends tasks in batches cut by the one contract of `ladle_common::limits`.
+/// The first batch carries the acknowledgement of the results received so far.
 async fn send_batches(
     up: &mpsc::Sender<DriverMessage>,
     specs: Vec<pb::TaskSpec>,
+    acks: &mut Acks,
 ) -> Result<(), ()> {
     for tasks in limits::batches(specs, usize::MAX, |s| s.payload.len()) {
-        up.send(message(driver_message::Body::Submit(SubmitTasks { tasks })))
-            .await
-            .map_err(|_| ())?;
+        let acked = acks.take();
+        up.send(message(driver_message::Body::Submit(SubmitTasks {
+            tasks,
+            acked,
+        })))
+        .await
+        .map_err(|_| ())?;
     }
     Ok(())
 }
@@ -538,27 +658,14 @@ fn message(body: driver_message::Body) -> DriverMessage {
 }
 
 /// Hands results to their futures (a big one is fetched from the blob store first, off this
-/// loop); returns the tasks to run again (retries).
-fn deliver(
-    body: driver_event::Body,
-    pending: &mut Pending,
-    blobs: &BlobClient,
-) -> Vec<pb::TaskSpec> {
-    let mut again = Vec::new();
+/// loop), and notes them for acknowledgement. A result this driver has already had (sent again
+/// by a resumed session) is dropped here.
+fn deliver(body: driver_event::Body, state: &mut State, blobs: &BlobClient) {
     match body {
         driver_event::Body::Results(results) => {
             for result in results.results {
-                if let Some(spec) = pending.spec_mut(result.task_id)
-                    && spec.retries > 0
-                    && task_failed(spec, &result.outcome)
-                {
-                    // The task's own error or panic, and retries are left: the same task again
-                    // (the scheduler has forgotten it, so it runs anew).
-                    spec.retries -= 1;
-                    again.push(spec.clone());
-                    continue;
-                }
-                let Some(route) = pending.finish(result.task_id) else {
+                state.acks.receive(result.seq);
+                let Some(route) = state.pending.finish(result.task_id) else {
                     continue;
                 };
                 let mut raw = RawResult {
@@ -606,27 +713,8 @@ fn deliver(
             }
         }
         driver_event::Body::Notice(notice) => eprintln!("ladle: {}", notice.text),
+        driver_event::Body::Capacity(c) => state.capacity.set(c.cpu_slots, c.gpu_slots, c.agents),
         driver_event::Body::Opened(_) => {}
-    }
-    again
-}
-
-/// Whether a single task's own code failed: its one item is an `Err` (postcard: a length of
-/// one, then variant 1), or its reduction failed.
-fn task_failed(spec: &pb::TaskSpec, outcome: &Option<task_result::Outcome>) -> bool {
-    match outcome {
-        Some(task_result::Outcome::Output(bytes)) => {
-            spec.items == 1
-                && spec.reducer.is_empty()
-                && bytes.len() >= 2
-                && bytes[0] == 1
-                && bytes[1] == 1
-        }
-        Some(task_result::Outcome::Failure(f)) => {
-            pb::FailureKind::try_from(f.kind) == Ok(pb::FailureKind::TaskError)
-        }
-        // Big outputs are values, not failures: a failure's result is small.
-        Some(task_result::Outcome::OutputBlob(_)) | None => false,
     }
 }
 
