@@ -101,6 +101,18 @@ impl Lab {
         }
         Ok(lab)
     }
+
+    /// Pulls host `i`'s cable out at the switch: from now on its packets, and those sent to it,
+    /// are dropped without a word (no reset, no error), so its established connections hang as
+    /// they would across a failed network, and carry on once [`Lab::reconnect`] plugs it back.
+    pub fn disconnect(&self, i: usize) -> Result<(), String> {
+        ip(&["-n", &self.switch, "link", "set", &format!("p{i}"), "down"])
+    }
+
+    /// Plugs host `i` back into the switch.
+    pub fn reconnect(&self, i: usize) -> Result<(), String> {
+        ip(&["-n", &self.switch, "link", "set", &format!("p{i}"), "up"])
+    }
 }
 
 impl Host {

@@ -202,6 +202,77 @@ fn flood(lines: u64) -> u64 {
     lines
 }
 
+/// Notes that it runs, below anything the SDK does (a line appended to `<dir>/<index>`: one
+/// line per execution), then takes 20 ms and returns its index.
+#[ladle::task]
+fn counted(args: (String, u64)) -> Result<u64, String> {
+    use std::io::Write;
+    let (dir, index) = args;
+    let line = format!(
+        "{} {} {}\n",
+        ladle::current_agent().unwrap_or_default(),
+        std::process::id(),
+        now_ms()
+    );
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(format!("{dir}/{index}"))
+        .and_then(|mut file| file.write_all(line.as_bytes()))
+        .map_err(|e| format!("cannot note the execution of {index} in {dir}: {e}"))?;
+    std::thread::sleep(Duration::from_millis(20));
+    Ok(index)
+}
+
+/// How many times each index's result reached the program, and what went wrong.
+struct Tally {
+    seen: Vec<u32>,
+    wrong: u64,
+    failed: u64,
+    errors: Vec<String>,
+}
+
+impl Tally {
+    fn new(n: u64) -> Self {
+        Self {
+            seen: vec![0; n as usize],
+            wrong: 0,
+            failed: 0,
+            errors: Vec::new(),
+        }
+    }
+
+    /// One result, of `index` where known.
+    fn note(&mut self, index: Option<usize>, result: Result<u64, ladle::TaskError>) {
+        match result {
+            Err(e) => {
+                self.failed += 1;
+                if self.errors.len() < 10 {
+                    self.errors.push(e.to_string());
+                }
+            }
+            Ok(value) => match index.filter(|&i| i as u64 == value && i < self.seen.len()) {
+                Some(i) => self.seen[i] += 1,
+                None => self.wrong += 1,
+            },
+        }
+    }
+
+    fn report(&self, elapsed: Duration) -> serde_json::Value {
+        let count = |f: fn(u32) -> bool| self.seen.iter().filter(|&&c| f(c)).count();
+        json!({
+            "n": self.seen.len(),
+            "once": count(|c| c == 1),
+            "duplicated": count(|c| c > 1),
+            "missing": count(|c| c == 0),
+            "wrong": self.wrong,
+            "failed": self.failed,
+            "errors": self.errors,
+            "elapsed_ms": elapsed.as_millis(),
+        })
+    }
+}
+
 fn out(value: serde_json::Value) {
     println!("{value}");
 }
@@ -367,6 +438,43 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             out(
                 json!({ "n": n, "once": once, "duplicated": twice, "wrong": wrong, "errors": errors }),
             );
+        }
+        "counted" => {
+            // `n` tasks that note each of their executions under `dir`; here, how many times
+            // each index's result reached the program. All submitted up front ("submit", the
+            // scheduler then holds them all), or as a map ("map", a few in flight per slot).
+            let n: u64 = std::env::args()
+                .nth(2)
+                .and_then(|n| n.parse().ok())
+                .ok_or("counted needs a number of tasks")?;
+            let dir = std::env::args().nth(3).ok_or("counted needs a directory")?;
+            let mode = std::env::args().nth(4).unwrap_or_else(|| "submit".into());
+            let started = Instant::now();
+            let mut tally = Tally::new(n);
+            let inputs = (0..n).map(|i| (dir.clone(), i));
+            match mode.as_str() {
+                "map" => {
+                    let mut results = cluster.map_as_completed(counted, inputs);
+                    println!("{}", json!({ "started": true }));
+                    while let Some((index, result)) = results.next().await {
+                        tally.note(Some(index), result);
+                    }
+                }
+                "submit" => {
+                    let futures = inputs
+                        .map(|input| cluster.submit(counted, input))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    println!("{}", json!({ "started": true }));
+                    let mut results = ladle::as_completed(futures);
+                    while let Some(result) = results.next().await {
+                        // A future resolves once: its value says which index it was.
+                        let index = result.as_ref().ok().map(|&v| v as usize);
+                        tally.note(index, result);
+                    }
+                }
+                other => return Err(format!("counted: unknown mode {other:?}").into()),
+            }
+            out(tally.report(started.elapsed()));
         }
         "abort" => {
             let mut results = cluster.map(abort_on_123, 0..300u64);
