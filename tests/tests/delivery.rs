@@ -25,7 +25,8 @@ const TASKS: u64 = 2000;
 const PARTITION: Duration = Duration::from_secs(20);
 
 /// A scheduler on `host`, listening on every interface there (it has a token), on a free port,
-/// that keeps a job whose driver is away for a minute. Returns it and its port.
+/// with the default `driver_grace` (30 s: the job waits for its driver). Returns it and its
+/// port.
 fn scheduler_on(host: &Host, dir: &Path) -> (Process, u16) {
     let settings = dir.join("scheduler.toml");
     let address_file = dir.join("scheduler-address");
@@ -33,8 +34,7 @@ fn scheduler_on(host: &Host, dir: &Path) -> (Process, u16) {
         &settings,
         format!(
             "port = 0\naddress_file = {address_file:?}\nstate_dir = {:?}\n\
-             heartbeat_interval = \"250ms\"\nheartbeat_timeout = \"2s\"\nmulticast = false\n\
-             driver_grace = \"60s\"\n",
+             heartbeat_interval = \"250ms\"\nheartbeat_timeout = \"2s\"\nmulticast = false\n",
             dir.join("scheduler-state"),
         ),
     )
