@@ -164,6 +164,51 @@ fn retries_run_again_a_task_whose_function_failed() {
         show(&found)
     );
     assert_eq!(found["mapped"]["Ok"], 20, "{}", show(&found));
+
+    // retries(2) on a task that always fails: three runs, noted by the task itself, and the
+    // error names the third attempt.
+    let runs = dir.path().join("always");
+    let found = last_json(&scheduler.run_driver(
+        &test_driver(),
+        &["always_fails", &runs.display().to_string()],
+    ));
+    assert_eq!(found["runs"], 3, "{}", show(&found));
+    assert_eq!(found["attempt"], 3, "{}", show(&found));
+    assert!(
+        found["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("(attempt 3)") && e.contains("always fails")),
+        "{}",
+        show(&found)
+    );
+}
+
+#[test]
+fn a_task_that_crashes_its_worker_on_one_agent_runs_again_on_the_other() {
+    let scheduler = Scheduler::start(SchedulerOptions::default());
+    let agents: Vec<Agent> = (0..2).map(|i| agent(&scheduler, i)).collect();
+    for a in &agents {
+        scheduler.wait_state(&a.id(), "alive", Duration::from_secs(20));
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let found = last_json(&scheduler.run_driver(
+        &test_driver(),
+        &["crash_on", "agent-0", &dir.path().display().to_string()],
+    ));
+    assert_eq!(found["errors"], serde_json::json!([]), "{}", show(&found));
+    assert_eq!(
+        found["ran_on"],
+        serde_json::json!({ "agent-1": 20 }),
+        "{}",
+        show(&found)
+    );
+    // Some of them did crash a worker on agent-0 first (noted by the task itself).
+    let crashes = std::fs::read_dir(dir.path()).map_or(0, Iterator::count);
+    assert!(
+        crashes > 0,
+        "no task was placed on agent-0: {}",
+        show(&found)
+    );
 }
 
 #[test]

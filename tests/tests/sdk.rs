@@ -196,6 +196,28 @@ fn a_driver_killed_mid_job_has_its_tasks_stopped() {
 }
 
 #[test]
+fn a_panic_in_a_maps_own_code_fails_the_map_instead_of_a_shorter_ok() {
+    let (scheduler, _agents) = cluster(SchedulerOptions::default());
+    let found = last_json(&scheduler.run_driver(&test_driver(), &["stop_in_serialize"]));
+    for what in ["map", "map_reduce"] {
+        assert!(
+            found[what]["Err"]
+                .as_str()
+                .is_some_and(|e| e.contains("57 cannot be encoded")),
+            "{what}: {}",
+            show(&found)
+        );
+    }
+    // Every input gets an outcome; those not sent before the panic fail.
+    assert_eq!(found["as_completed"]["outcomes"], 100, "{}", show(&found));
+    assert!(
+        found["as_completed"]["failed"].as_u64().unwrap_or(0) > 0,
+        "{}",
+        show(&found)
+    );
+}
+
+#[test]
 fn a_main_that_blocks_holds_up_neither_its_tasks_nor_their_results() {
     let (scheduler, _agents) = cluster(SchedulerOptions::default());
     let found = last_json(&stdout_of(
@@ -319,9 +341,23 @@ fn an_operator_lists_jobs_and_cancels_one_from_the_cli() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("cancelled"));
-    // The driver's map ends (its futures fail as cancelled), and the agents go idle.
+    // It counts the items the scheduler held (the map's chunks are single items here).
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("unfinished items cancelled"),
+        "the CLI said: {said}"
+    );
+    // The driver's map ends, failing as cancelled by an operator, and the agents go idle.
     driver.wait_exit(Duration::from_secs(30));
+    let found = last_json(&driver.output());
+    assert_eq!(found["error"]["kind"], "Cancelled", "{}", show(&found));
+    assert!(
+        found["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("by an operator")),
+        "{}",
+        show(&found)
+    );
     wait_for("the agents to go idle", Duration::from_secs(10), || {
         (busy_slots(&scheduler) == 0).then_some(())
     });

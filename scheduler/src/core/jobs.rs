@@ -58,9 +58,11 @@ struct Task {
     attempt: u32,
     /// Runs again after its own error this many more times (the driver's `retries`).
     retries_left: u32,
-    /// Worker crashes while running this task, and the agents they happened on.
+    /// Worker crashes while running this task, and the agents they happened on (hostnames
+    /// for its error, ids for placement: it goes elsewhere when it can).
     crashes: u32,
     crashed_on: Vec<Arc<str>>,
+    crashed_agents: Vec<AgentId>,
     /// Runs alone from now on: it was in a worker that crashed with others.
     isolated: bool,
     seq: u64,
@@ -450,6 +452,7 @@ impl Jobs {
                     attempt: 1,
                     crashes: 0,
                     crashed_on: Vec::new(),
+                    crashed_agents: Vec::new(),
                     isolated: false,
                     seq,
                     state: TaskState::Queued,
@@ -716,8 +719,11 @@ impl Jobs {
                 message,
             } = &result.outcome
             {
-                task.crashed_on.push(host.clone());
+                if !task.crashed_agents.contains(&agent_id) {
+                    task.crashed_agents.push(agent_id.clone());
+                }
                 let message = if task.spec.items > 1 {
+                    task.crashed_on.push(host.clone());
                     // A chunk: the driver runs its items one by one, so that only the item
                     // that kills workers fails.
                     format!(
@@ -736,6 +742,7 @@ impl Jobs {
                 } else {
                     task.isolated = true;
                     task.crashes += 1;
+                    task.crashed_on.push(host.clone());
                     if task.crashes < self.max_crashes {
                         debug!(
                             task = result.task_ref,
@@ -1006,8 +1013,9 @@ impl Jobs {
             }
             // k queued tasks go to at most the k agents first in line (each step takes the
             // best, and lowers only it): with a thousand agents and a few tasks, the rest need
-            // no place in the heap.
-            let queued = self.totals.queued.max(1);
+            // no place in the heap. Twice k, so that a task that crashed a worker on one of
+            // them finds another.
+            let queued = self.totals.queued.max(1).saturating_mul(2);
             if candidates.len() > queued {
                 candidates.select_nth_unstable_by(queued - 1, |a, b| b.0.cmp(&a.0));
                 candidates.truncate(queued);
@@ -1031,10 +1039,26 @@ impl Jobs {
             }
         }
         {
-            while let Some((_, no_gpu, free, tie, agent_id)) = room.pop() {
+            while let Some(first) = room.pop() {
                 let Some(task_ref) = self.next_queued(CPU) else {
                     break;
                 };
+                // A task that crashed a worker on this agent goes to the next agent in line it
+                // has not crashed on, if any has room; this one stays in line.
+                let mut target = first;
+                if self.crashed_on(task_ref, &target.4) {
+                    let mut passed = Vec::new();
+                    while let Some(next) = room.pop() {
+                        if self.crashed_on(task_ref, &next.4) {
+                            passed.push(next);
+                        } else {
+                            passed.push(std::mem::replace(&mut target, next));
+                            break;
+                        }
+                    }
+                    room.extend(passed);
+                }
+                let (_, no_gpu, free, tie, agent_id) = target;
                 self.assign(task_ref, &agent_id, false, members, &mut batches);
                 if free - 1 > floors.get(&agent_id).copied().unwrap_or(0) {
                     room.push((free - 1 > 0, no_gpu, free - 1, tie, agent_id));
@@ -1055,6 +1079,13 @@ impl Jobs {
                 tasks,
             });
         }
+    }
+
+    /// Whether the task crashed a worker on this agent before.
+    fn crashed_on(&self, task_ref: TaskRef, agent: &AgentId) -> bool {
+        self.tasks
+            .get(&task_ref)
+            .is_some_and(|t| t.crashed_agents.contains(agent))
     }
 
     /// Marks a queued task as running on `agent_id` (on one of its GPU slots when `gpu`).

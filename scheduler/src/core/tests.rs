@@ -609,6 +609,41 @@ fn a_task_that_keeps_crashing_its_worker_fails_after_the_limit() {
 }
 
 #[test]
+fn a_task_that_crashed_a_worker_runs_again_on_another_agent_and_its_error_counts_true() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    sim.join(2, "b");
+    open(&mut sim, 10);
+    let mut placed = assignments(&submit(&mut sim, 10, 0..1));
+    let mut hosts = Vec::new();
+    for round in 1..=3 {
+        let (conn, task_ref, attempt) = placed[0];
+        hosts.push(conn);
+        let cmds = sim.send(Event::AgentResults {
+            conn,
+            results: vec![crash(task_ref, attempt, 1)],
+        });
+        if round < 3 {
+            placed = assignments(&cmds);
+            assert_eq!(placed.len(), 1, "{cmds:?}");
+            if round == 1 {
+                assert_ne!(placed[0].0, conn, "the retry goes to the other agent");
+            }
+        } else {
+            let failed = delivered(&cmds);
+            let [(0, Outcome::Failed { message, .. })] = failed.as_slice() else {
+                panic!("{failed:?}")
+            };
+            // Three crashes, three agents named (a, b, then either).
+            assert!(message.contains("3 times"), "{message}");
+            let named = message.matches("host-").count();
+            assert_eq!(named, 3, "{message}");
+        }
+    }
+    assert_ne!(hosts[0], hosts[1]);
+}
+
+#[test]
 fn sessions_share_the_cluster_in_turn() {
     let mut sim = Sim::new();
     sim.join(1, "a");

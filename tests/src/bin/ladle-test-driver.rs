@@ -73,6 +73,55 @@ fn fails_once(path: String) -> Result<u64, String> {
     }
 }
 
+/// Kills its worker on the agent named `agent`, noting it in `dir` first; elsewhere returns
+/// the agent it ran on.
+#[ladle::task]
+fn abort_on(args: (String, String)) -> String {
+    let (agent, dir) = args;
+    let here = ladle::current_agent().unwrap_or_default();
+    if here == agent {
+        let _ = std::fs::write(format!("{dir}/crash-{}", std::process::id()), b"");
+        std::process::abort();
+    }
+    here
+}
+
+/// Notes each run in the file at `path`, and fails.
+#[ladle::task]
+fn fails_always(path: String) -> Result<u64, String> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .map_err(|e| e.to_string())?;
+    writeln!(file, "ran").map_err(|e| e.to_string())?;
+    Err("this task always fails".into())
+}
+
+/// A number whose encoding panics at 57 (in the driver, as the map encodes it).
+#[derive(serde::Deserialize)]
+struct Cursed(u64);
+
+impl serde::Serialize for Cursed {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 57 {
+            panic!("57 cannot be encoded");
+        }
+        serializer.serialize_u64(self.0)
+    }
+}
+
+#[ladle::task]
+fn cursed_id(x: Cursed) -> u64 {
+    x.0
+}
+
+#[ladle::task]
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
 #[ladle::task]
 fn chatty(x: u64) -> u64 {
     println!("hello from task {x}");
@@ -355,7 +404,63 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "hang" => {
             let map = cluster.map(nap, std::iter::repeat_n(500u64, 5000));
             println!("{}", json!({ "started": true }));
-            let _ = map.await;
+            let error = map
+                .await
+                .err()
+                .map(|e| json!({ "kind": format!("{:?}", e.kind), "message": e.message }));
+            out(json!({ "error": error }));
+        }
+        "stop_in_serialize" => {
+            // A map whose own driving code panics (in an input's `Serialize`) gives `Err`,
+            // never a shorter `Ok`; every input of `map_as_completed` gets an outcome.
+            let inputs = || (0..100u64).map(Cursed);
+            let mapped = cluster.map(cursed_id, inputs()).await;
+            let reduced = cluster.map_reduce(cursed_id, add, inputs()).await;
+            let mut outcomes = 0;
+            let mut failed = 0;
+            let mut stream = cluster.map_as_completed(cursed_id, inputs());
+            while let Some((_, result)) = stream.next().await {
+                outcomes += 1;
+                failed += usize::from(result.is_err());
+            }
+            out(json!({
+                "map": mapped.map(|v| v.len()).map_err(|e| e.to_string()),
+                "map_reduce": reduced.map_err(|e| e.to_string()),
+                "as_completed": { "outcomes": outcomes, "failed": failed },
+            }));
+        }
+        "crash_on" => {
+            // Tasks that kill their worker on one agent only: each runs again on the other.
+            let agent = std::env::args().nth(2).ok_or("an agent")?;
+            let dir = std::env::args().nth(3).ok_or("a directory")?;
+            let futures: Vec<_> = (0..20)
+                .map(|_| cluster.submit(abort_on, (agent.clone(), dir.clone())))
+                .collect::<Result<_, _>>()?;
+            let mut ran_on = std::collections::BTreeMap::<String, u32>::new();
+            let mut errors = Vec::new();
+            for future in futures {
+                match future.await {
+                    Ok(here) => *ran_on.entry(here).or_default() += 1,
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            out(json!({ "ran_on": ran_on, "errors": errors }));
+        }
+        "always_fails" => {
+            // retries(2): three runs in all, each noted by the task itself; the error names the
+            // last attempt.
+            let path = std::env::args().nth(2).ok_or("a file")?;
+            let result = cluster
+                .submit_with(fails_always, path.clone(), &Options::new().retries(2))?
+                .await;
+            let runs = std::fs::read_to_string(&path)
+                .map(|t| t.lines().count())
+                .unwrap_or(0);
+            out(json!({
+                "runs": runs,
+                "attempt": result.as_ref().err().map(|e| e.attempt),
+                "error": result.err().map(|e| e.to_string()),
+            }));
         }
         "blocking" => {
             // `main` never yields to its runtime here (run it with LADLE_RUNTIME=current_thread):
