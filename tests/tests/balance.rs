@@ -30,6 +30,29 @@ fn an_agent_three_times_slower_runs_about_a_quarter_of_the_tasks() {
 }
 
 #[test]
+fn an_agent_that_joins_mid_map_is_used_by_that_map() {
+    let scheduler = Scheduler::start(SchedulerOptions::default());
+    let _small = agent(&scheduler, "small");
+    let mut driver = scheduler.spawn_driver(&test_driver(), &["widen"]);
+    ladle_tests::wait_for("the map to run", Duration::from_secs(60), || {
+        (scheduler.status()["tasks"]["running"].as_u64().unwrap_or(0) > 0).then_some(())
+    });
+    // The map opened its window for one slot; eight more join now.
+    let big = Agent::start(&scheduler, None, &["--cpu-slots", "8", "--hostname", "big"]);
+    scheduler.wait_state(&big.id(), "alive", Duration::from_secs(20));
+    let status = driver.wait_exit(Duration::from_secs(120));
+    let output = driver.output();
+    assert!(status.success(), "{output}");
+    let found = last_json(&output);
+    assert_eq!(found["count"], 300, "{}", show(&found));
+    assert_eq!(found["slots_seen"], 9, "{}", show(&found));
+    // A window frozen at one slot keeps at most four tasks out at once; one that follows the
+    // cluster fills most of the new agent's eight slots.
+    let big_at_once = found["most_at_once"]["big"].as_u64().unwrap_or(0);
+    assert!(big_at_once >= 6, "{}", show(&found));
+}
+
+#[test]
 fn two_drivers_at_once_both_complete_interleaved_rather_than_one_after_the_other() {
     let scheduler = Scheduler::start(SchedulerOptions::default());
     let _a = agent(&scheduler, "a");

@@ -86,6 +86,14 @@ fn abort_on(args: (String, String)) -> String {
     here
 }
 
+/// Takes 50 ms; returns where it ran and when (ms since the epoch) it started and ended.
+#[ladle::task]
+fn stamped(_: u64) -> (String, u128, u128) {
+    let start = now_ms();
+    std::thread::sleep(Duration::from_millis(50));
+    (ladle::current_agent().unwrap_or_default(), start, now_ms())
+}
+
 /// Notes each run in the file at `path`, and fails.
 #[ladle::task]
 fn fails_always(path: String) -> Result<u64, String> {
@@ -428,6 +436,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "map_reduce": reduced.map_err(|e| e.to_string()),
                 "as_completed": { "outcomes": outcomes, "failed": failed },
             }));
+        }
+        "widen" => {
+            // Started on a one-slot cluster; the test adds a bigger agent mid-map. Reports the
+            // most tasks that ran at once on each agent.
+            let mut stream = cluster.map_as_completed(stamped, 0..300u64);
+            println!("{}", json!({ "started": true }));
+            let mut spans: Vec<(String, u128, u128)> = Vec::new();
+            while let Some((_, result)) = stream.next().await {
+                spans.push(result?);
+            }
+            let mut most = std::collections::BTreeMap::<String, usize>::new();
+            for (agent, start, _) in &spans {
+                let at_once = spans
+                    .iter()
+                    .filter(|(a, s, e)| a == agent && s <= start && start < e)
+                    .count();
+                let best = most.entry(agent.clone()).or_default();
+                *best = (*best).max(at_once);
+            }
+            out(
+                json!({ "count": spans.len(), "most_at_once": most, "slots_seen": cluster.slots() }),
+            );
         }
         "crash_on" => {
             // Tasks that kill their worker on one agent only: each runs again on the other.
