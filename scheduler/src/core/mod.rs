@@ -499,4 +499,6 @@ impl Core {
 }
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;
