@@ -72,7 +72,8 @@ fn token_from_env() -> Result<Option<Token>, Error> {
 pub struct Options {
     /// Higher runs first, within the job.
     pub priority: i32,
-    /// Runs again a task whose function returned an error or panicked, up to this many times.
+    /// Runs again a task whose function returned an error or panicked, up to this many times
+    /// (the scheduler decides: each run is a new attempt).
     pub retries: u32,
     /// Fails a task that runs longer than this.
     pub timeout: Option<Duration>,

@@ -1,10 +1,13 @@
 //! The driver's stream to the scheduler: submissions go up in batches, results come down and
 //! are handed to whoever waits for them, and the tasks' output is printed here.
 //!
-//! Every task without a result is kept here with its spec. When the stream breaks (the
-//! scheduler restarted, the network blipped), the session is opened again under the same id,
-//! and whatever still has no result is submitted again: the scheduler ignores what it already
-//! holds and runs the rest, so each future still completes once, with no code in the program.
+//! Every task without a result is kept here with its spec, and every result received is
+//! acknowledged (the scheduler keeps it until then). When the stream breaks (the scheduler
+//! restarted, the network blipped or went silent), the session is opened again under the same
+//! id: a scheduler that still has it replays the results not acknowledged and names the tasks
+//! it holds, and only the others are submitted again; a scheduler that restarted knows none, and
+//! all are. So each future completes once and nothing finished runs again, with no code in the
+//! program.
 
 use std::{
     collections::HashSet,
