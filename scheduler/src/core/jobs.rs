@@ -17,8 +17,11 @@ use tracing::{debug, info, warn};
 
 use super::{
     AgentId, AgentResult, Assigned, Capacity, Command, ConnId, DriverResult, FailureKind, GpuUse,
-    Job, JobView, Outcome, SelectError, SessionOpen, TaskRef, TaskSpec, delivery::Ledger,
-    membership::Membership, task_map::TaskMap,
+    Job, JobView, Outcome, SelectError, SessionOpen, TaskRef, TaskSpec,
+    delivery::Ledger,
+    membership::Membership,
+    task::{Task, TaskState, Verdict},
+    task_map::TaskMap,
 };
 
 /// The kinds of slot a task can take.
@@ -45,39 +48,6 @@ type RoomKey = (bool, bool, i64, Reverse<usize>);
 
 /// Highest priority first, then oldest first.
 type Queue = BinaryHeap<(i32, Reverse<u64>, TaskRef)>;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum TaskState {
-    Queued,
-    Running(AgentId),
-}
-
-struct Task {
-    session: u64,
-    spec: TaskSpec,
-    attempt: u32,
-    /// Runs again after its own error this many more times (the driver's `retries`).
-    retries_left: u32,
-    /// Worker crashes while running this task, and the agents they happened on (hostnames
-    /// for its error, ids for placement: it goes elsewhere when it can).
-    crashes: u32,
-    crashed_on: Vec<Arc<str>>,
-    crashed_agents: Vec<AgentId>,
-    /// Runs alone from now on: it was in a worker that crashed with others.
-    isolated: bool,
-    seq: u64,
-    state: TaskState,
-    /// Holds one of its agent's GPU slots while running.
-    on_gpu: bool,
-    /// Its agent was asked to give it back, and has not answered yet.
-    revoking: bool,
-}
-
-impl Task {
-    fn runs_on(&self, agent: &AgentId) -> bool {
-        matches!(&self.state, TaskState::Running(a) if a == agent)
-    }
-}
 
 struct Session {
     job: Arc<Job>,
@@ -443,23 +413,7 @@ impl Jobs {
             session.by_task_id.insert(spec.task_id, task_ref);
             session.queues[lane(spec.gpu)].push((spec.priority, Reverse(seq), task_ref));
             list(&mut self.ready, no, session, spec.gpu);
-            self.tasks.insert(
-                task_ref,
-                Task {
-                    session: no,
-                    retries_left: spec.retries,
-                    spec,
-                    attempt: 1,
-                    crashes: 0,
-                    crashed_on: Vec::new(),
-                    crashed_agents: Vec::new(),
-                    isolated: false,
-                    seq,
-                    state: TaskState::Queued,
-                    on_gpu: false,
-                    revoking: false,
-                },
-            );
+            self.tasks.insert(task_ref, Task::new(no, spec, seq));
         }
         self.unfinished_peak = self
             .unfinished_peak
@@ -714,85 +668,24 @@ impl Jobs {
             if task.attempt != result.attempt || !task.runs_on(&agent_id) {
                 continue;
             }
-            if let Outcome::Failed {
-                kind: FailureKind::WorkerCrashed,
-                message,
-            } = &result.outcome
-            {
-                if !task.crashed_agents.contains(&agent_id) {
-                    task.crashed_agents.push(agent_id.clone());
-                }
-                let message = if task.spec.items > 1 {
-                    task.crashed_on.push(host.clone());
-                    // A chunk: the driver runs its items one by one, so that only the item
-                    // that kills workers fails.
-                    format!(
-                        "{message} while running a chunk of {} items",
-                        task.spec.items
-                    )
-                } else if result.crashed_with > 1 && !task.isolated {
-                    // One of several suspects: run it alone before holding it responsible.
-                    task.isolated = true;
+            let outcome = match task.judge(
+                result.outcome,
+                result.crashed_with,
+                &agent_id,
+                &host,
+                self.max_crashes,
+            ) {
+                Verdict::Again => {
                     debug!(
                         task = result.task_ref,
-                        "worker crashed with others; running the task alone"
+                        attempt = result.attempt,
+                        "placing the task again"
                     );
                     self.queue_again(result.task_ref);
                     continue;
-                } else {
-                    task.isolated = true;
-                    task.crashes += 1;
-                    task.crashed_on.push(host.clone());
-                    if task.crashes < self.max_crashes {
-                        debug!(
-                            task = result.task_ref,
-                            "the task crashed its worker; placing it again"
-                        );
-                        self.queue_again(result.task_ref);
-                        continue;
-                    }
-                    format!(
-                        "{message}; the task crashed its worker {} times (on {})",
-                        task.crashes,
-                        task.crashed_on.join(", ")
-                    )
-                };
-                let (session, task_id, attempt) = (task.session, task.spec.task_id, task.attempt);
-                let gpu = task.on_gpu;
-                self.forget(result.task_ref);
-                deliveries.entry(session).or_default().push(DriverResult {
-                    task_id,
-                    attempt,
-                    agent: host.clone(),
-                    outcome: Outcome::Failed {
-                        kind: FailureKind::WorkerCrashed,
-                        message,
-                    },
-                    run_ns: result.run_ns,
-                    gpu,
-                    seq: 0,
-                });
-                continue;
-            }
-            if matches!(
-                result.outcome,
-                Outcome::Failed {
-                    kind: FailureKind::TaskError,
-                    ..
                 }
-            ) && task.retries_left > 0
-            {
-                // The task's own error, and the driver asked for retries: again, as a new
-                // attempt (a result of this one is stale from now on).
-                task.retries_left -= 1;
-                debug!(
-                    task = result.task_ref,
-                    left = task.retries_left,
-                    "the task failed; retrying it"
-                );
-                self.queue_again(result.task_ref);
-                continue;
-            }
+                Verdict::Final(outcome) => outcome,
+            };
             let (session, task_id, attempt) = (task.session, task.spec.task_id, task.attempt);
             let gpu = task.on_gpu;
             self.forget(result.task_ref);
@@ -800,7 +693,7 @@ impl Jobs {
                 task_id,
                 attempt,
                 agent: host.clone(),
-                outcome: result.outcome,
+                outcome,
                 run_ns: result.run_ns,
                 gpu,
                 seq: 0,

@@ -7,6 +7,7 @@
 mod delivery;
 mod jobs;
 mod membership;
+mod task;
 mod task_map;
 mod types;
 

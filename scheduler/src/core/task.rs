@@ -1,0 +1,186 @@
+//! One task as the scheduler holds it, and the one place that decides what an attempt's end
+//! means for it: a result for its driver, or another attempt (its own error with retries left,
+//! a worker crash it may not be guilty of, or one under `max_task_crashes`).
+
+use std::sync::Arc;
+
+use super::{AgentId, FailureKind, Outcome, TaskSpec};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum TaskState {
+    Queued,
+    Running(AgentId),
+}
+
+pub(super) struct Task {
+    pub session: u64,
+    pub spec: TaskSpec,
+    pub attempt: u32,
+    /// Runs again after its own error this many more times (the driver's `retries`).
+    pub retries_left: u32,
+    /// Worker crashes it is held responsible for, and the hosts they happened on (for its
+    /// error); the agents of every crash it was in (placement sends it elsewhere when it can).
+    pub crashes: u32,
+    pub crashed_on: Vec<Arc<str>>,
+    pub crashed_agents: Vec<AgentId>,
+    /// Runs alone from now on: it was in a worker that crashed with others.
+    pub isolated: bool,
+    pub seq: u64,
+    pub state: TaskState,
+    /// Holds one of its agent's GPU slots while running.
+    pub on_gpu: bool,
+    /// Its agent was asked to give it back, and has not answered yet.
+    pub revoking: bool,
+}
+
+/// What an attempt's end means.
+#[derive(Debug, PartialEq)]
+pub(super) enum Verdict {
+    /// Place it again, as a new attempt.
+    Again,
+    /// This is its result.
+    Final(Outcome),
+}
+
+impl Task {
+    pub(super) fn new(session: u64, spec: TaskSpec, seq: u64) -> Self {
+        Self {
+            session,
+            retries_left: spec.retries,
+            spec,
+            attempt: 1,
+            crashes: 0,
+            crashed_on: Vec::new(),
+            crashed_agents: Vec::new(),
+            isolated: false,
+            seq,
+            state: TaskState::Queued,
+            on_gpu: false,
+            revoking: false,
+        }
+    }
+
+    pub(super) fn runs_on(&self, agent: &AgentId) -> bool {
+        matches!(&self.state, TaskState::Running(a) if a == agent)
+    }
+
+    /// The current attempt ended with `outcome` on `agent` (`host`); `crashed_with` is how many
+    /// tasks its worker held if it crashed.
+    pub(super) fn judge(
+        &mut self,
+        outcome: Outcome,
+        crashed_with: u32,
+        agent: &AgentId,
+        host: &Arc<str>,
+        max_crashes: u32,
+    ) -> Verdict {
+        match outcome {
+            Outcome::Failed {
+                kind: FailureKind::WorkerCrashed,
+                message,
+            } => {
+                if !self.crashed_agents.contains(agent) {
+                    self.crashed_agents.push(agent.clone());
+                }
+                if self.spec.items > 1 {
+                    // A chunk: the driver runs its items one by one, so that only the item that
+                    // kills workers fails.
+                    self.crashed_on.push(host.clone());
+                    return Verdict::Final(Outcome::Failed {
+                        kind: FailureKind::WorkerCrashed,
+                        message: format!(
+                            "{message} while running a chunk of {} items",
+                            self.spec.items
+                        ),
+                    });
+                }
+                if crashed_with > 1 && !self.isolated {
+                    // One of several suspects: it runs alone before it is held responsible.
+                    self.isolated = true;
+                    return Verdict::Again;
+                }
+                self.isolated = true;
+                self.crashes += 1;
+                self.crashed_on.push(host.clone());
+                if self.crashes < max_crashes {
+                    return Verdict::Again;
+                }
+                Verdict::Final(Outcome::Failed {
+                    kind: FailureKind::WorkerCrashed,
+                    message: format!(
+                        "{message}; the task crashed its worker {} times (on {})",
+                        self.crashes,
+                        self.crashed_on.join(", ")
+                    ),
+                })
+            }
+            Outcome::Failed {
+                kind: FailureKind::TaskError,
+                ..
+            } if self.retries_left > 0 => {
+                // Its own error, and the driver asked for retries.
+                self.retries_left -= 1;
+                Verdict::Again
+            }
+            outcome => Verdict::Final(outcome),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(items: u32, retries: u32) -> Task {
+        Task::new(
+            1,
+            TaskSpec {
+                items,
+                retries,
+                ..Default::default()
+            },
+            0,
+        )
+    }
+
+    fn crash() -> Outcome {
+        Outcome::Failed {
+            kind: FailureKind::WorkerCrashed,
+            message: "killed by signal 9".into(),
+        }
+    }
+
+    fn error() -> Outcome {
+        Outcome::Failed {
+            kind: FailureKind::TaskError,
+            message: "no".into(),
+        }
+    }
+
+    #[test]
+    fn its_own_error_runs_again_as_often_as_the_driver_asked() {
+        let (a, host) = (AgentId("a".into()), Arc::from("host-a"));
+        let mut t = task(1, 2);
+        assert_eq!(t.judge(error(), 0, &a, &host, 3), Verdict::Again);
+        assert_eq!(t.judge(error(), 0, &a, &host, 3), Verdict::Again);
+        assert_eq!(t.judge(error(), 0, &a, &host, 3), Verdict::Final(error()));
+    }
+
+    #[test]
+    fn a_crash_among_others_is_not_counted_and_the_error_names_only_counted_ones() {
+        let (a, b) = (AgentId("a".into()), AgentId("b".into()));
+        let (ha, hb): (Arc<str>, Arc<str>) = ("host-a".into(), "host-b".into());
+        let mut t = task(1, 0);
+        assert_eq!(t.judge(crash(), 3, &a, &ha, 2), Verdict::Again, "a suspect");
+        assert_eq!(t.judge(crash(), 1, &b, &hb, 2), Verdict::Again, "crash 1");
+        let Verdict::Final(Outcome::Failed { message, .. }) = t.judge(crash(), 1, &a, &ha, 2)
+        else {
+            panic!("the second counted crash fails it")
+        };
+        assert!(
+            message.ends_with("crashed its worker 2 times (on host-b, host-a)"),
+            "{message}"
+        );
+        assert_eq!(t.crashed_agents, vec![a, b]);
+    }
+}
