@@ -1,12 +1,13 @@
 //! Property tests of the core: random interleavings of submissions, agent losses and returns,
-//! driver disconnects (clean or silent) and resumptions, results, crashes, task errors, steals
-//! and cancels, checked against a model of the agents and drivers around it.
+//! driver disconnects (clean or silent) and resumptions, results, crashes, task errors, steals,
+//! cancels, and operators' cancels and drains, checked against a model of the agents and drivers
+//! around it.
 //!
 //! Invariants, checked after every event:
 //! - a task's result is decided once: every delivery of it carries the same delivery number;
 //! - no task is placed while an earlier placement of it stands (one ends only by a result, a
 //!   crash, a cancel, a release after a steal, or the loss of its agent);
-//! - a task's attempts only grow;
+//! - a task's attempts only grow, and no task goes to a drained agent;
 //! - the core's counters equal a count of its tasks.
 //!
 //! And at the end, once every agent and driver is back and every placement has finished: every
@@ -47,6 +48,10 @@ enum Op {
     Tick,
     /// An agent answers the revokes it was sent: what it has not finished goes back.
     Release(usize),
+    /// An operator cancels a driver's job.
+    OperatorCancel(usize),
+    /// An operator drains (true) or undrains an agent.
+    Drain(usize, bool),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -74,7 +79,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => driver.clone().prop_map(Op::Ack),
         1 => (driver, 0usize..64).prop_map(|(d, k)| Op::Cancel(d, k)),
         1 => Just(Op::Tick),
-        1 => agent.prop_map(Op::Release),
+        1 => agent.clone().prop_map(Op::Release),
+        1 => (0..DRIVERS).prop_map(Op::OperatorCancel),
+        1 => (agent, any::<bool>()).prop_map(|(a, on)| Op::Drain(a, on)),
     ]
 }
 
@@ -82,6 +89,7 @@ fn op() -> impl Strategy<Value = Op> {
 struct AgentModel {
     conn: Option<ConnId>,
     revoked: Vec<(TaskRef, u32)>,
+    drained: bool,
 }
 
 #[derive(Default)]
@@ -163,6 +171,10 @@ impl World {
                 let agent = self.agent_of(conn);
                 prop_assert!(agent.is_some(), "tasks placed on a stream no agent holds");
                 let agent = agent.unwrap_or_default();
+                prop_assert!(
+                    !self.agents[agent].drained,
+                    "tasks placed on a drained agent"
+                );
                 for task in tasks {
                     if let Some(standing) = self.placed.get(&task.task_ref) {
                         return Err(TestCaseError::fail(format!(
@@ -243,6 +255,8 @@ impl World {
                         protocol_version: 1,
                         agent_id: AgentId(format!("a{a}").into()),
                         hostname: format!("host-{a}"),
+                        // The agent keeps an operator's drain across its reconnects.
+                        draining: self.agents[a].drained,
                         resources: Resources {
                             cpus: 2,
                             cpu_slots: 2,
@@ -341,6 +355,22 @@ impl World {
                 self.now += Duration::from_millis(10);
                 self.send(Event::Tick)?;
             }
+            Op::OperatorCancel(d) => {
+                let mut out = Vec::new();
+                let _ = self.core.cancel_job(&format!("s{d}"), &mut out);
+                for command in out {
+                    self.absorb(command)?;
+                }
+            }
+            Op::Drain(a, on) => {
+                let mut out = Vec::new();
+                if self.core.set_drain(&format!("a{a}"), on, &mut out).is_ok() {
+                    self.agents[a].drained = on;
+                }
+                for command in out {
+                    self.absorb(command)?;
+                }
+            }
             Op::Release(a) => {
                 let Some(conn) = self.agents[a].conn else {
                     return Ok(());
@@ -418,6 +448,7 @@ impl World {
     fn settle(&mut self) -> Result<(), TestCaseError> {
         for a in 0..AGENTS {
             self.apply(Op::Join(a))?;
+            self.apply(Op::Drain(a, false))?;
         }
         for d in 0..DRIVERS {
             if self.drivers[d].conn.is_none() || self.drivers[d].deaf {

@@ -1,4 +1,6 @@
-//! Sessions (one per driver, one job each), their tasks, and where the tasks run.
+//! Sessions (one per driver, one job each) and their tasks: submissions within the budget,
+//! results (judged by [`Task::judge`], delivered through each session's ledger), requeues,
+//! resumption and ends. Placement and stealing are in `placement`, cancels in `operator`.
 //!
 //! A task is queued in its session, placed on an agent under an attempt number, and completed
 //! by the first result for that attempt from that agent; anything else that arrives for it is
@@ -24,6 +26,11 @@ use super::{
     task_map::TaskMap,
 };
 
+mod operator;
+mod placement;
+
+use operator::OPERATOR_CANCEL;
+
 /// The kinds of slot a task can take.
 const CPU: usize = 0;
 const GPU: usize = 1;
@@ -42,9 +49,6 @@ fn lane(gpu: GpuUse) -> usize {
         GpuUse::Preferred => PREFERRED,
     }
 }
-
-/// Where an agent stands in line for CPU tasks: a free slot now, no GPU, free slots, tie-break.
-type RoomKey = (bool, bool, i64, Reverse<usize>);
 
 /// Highest priority first, then oldest first.
 type Queue = BinaryHeap<(i32, Reverse<u64>, TaskRef)>;
@@ -101,7 +105,6 @@ pub(super) struct Jobs {
     refused: u64,
 }
 
-/// What one session may have the scheduler hold for it at once.
 /// What opening a session found: the stream the session had before (to be closed), and for a
 /// session that existed already, the tasks the scheduler holds for it.
 #[derive(Debug, Default)]
@@ -111,9 +114,7 @@ pub(super) struct Reopened {
     pub known: Vec<u64>,
 }
 
-/// What the tasks of a job an operator cancelled fail with.
-const OPERATOR_CANCEL: &str = "the job was cancelled by an operator (ladle-scheduler cancel)";
-
+/// What one session may have the scheduler hold for it at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Budget {
     pub tasks: u64,
@@ -474,73 +475,6 @@ impl Jobs {
         }
     }
 
-    /// Cancels tasks of a session: queued ones at once, running ones on their agents; each
-    /// fails with `why` (who cancelled it). Returns the items of the tasks cancelled.
-    pub(super) fn cancel(
-        &mut self,
-        no: u64,
-        ids: &[u64],
-        why: &str,
-        members: &Membership,
-        out: &mut Vec<Command>,
-    ) -> u64 {
-        let mut on_agents: HashMap<ConnId, Vec<TaskRef>> = HashMap::default();
-        let mut results = Vec::new();
-        let mut items = 0u64;
-        for &task_id in ids {
-            let Some(session) = self.sessions.get_mut(&no) else {
-                return items;
-            };
-            let Some(task_ref) = session.by_task_id.remove(&task_id) else {
-                continue;
-            };
-            let Some(task) = self.forget(task_ref) else {
-                continue;
-            };
-            items += u64::from(task.spec.items.max(1));
-            if let TaskState::Running(agent) = &task.state
-                && let Some(agent_conn) = members.get(agent).and_then(|a| a.conn)
-            {
-                on_agents.entry(agent_conn).or_default().push(task_ref);
-            }
-            results.push(DriverResult {
-                task_id,
-                attempt: task.attempt,
-                agent: "".into(),
-                outcome: Outcome::Failed {
-                    kind: FailureKind::Cancelled,
-                    message: why.to_owned(),
-                },
-                run_ns: 0,
-                gpu: false,
-                seq: 0,
-            });
-        }
-        for (agent_conn, refs) in on_agents {
-            out.push(Command::CancelOnAgent {
-                conn: agent_conn,
-                refs,
-            });
-        }
-        if !results.is_empty() {
-            self.deliver(no, results, out);
-        }
-        items
-    }
-
-    /// The driver on `conn` cancels some of its tasks.
-    pub(super) fn cancel_by_driver(
-        &mut self,
-        conn: ConnId,
-        ids: &[u64],
-        members: &Membership,
-        out: &mut Vec<Command>,
-    ) {
-        if let Some(&no) = self.by_conn.get(&conn) {
-            self.cancel(no, ids, "cancelled by the driver", members, out);
-        }
-    }
-
     /// The driver said goodbye: its tasks stop everywhere.
     pub(super) fn close(&mut self, conn: ConnId, members: &Membership, out: &mut Vec<Command>) {
         if let Some(no) = self.by_conn.remove(&conn) {
@@ -719,321 +653,10 @@ impl Jobs {
         self.ready[CPU].is_empty()
     }
 
-    /// Work stealing: when agents have idle CPU slots and nothing is queued, asks the agents
-    /// with the longest backlog (tasks beyond their slots) to give back half of it. The tasks
-    /// move only once their agent confirms they had not started ([`Jobs::revoked`]), so a
-    /// stolen task never also runs where it was.
-    /// Returns whether it asked any agent for tasks.
-    pub(super) fn steal(&mut self, members: &Membership, out: &mut Vec<Command>) -> bool {
-        let before = out.len();
-        self.steal_into(members, out);
-        out.len() > before
-    }
-
-    fn steal_into(&mut self, members: &Membership, out: &mut Vec<Command>) {
-        if !self.nothing_queued() {
-            return;
-        }
-        let mut idle: i64 = members
-            .agents()
-            .filter(|a| a.accepts_work())
-            .map(|a| a.free_cpus().max(0))
-            .sum();
-        if idle == 0 {
-            return;
-        }
-        let mut victims: Vec<(i64, &super::Agent)> = members
-            .agents()
-            .filter(|a| a.conn.is_some() && !a.revoke_futile)
-            .map(|a| (-a.free_cpus(), a))
-            .filter(|(backlog, _)| *backlog >= 2)
-            .collect();
-        victims.sort_by_key(|v| std::cmp::Reverse(v.0));
-        for (backlog, victim) in victims {
-            if idle <= 0 {
-                break;
-            }
-            let Some(conn) = victim.conn else { continue };
-            // One revoke at a time per agent: its answer changes what is worth taking.
-            if victim
-                .assigned
-                .iter()
-                .any(|r| self.tasks.get(r).is_some_and(|t| t.revoking))
-            {
-                continue;
-            }
-            // The newest assignments: those furthest back in the agent's queue.
-            let mut candidates: Vec<(u64, TaskRef)> = victim
-                .assigned
-                .iter()
-                .filter_map(|r| {
-                    let t = self.tasks.get(r)?;
-                    (!t.on_gpu).then_some((t.seq, *r))
-                })
-                .collect();
-            let take = usize::try_from((backlog / 2).min(idle)).unwrap_or(0);
-            if candidates.len() < take || take == 0 {
-                continue;
-            }
-            candidates.sort_unstable_by(|a, b| b.cmp(a));
-            let mut tasks = Vec::with_capacity(take);
-            for (_, r) in candidates.into_iter().take(take) {
-                if let Some(t) = self.tasks.get_mut(&r) {
-                    t.revoking = true;
-                    tasks.push((r, t.attempt));
-                }
-            }
-            debug!(agent = %victim.id(), tasks = tasks.len(), "revoking queued tasks for idle agents");
-            idle -= tasks.len() as i64;
-            out.push(Command::Revoke { conn, tasks });
-        }
-    }
-
-    /// An agent's answer to a revoke: what it gave back is queued again (under a new attempt),
-    /// and goes to whoever has room. Only the attempt that was asked for counts: an answer that
-    /// crossed a reconnection says nothing of the task's newer attempt.
-    pub(super) fn revoked(
-        &mut self,
-        conn: ConnId,
-        released: &[(TaskRef, u32)],
-        kept: &[(TaskRef, u32)],
-        members: &mut Membership,
-    ) {
-        let Some(agent) = members.current(conn) else {
-            return; // a stream the core let go of: its tasks were requeued already
-        };
-        let agent_id = agent.id().clone();
-        for (task_ref, attempt) in kept {
-            if let Some(t) = self.tasks.get_mut(task_ref)
-                && t.attempt == *attempt
-            {
-                t.revoking = false;
-            }
-        }
-        if released.is_empty() && !kept.is_empty() {
-            // Everything asked for had started: do not ask this agent again until it gets more.
-            agent.revoke_futile = true;
-        }
-        let mut moved = 0;
-        for &(task_ref, attempt) in released {
-            match self.tasks.get(&task_ref) {
-                Some(t) if t.attempt == attempt && t.runs_on(&agent_id) => {
-                    agent.assigned.remove(&task_ref);
-                    agent.gpu_assigned.remove(&task_ref);
-                    moved += 1;
-                    self.queue_again(task_ref);
-                }
-                Some(_) => {} // another attempt: not what the agent gave back
-                None => {
-                    // Cancelled since: whatever the agent gave back holds no slot there.
-                    agent.assigned.remove(&task_ref);
-                    agent.gpu_assigned.remove(&task_ref);
-                }
-            }
-        }
-        if moved > 0 {
-            debug!(agent = %agent_id, tasks = moved, "stolen tasks queued again");
-        }
-    }
-
     /// Where a job's output lines go: its driver's stream.
     pub(super) fn driver_of(&self, job_id: &str) -> Option<ConnId> {
         let no = self.by_job_id.get(job_id)?;
         self.sessions.get(no)?.conn
-    }
-
-    /// Hands queued tasks to agents with room, sessions in turn. GPU slots first, one task
-    /// each and none queued ahead (a GPU task should not wait behind another on one agent while
-    /// a GPU is free on another). Then CPU slots: one task at a time to the agent with the most
-    /// free slots, agents without GPUs before those with (the GPU machines stay free for GPU
-    /// work), until every agent holds its slots plus its prefetch queue.
-    pub(super) fn place(&mut self, members: &mut Membership, out: &mut Vec<Command>) {
-        self.place_among(members, None, out);
-    }
-
-    /// As [`Jobs::place`], looking only at `agent`: after its results, the only agent whose
-    /// room changed (every other agent was filled, or nothing is queued).
-    pub(super) fn place_on(
-        &mut self,
-        members: &mut Membership,
-        agent: &AgentId,
-        out: &mut Vec<Command>,
-    ) {
-        self.place_among(members, Some(agent), out);
-    }
-
-    fn place_among(
-        &mut self,
-        members: &mut Membership,
-        only: Option<&AgentId>,
-        out: &mut Vec<Command>,
-    ) {
-        if self.ready.iter().all(VecDeque::is_empty) {
-            return;
-        }
-        let agents: Vec<&super::Agent> = match only {
-            Some(id) => members.get(id).into_iter().collect(),
-            None => members.agents().collect(),
-        };
-        let mut gpu_room: Vec<(usize, AgentId)> = Vec::new();
-        if !self.ready[GPU].is_empty() {
-            gpu_room = agents
-                .iter()
-                .filter(|a| a.accepts_work())
-                .map(|a| (a.free_gpus(), a.id().clone()))
-                .filter(|(free, _)| *free > 0)
-                .collect();
-            gpu_room.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-        }
-        // (a free slot now, no GPU, free slots, tie-break, agent); free may go below zero
-        // down to -prefetch.
-        let mut room: BinaryHeap<(bool, bool, i64, Reverse<usize>, AgentId)> = BinaryHeap::new();
-        let mut floors: HashMap<AgentId, i64> = HashMap::default();
-        if !self.ready[CPU].is_empty() {
-            let mut candidates: Vec<(RoomKey, usize, i64)> = Vec::new();
-            for (i, agent) in agents.iter().enumerate() {
-                if !agent.accepts_work() || agent.hello.resources.cpu_slots == 0 {
-                    continue;
-                }
-                let free = agent.free_cpus();
-                let floor = -agent.prefetch();
-                // Refill only once half the prefetch is used, then fully: tasks then travel
-                // many to a message instead of one per finished task.
-                if 2 * free > floor {
-                    let no_gpu = agent.gpu_slots() == 0;
-                    candidates.push(((free > 0, no_gpu, free, Reverse(i)), i, floor));
-                }
-            }
-            // k queued tasks go to at most the k agents first in line (each step takes the
-            // best, and lowers only it): with a thousand agents and a few tasks, the rest need
-            // no place in the heap. Twice k, so that a task that crashed a worker on one of
-            // them finds another.
-            let queued = self.totals.queued.max(1).saturating_mul(2);
-            if candidates.len() > queued {
-                candidates.select_nth_unstable_by(queued - 1, |a, b| b.0.cmp(&a.0));
-                candidates.truncate(queued);
-            }
-            for ((now, no_gpu, free, tie), i, floor) in candidates {
-                let id = agents[i].id().clone();
-                floors.insert(id.clone(), floor);
-                room.push((now, no_gpu, free, tie, id));
-            }
-        }
-        drop(agents);
-        let mut batches: HashMap<(AgentId, u64), Vec<Assigned>> = HashMap::default();
-        if !gpu_room.is_empty() {
-            'agents: for (free, agent_id) in gpu_room {
-                for _ in 0..free {
-                    let Some(task_ref) = self.next_queued(GPU) else {
-                        break 'agents;
-                    };
-                    self.assign(task_ref, &agent_id, true, members, &mut batches);
-                }
-            }
-        }
-        {
-            while let Some(first) = room.pop() {
-                let Some(task_ref) = self.next_queued(CPU) else {
-                    break;
-                };
-                // A task that crashed a worker on this agent goes to the next agent in line it
-                // has not crashed on, if any has room; this one stays in line.
-                let mut target = first;
-                if self.crashed_on(task_ref, &target.4) {
-                    let mut passed = Vec::new();
-                    while let Some(next) = room.pop() {
-                        if self.crashed_on(task_ref, &next.4) {
-                            passed.push(next);
-                        } else {
-                            passed.push(std::mem::replace(&mut target, next));
-                            break;
-                        }
-                    }
-                    room.extend(passed);
-                }
-                let (_, no_gpu, free, tie, agent_id) = target;
-                self.assign(task_ref, &agent_id, false, members, &mut batches);
-                if free - 1 > floors.get(&agent_id).copied().unwrap_or(0) {
-                    room.push((free - 1 > 0, no_gpu, free - 1, tie, agent_id));
-                }
-            }
-        }
-        for ((agent_id, no), tasks) in batches {
-            let Some(conn) = members.get(&agent_id).and_then(|a| a.conn) else {
-                continue;
-            };
-            let Some(session) = self.sessions.get_mut(&no) else {
-                continue;
-            };
-            session.agents.insert(agent_id);
-            out.push(Command::Assign {
-                conn,
-                job: session.job.clone(),
-                tasks,
-            });
-        }
-    }
-
-    /// Whether the task crashed a worker on this agent before.
-    fn crashed_on(&self, task_ref: TaskRef, agent: &AgentId) -> bool {
-        self.tasks
-            .get(&task_ref)
-            .is_some_and(|t| t.crashed_agents.contains(agent))
-    }
-
-    /// Marks a queued task as running on `agent_id` (on one of its GPU slots when `gpu`).
-    fn assign(
-        &mut self,
-        task_ref: TaskRef,
-        agent_id: &AgentId,
-        gpu: bool,
-        members: &mut Membership,
-        batches: &mut HashMap<(AgentId, u64), Vec<Assigned>>,
-    ) {
-        self.set_state(task_ref, TaskState::Running(agent_id.clone()));
-        let Some(task) = self.tasks.get_mut(&task_ref) else {
-            return;
-        };
-        task.on_gpu = gpu;
-        if let Some(agent) = members.get_mut(agent_id) {
-            agent.assigned.insert(task_ref);
-            agent.revoke_futile = false;
-            if gpu {
-                agent.gpu_assigned.insert(task_ref);
-            }
-        }
-        batches
-            .entry((agent_id.clone(), task.session))
-            .or_default()
-            .push(Assigned {
-                task_ref,
-                attempt: task.attempt,
-                spec: task.spec.clone(),
-                isolated: task.isolated,
-                gpu,
-            });
-    }
-
-    /// The next task a slot of kind `slot` (CPU or GPU) may take, sessions in turn.
-    fn next_queued(&mut self, slot: usize) -> Option<TaskRef> {
-        while let Some(no) = self.ready[slot].pop_front() {
-            let Some(session) = self.sessions.get_mut(&no) else {
-                continue;
-            };
-            session.listed[slot] = false;
-            let found = pop_queued(&self.tasks, session, slot);
-            if LANES_FOR_SLOT[slot]
-                .iter()
-                .any(|&l| !session.queues[l].is_empty())
-            {
-                session.listed[slot] = true;
-                self.ready[slot].push_back(no);
-            }
-            if found.is_some() {
-                return found;
-            }
-        }
-        None
     }
 
     pub(super) fn capacity(members: &Membership) -> Capacity {
@@ -1096,77 +719,6 @@ impl Jobs {
         }
         counts
     }
-
-    pub(super) fn views(&self) -> Vec<JobView> {
-        self.sessions.values().map(|s| self.view(s)).collect()
-    }
-
-    fn view(&self, s: &Session) -> JobView {
-        JobView {
-            job: s.job.clone(),
-            unfinished: s.by_task_id.len() as u64,
-            running: s.running,
-            delivered: s.ledger.delivered(),
-            unacked: s.ledger.unacked() as u64,
-            driver_connected: s.conn.is_some(),
-        }
-    }
-
-    /// The session `selector` names: an id, a unique id prefix, or a unique job name.
-    fn select(&self, selector: &str) -> Result<u64, SelectError> {
-        if let Some(&no) = self.by_job_id.get(selector) {
-            return Ok(no);
-        }
-        for matches in [
-            self.sessions
-                .iter()
-                .filter(|(_, s)| !selector.is_empty() && s.job.id.starts_with(selector))
-                .collect::<Vec<_>>(),
-            self.sessions
-                .iter()
-                .filter(|(_, s)| s.job.name == selector)
-                .collect(),
-        ] {
-            match matches.as_slice() {
-                [] => {}
-                [(no, _)] => return Ok(**no),
-                many => {
-                    return Err(SelectError::Ambiguous {
-                        selector: selector.to_owned(),
-                        matches: many.iter().map(|(_, s)| s.job.id.to_string()).collect(),
-                    });
-                }
-            }
-        }
-        Err(SelectError::NotFound(selector.to_owned()))
-    }
-
-    /// Cancels every unfinished task of the job `selector` names (an operator's cancel): its
-    /// driver receives each as cancelled by an operator (on its return, if it is away), the
-    /// agents stop them, and what the driver submits from now on fails the same way. Returns
-    /// the job and how many items (inputs of a `map`, or lone tasks) were cancelled.
-    pub(super) fn cancel_job(
-        &mut self,
-        selector: &str,
-        members: &Membership,
-        out: &mut Vec<Command>,
-    ) -> Result<(JobView, u64), SelectError> {
-        let no = self.select(selector)?;
-        let session = self
-            .sessions
-            .get_mut(&no)
-            .ok_or_else(|| SelectError::NotFound(selector.to_owned()))?;
-        session.cancelled = true;
-        let ids: Vec<u64> = session.by_task_id.keys().copied().collect();
-        let items = self.cancel(no, &ids, OPERATOR_CANCEL, members, out);
-        let session = self
-            .sessions
-            .get(&no)
-            .ok_or_else(|| SelectError::NotFound(selector.to_owned()))?;
-        info!(session = %session.job.id, job = %session.job.name, tasks = ids.len(), items,
-              "job cancelled by an operator");
-        Ok((self.view(session), items))
-    }
 }
 
 /// Adds `delta` to the counters of a task's state (running or queued) in `totals` and its
@@ -1208,35 +760,6 @@ fn list(ready: &mut [VecDeque<u64>; 2], no: u64, session: &mut Session, gpu: Gpu
         if !session.listed[slot] {
             session.listed[slot] = true;
             ready[slot].push_back(no);
-        }
-    }
-}
-
-/// The session's next queued task for a slot of kind `slot`: for a CPU slot the first by
-/// priority and age of the CPU and GPU-preferring tasks; for a GPU slot a GPU-requiring task
-/// before a preferring one.
-fn pop_queued(tasks: &TaskMap<Task>, session: &mut Session, slot: usize) -> Option<TaskRef> {
-    loop {
-        let lanes = LANES_FOR_SLOT[slot];
-        let pick = if slot == CPU {
-            lanes
-                .iter()
-                .copied()
-                .filter_map(|l| session.queues[l].peek().map(|top| (*top, l)))
-                .max()
-                .map(|(_, l)| l)
-        } else {
-            lanes
-                .iter()
-                .copied()
-                .find(|&l| !session.queues[l].is_empty())
-        }?;
-        let (_, _, task_ref) = session.queues[pick].pop()?;
-        if tasks
-            .get(&task_ref)
-            .is_some_and(|t| t.state == TaskState::Queued)
-        {
-            return Some(task_ref);
         }
     }
 }
