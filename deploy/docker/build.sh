@@ -5,19 +5,26 @@
 # The agent runs a job's executable, shipped by its driver, inside its own container: the
 # executable must be a Linux build against the same or an older C library as this machine's.
 #
-#   deploy/docker/build.sh [--tag TAG] [--debug]
+# Each image is tagged with the release (as the Kubernetes manifests name it) and with TAG
+# (default latest, as compose names it). --gpu also builds ladle-agent-gpu on a CUDA runtime
+# image (Dockerfile.agent-gpu; CUDA_BASE names it), which must be pullable or loaded already.
+#
+#   deploy/docker/build.sh [--tag TAG] [--debug] [--gpu]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 tag=latest
 profile=release
+gpu=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --tag) tag="$2"; shift 2 ;;
     --debug) profile=debug; shift ;;
-    *) echo "usage: $0 [--tag TAG] [--debug]" >&2; exit 2 ;;
+    --gpu) gpu=1; shift ;;
+    *) echo "usage: $0 [--tag TAG] [--debug] [--gpu]" >&2; exit 2 ;;
   esac
 done
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 
 if [[ "$profile" == release ]]; then
   cargo build --release --quiet -p ladle-scheduler -p ladle-agent
@@ -63,10 +70,23 @@ for name in scheduler agent; do
   echo "ladle:x:10001:10001:ladle:/var/lib/ladle:/sbin/nologin" >> "$context/rootfs/etc/passwd"
   printf 'root:x:0:\nladle:x:10001:\n' > "$context/rootfs/etc/group"
   cp "deploy/docker/Dockerfile.$name" "$context/Dockerfile"
-  if ! log=$(docker build --quiet --tag "ladle-$name:$tag" "$context" 2>&1); then
+  if ! log=$(docker build --quiet --tag "ladle-$name:$tag" --tag "ladle-$name:$version" "$context" 2>&1); then
     echo "$log" >&2
     exit 1
   fi
   size=$(docker image inspect "ladle-$name:$tag" --format '{{.Size}}')
-  echo "built ladle-$name:$tag ($((size / 1024 / 1024)) MiB)"
+  echo "built ladle-$name:$tag and :$version ($((size / 1024 / 1024)) MiB)"
 done
+
+if [[ "$gpu" == 1 ]]; then
+  cp deploy/docker/Dockerfile.agent-gpu target/docker/agent/Dockerfile.gpu
+  build_args=()
+  [[ -n "${CUDA_BASE:-}" ]] && build_args=(--build-arg "CUDA_BASE=$CUDA_BASE")
+  if ! log=$(docker build --quiet "${build_args[@]}" --file target/docker/agent/Dockerfile.gpu \
+      --tag "ladle-agent-gpu:$tag" --tag "ladle-agent-gpu:$version" target/docker/agent 2>&1); then
+    echo "$log" >&2
+    echo "the GPU agent's image needs its CUDA base image (${CUDA_BASE:-nvidia/cuda:12.8.1-runtime-ubuntu24.04}) pullable or loaded" >&2
+    exit 1
+  fi
+  echo "built ladle-agent-gpu:$tag and :$version"
+fi
