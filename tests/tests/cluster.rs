@@ -408,3 +408,44 @@ fn garbage_and_half_open_connections_do_not_disturb_joined_agents() {
     );
     drop((garbage, preface_only, http1));
 }
+
+#[test]
+fn out_of_open_files_the_scheduler_says_so_and_serves_again_once_some_close() {
+    let scheduler = Scheduler::start(SchedulerOptions::default());
+    // The scheduler raised its own soft limit at start: lower both limits under its feet.
+    let status = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &scheduler.process.pid().to_string(),
+            "--nofile=64:64",
+        ])
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        other => {
+            println!("SKIPPED: prlimit cannot lower the scheduler's limit here ({other:?})");
+            return;
+        }
+    }
+    // More connections than it has descriptors: the rest wait in its backlog.
+    let address = scheduler.address.trim_start_matches("http://").to_owned();
+    let flood: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(&address).ok())
+        .collect();
+    assert!(flood.len() >= 64, "only {} connections", flood.len());
+    wait_for(
+        "the scheduler to say it cannot accept",
+        Duration::from_secs(20),
+        || {
+            let log = scheduler.process.output();
+            log.contains("cannot accept connections").then_some(())
+        },
+    );
+    drop(flood);
+    // With descriptors free again it answers (the status query is a new connection).
+    wait_for(
+        "the scheduler to answer again",
+        Duration::from_secs(20),
+        || scheduler.try_agents(),
+    );
+}

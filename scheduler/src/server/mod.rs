@@ -7,6 +7,7 @@ mod blob_service;
 pub mod blobs;
 mod convert;
 mod drivers;
+mod open_files;
 mod state;
 
 use std::{
@@ -169,10 +170,11 @@ impl Listening {
             announcer,
             ..
         } = self;
-        let ticker = tokio::spawn(state::tick_forever(shared.clone()));
+        let open_files = open_files::raise_limit();
+        let ticker = tokio::spawn(state::tick_forever(shared.clone(), open_files));
         let announcing = announcer.map(|a| tokio::spawn(a.run()));
         let guard = auth::TokenCheck::new(token);
-        let incoming = accepting(listener);
+        let incoming = open_files::Incoming::new(accepting(listener));
         let result = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(ladle_common::limits::KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(ladle_common::limits::KEEPALIVE_TIMEOUT))
@@ -276,11 +278,14 @@ fn advertise_for(local: SocketAddr) -> String {
     }
 }
 
+/// The machine's name, from the kernel (uname), not /proc: a hardened unit may hide /proc/sys.
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .ok()
-        .filter(|s| !s.is_empty())
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer it is given.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..end]).trim().to_owned())
+        .filter(|s| rc == 0 && !s.is_empty())
         .unwrap_or_else(|| "localhost".into())
 }
 

@@ -307,15 +307,22 @@ pub fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The core's clock: a tick often enough that a timeout is noticed within a tenth of it.
-pub async fn tick_forever(shared: Arc<Shared>) {
+/// The core's clock: a tick often enough that a timeout is noticed within a tenth of it. It
+/// also looks at the open files every few seconds (`open_files`: the limit in force).
+pub async fn tick_forever(shared: Arc<Shared>, open_files: Option<u64>) {
     let period = (shared.settings.heartbeat_timeout / 10)
         .clamp(Duration::from_millis(10), Duration::from_millis(500));
     let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut files = super::open_files::Watch::new(open_files);
+    let mut files_checked = Instant::now();
     loop {
         interval.tick().await;
         shared.apply(Event::Tick);
+        if files_checked.elapsed() >= Duration::from_secs(5) {
+            files.check();
+            files_checked = Instant::now();
+        }
         // Values of jobs that ended without their driver's goodbye, kept for a while for a
         // driver that opens its session again: they go unless the job is back.
         for job in shared.blobs.due_releases(Instant::now()) {
