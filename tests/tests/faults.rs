@@ -46,6 +46,8 @@ fn assert_exactly_once(found: &serde_json::Value, n: u64) {
     assert_eq!(found["duplicated"], 0, "{}", show(found));
     assert_eq!(found["wrong"], 0, "{}", show(found));
     assert_eq!(found["errors"], serde_json::json!([]), "{}", show(found));
+    // Below the SDK's own de-duplication too: the scheduler sent each result once.
+    assert_eq!(found["sent_twice"], 0, "{}", show(found));
 }
 
 #[test]

@@ -300,6 +300,13 @@ impl Cluster {
         self.inner.capacity.agents()
     }
 
+    /// Results the scheduler sent for tasks that had theirs already, which the SDK dropped. A
+    /// session resumed after its stream died may see a few (results received but not yet
+    /// acknowledged are sent again); otherwise none: the scheduler delivers each result once.
+    pub fn duplicate_results(&self) -> u64 {
+        self.inner.capacity.duplicates()
+    }
+
     /// Returns when the scheduler says the cluster's capacity changed.
     pub(crate) async fn capacity_changed(&self) {
         self.inner.capacity.changed().await;

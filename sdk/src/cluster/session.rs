@@ -46,6 +46,8 @@ pub(crate) struct Capacity {
     agents: AtomicU32,
     /// Woken when it changes (a map widens its window at once).
     changed: tokio::sync::Notify,
+    /// Results for tasks that had one already, dropped here.
+    duplicates: std::sync::atomic::AtomicU64,
 }
 
 impl Capacity {
@@ -70,6 +72,10 @@ impl Capacity {
 
     pub(crate) fn agents(&self) -> u32 {
         self.agents.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::Relaxed)
     }
 }
 
@@ -669,6 +675,7 @@ fn deliver(body: driver_event::Body, state: &mut State, blobs: &BlobClient) {
             for result in results.results {
                 state.acks.receive(result.seq);
                 let Some(route) = state.pending.finish(result.task_id) else {
+                    state.capacity.duplicates.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
                 let mut raw = RawResult {

@@ -570,8 +570,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             let once = seen.iter().filter(|&&c| c == 1).count();
             let twice = seen.iter().filter(|&&c| c > 1).count();
+            // Below the SDK's own de-duplication: results the scheduler sent twice.
+            let sent_twice = cluster.duplicate_results();
             out(
-                json!({ "n": n, "once": once, "duplicated": twice, "wrong": wrong, "errors": errors }),
+                json!({ "n": n, "once": once, "duplicated": twice, "wrong": wrong, "errors": errors, "sent_twice": sent_twice }),
             );
         }
         "counted" => {
