@@ -360,20 +360,16 @@ async fn drive<T: Task>(
     // several times over).
     let mut per_item_bytes: Option<usize> = None;
     let mut chunk_no = 0usize;
-    // Retries are counted here, per item: chunks go out with none of their own.
+    // Retries are the scheduler's to decide, per task: a task of one item goes with the item's
+    // retries left, a chunk of several with none (it would run its good items again). An item
+    // that fails inside a chunk goes again alone, its run in the chunk counted as one attempt.
     let retries = options.retries;
     let options = Options {
         retries: 0,
         ..options
     };
-    let mut retried: HashMap<usize, u32> = HashMap::new();
-    let mut may_retry = move |index: usize| {
-        let used = retried.entry(index).or_insert(0);
-        let allowed = *used < retries;
-        *used += u32::from(allowed);
-        allowed
-    };
-    let mut singles: std::collections::VecDeque<usize> = std::collections::VecDeque::new();
+    // Items to send alone, with the retries each has left.
+    let mut singles: std::collections::VecDeque<(usize, u32)> = std::collections::VecDeque::new();
     let mut progress = Progress::new(total);
     let cancelled = cancel.0.clone();
 
@@ -387,9 +383,9 @@ async fn drive<T: Task>(
             && (!singles.is_empty()
                 || (next < total && (per_item_ns.is_some() || inflight.len() < slots)))
         {
-            // Items of a chunk that crashed its worker go first, one by one.
+            // Items of a chunk that crashed its worker, or failed in one, go first, one by one.
             let single = singles.pop_front();
-            let start = single.unwrap_or(next);
+            let start = single.map_or(next, |(index, _)| index);
             let by_time = per_item_ns.map_or(1, |ns| {
                 ((TARGET_CHUNK.as_nanos() as f64 / ns.max(1.0)) as usize).clamp(1, MAX_CHUNK_ITEMS)
             });
@@ -418,6 +414,17 @@ async fn drive<T: Task>(
             }
             let task_id = cluster.next_task_id();
             let done = done_tx.clone();
+            let task_options = match (single, len) {
+                (Some((_, left)), _) => Options {
+                    retries: left,
+                    ..options.clone()
+                },
+                (None, 1) => Options {
+                    retries,
+                    ..options.clone()
+                },
+                (None, _) => options.clone(),
+            };
             let outcome = encoded.and_then(|(payload, shared)| {
                 cluster.send_chunk::<T>(
                     task_id,
@@ -425,7 +432,7 @@ async fn drive<T: Task>(
                     shared,
                     len,
                     reducer,
-                    &options,
+                    &task_options,
                     Box::new(move |raw| {
                         let _ = done.send((task_id, raw));
                     }),
@@ -480,7 +487,7 @@ async fn drive<T: Task>(
                         Err((ErrorKind::WorkerCrashed | ErrorKind::TooLarge, _))
                     )
                 {
-                    singles.extend(chunk.start..chunk.start + chunk.len);
+                    singles.extend((chunk.start..chunk.start + chunk.len).map(|i| (i, retries)));
                     continue;
                 }
                 if raw.run_ns > 0 && raw.outcome.is_ok() {
@@ -494,27 +501,16 @@ async fn drive<T: Task>(
                         }),
                         Err((kind, message)) => Err(failure(T::NAME, &raw, *kind, message.clone())),
                     };
-                    if matches!(&partial, Err(e) if e.kind == ErrorKind::Failed) {
-                        // A failed reduction, retries allowed: its items again, one by one, each
-                        // with its own retries.
-                        if chunk.len > 1 && retries > 0 {
-                            singles.extend(chunk.start..chunk.start + chunk.len);
-                            continue;
-                        }
-                        if chunk.len == 1 && may_retry(chunk.start) {
-                            singles.push_back(chunk.start);
-                            continue;
-                        }
+                    if matches!(&partial, Err(e) if e.kind == ErrorKind::Failed)
+                        && chunk.len > 1
+                        && retries > 0
+                    {
+                        // A failed reduction of several items, retries allowed: its items again,
+                        // one by one, this run counted as an attempt of each.
+                        singles.extend((chunk.start..chunk.start + chunk.len).map(|i| (i, retries - 1)));
+                        continue;
                     }
                     let _ = tx.send((chunk.start, partial));
-                    continue;
-                }
-                // A lone item's own error comes as the task's failure.
-                if chunk.len == 1
-                    && matches!(&raw.outcome, Err((ErrorKind::Failed, _)))
-                    && may_retry(chunk.start)
-                {
-                    singles.push_back(chunk.start);
                     continue;
                 }
                 match decode_items::<T::Output>(T::NAME, &raw) {
@@ -522,7 +518,9 @@ async fn drive<T: Task>(
                         for (i, item) in items.into_iter().enumerate() {
                             let index = chunk.start + i;
                             match item {
-                                Err(_) if may_retry(index) => singles.push_back(index),
+                                Err(_) if chunk.len > 1 && retries > 0 => {
+                                    singles.push_back((index, retries - 1));
+                                }
                                 item => {
                                     let item = item.map_err(|message| failure(T::NAME, &raw, ErrorKind::Failed, message));
                                     let _ = tx.send((index, item));
@@ -549,7 +547,7 @@ async fn drive<T: Task>(
                     attempt: 0,
                 };
                 if reducer.is_none() {
-                    let unsent = singles.iter().copied().chain(next..total);
+                    let unsent = singles.iter().map(|&(i, _)| i).chain(next..total);
                     let sent = inflight.values().flat_map(|c| c.start..c.start + c.len);
                     for index in sent.chain(unsent) {
                         let _ = tx.send((index, Err(error.clone())));
