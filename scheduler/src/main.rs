@@ -89,6 +89,10 @@ struct ServeArgs {
     /// Write the scheduler's address to this file once it listens.
     #[arg(long, value_name = "FILE")]
     address_file: Option<PathBuf>,
+    /// Where the scheduler keeps its blob store (executables, jobs' values) [default:
+    /// /var/lib/ladle/scheduler as root, else ~/.local/state/ladle/scheduler; `state_dir`].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Address clients should use, when it differs from what the scheduler sees.
     #[arg(long)]
     advertise: Option<String>,
@@ -155,6 +159,10 @@ fn load_settings(cli: &Cli) -> Result<SchedulerSettings, SettingsError> {
         put(
             "address_file",
             args.address_file.as_ref().map(|p| p.display().to_string()),
+        );
+        put(
+            "state_dir",
+            args.state_dir.as_ref().map(|p| p.display().to_string()),
         );
         put("advertise", args.advertise.clone());
         put("heartbeat_timeout", args.heartbeat_timeout.clone());
