@@ -84,15 +84,19 @@ on() {
     'hostname "$0"; mount --bind "$1" /etc/hosts; shift; exec "$@"' "$node" "$hosts" "$@"
 }
 
-# munge: one key, one daemon (its socket is shared by every node's processes).
-if ! pgrep -x munged >/dev/null; then
+# munge: one key, one daemon (its socket is shared by every node's processes). Whether it
+# answers is what counts, not whether a process of that name exists.
+munge_works() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
+if ! munge_works; then
   [[ -s /etc/munge/munge.key ]] || { mungekey --create --force 2>/dev/null || create-munge-key -f; }
-  mkdir -p /run/munge && chown munge:munge /run/munge 2>/dev/null || true
+  install -d -o munge -g munge /run/munge 2>/dev/null || mkdir -p /run/munge
   if id munge >/dev/null 2>&1; then
     runuser -u munge -- munged --force
   else
     munged --force
   fi
+  for _ in $(seq 1 20); do munge_works && break; sleep 0.5; done
+  munge_works || { echo "slurm e2e: munged does not answer" >&2; exit 1; }
 fi
 
 mkdir -p "$lab/state" "$lab/work"
