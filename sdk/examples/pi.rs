@@ -41,10 +41,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "pi ≈ {pi:.6} from {} darts ({inside} inside)",
         tasks * 1_000_000
     );
+    let plural = |n: u64, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
     eprintln!(
-        "{tasks} tasks on {} agents ({} slots) in {:.2}s",
-        cluster.agents(),
-        cluster.slots(),
+        "{} on {} ({}) in {:.2}s",
+        plural(tasks, "task"),
+        plural(u64::from(cluster.agents()), "agent"),
+        plural(u64::from(cluster.slots()), "slot"),
         started.elapsed().as_secs_f64()
     );
     Ok(())

@@ -94,12 +94,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let cluster = ladle::Cluster::from_env().await?;
     if cluster.gpu_slots() == 0 {
+        let plural = |n: u32, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
         eprintln!(
-            "saxpy: no GPU agent is available in this cluster ({} agents, {} CPU slots, 0 GPU \
-             slots); run it where an agent has a CUDA GPU",
-            cluster.agents(),
-            cluster.slots()
+            "saxpy: no GPU agent is available in this cluster ({}, {}, 0 GPU slots); run it \
+             where an agent has a CUDA GPU",
+            plural(cluster.agents(), "agent"),
+            plural(cluster.slots(), "CPU slot")
         );
+        // Dropped first: an embedded cluster removes its temporary directory as it goes.
+        drop(cluster);
         std::process::exit(1);
     }
     let slices: Vec<Slice> = (0..elements)

@@ -184,7 +184,9 @@ fn an_agent_finds_the_scheduler_through_its_address_file_and_through_a_dns_name(
     let file = shared.path().join("scheduler-address");
 
     // The file does not exist yet when the agent starts: it waits for it.
-    let state = tempfile::tempdir().expect("temp dir").keep();
+    // Dropped after the agent (declared before it): the directory goes with the test.
+    let state_dir = tempfile::tempdir().expect("temp dir");
+    let state = state_dir.path().to_owned();
     let mut command = clean_command(&bin("ladle-agent"));
     command
         .args(["--hostname", "by-file", "--no-multicast", "--state-dir"])

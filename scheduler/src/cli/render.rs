@@ -170,6 +170,11 @@ pub fn agents_table(rows: &[AgentRow]) -> String {
     table.to_string()
 }
 
+/// "1 task", "2 tasks".
+fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 pub fn status_text(status: &ClusterStatusResponse, address: &str) -> String {
     let agents = status.agents_alive + status.agents_draining + status.agents_lost;
     format!(
@@ -179,7 +184,7 @@ pub fn status_text(status: &ClusterStatusResponse, address: &str) -> String {
          agents      {agents} ({alive} alive, {draining} draining, {lost} lost)\n\
          cpu slots   {cpu_busy} busy of {cpu_total}\n\
          gpu slots   {gpu_busy} busy of {gpu_total}{gpu_waiting}\n\
-         jobs        {jobs} running, {queued} tasks queued, {running} placed on agents\n\
+         jobs        {jobs} running, {queued} queued, {running} placed on agents\n\
          values      {blobs} stored for running jobs ({blob_mib:.1} MiB)",
         cluster = status.cluster,
         version = status.scheduler_version,
@@ -199,13 +204,19 @@ pub fn status_text(status: &ClusterStatusResponse, address: &str) -> String {
         gpu_total = status.gpu_slots_total,
         gpu_waiting = match (status.gpu_tasks_queued, status.gpu_slots_total) {
             (0, _) => String::new(),
-            (n, 0) => format!(", {n} GPU tasks waiting: no agent has a GPU"),
-            (n, _) => format!(", {n} GPU tasks waiting for a free one"),
+            (n, 0) => format!(
+                ", {} waiting: no agent has a GPU",
+                count(n, "GPU task", "GPU tasks")
+            ),
+            (n, _) => format!(
+                ", {} waiting for a free one",
+                count(n, "GPU task", "GPU tasks")
+            ),
         },
         jobs = status.jobs,
-        queued = status.tasks_queued,
+        queued = count(status.tasks_queued, "task", "tasks"),
         running = status.tasks_running,
-        blobs = status.job_blobs,
+        blobs = count(status.job_blobs, "value", "values"),
         blob_mib = status.job_blob_bytes as f64 / f64::from(1 << 20),
     )
 }

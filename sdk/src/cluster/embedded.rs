@@ -12,8 +12,14 @@ use crate::error::Error;
 pub(crate) struct Embedded {
     pub address: String,
     stops: Vec<oneshot::Sender<()>>,
+    /// Each thread says here when it has stopped: the directory goes only after both have (or
+    /// they would write into it again as it is removed, and leave it behind).
+    stopped: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
     _dir: tempfile::TempDir,
 }
+
+/// How long dropping the cluster waits for its scheduler and agent to stop.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn stopper() -> (
     oneshot::Sender<()>,
@@ -42,7 +48,10 @@ impl Embedded {
         };
         let (stop_scheduler, scheduler_stopped) = stopper();
         let (listening_tx, listening_rx) = oneshot::channel::<Result<String, String>>();
+        let (stopped_tx, stopped) = std::sync::mpsc::channel();
+        let done = stopped_tx.clone();
         on_own_thread("ladle-scheduler", async move {
+            let _done = Done(done);
             let listening = match ladle_scheduler::server::listen_quietly(settings).await {
                 Ok(listening) => listening,
                 Err(err) => {
@@ -68,6 +77,7 @@ impl Embedded {
         };
         let (stop_agent, agent_stopped) = stopper();
         on_own_thread("ladle-agent", async move {
+            let _done = Done(stopped_tx);
             if let Err(err) = ladle_agent::daemon::run(agent, "embedded", agent_stopped).await {
                 tracing::error!("the embedded agent stopped: {err}");
             }
@@ -76,6 +86,7 @@ impl Embedded {
         Ok(Self {
             address,
             stops: vec![stop_agent, stop_scheduler],
+            stopped: std::sync::Mutex::new(stopped),
             _dir: dir,
         })
     }
@@ -92,10 +103,31 @@ async fn on_own_thread(
         .map_err(|e| Error::Embedded(format!("cannot start {name}: {e}")))
 }
 
+/// Says its thread has stopped when dropped, however the thread's future ended.
+struct Done(std::sync::mpsc::Sender<()>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
 impl Drop for Embedded {
     fn drop(&mut self) {
+        let threads = self.stops.len();
         for stop in self.stops.drain(..) {
             let _ = stop.send(());
+        }
+        let deadline = std::time::Instant::now() + STOP_WAIT;
+        let stopped = self
+            .stopped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for _ in 0..threads {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if stopped.recv_timeout(left).is_err() {
+                break;
+            }
         }
     }
 }
