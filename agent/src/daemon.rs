@@ -87,10 +87,7 @@ pub async fn run(
     let hello = Hello {
         protocol_version: ladle_proto::PROTOCOL_VERSION,
         agent_id: identity.id.clone(),
-        hostname: settings
-            .hostname
-            .clone()
-            .unwrap_or_else(resources::hostname),
+        hostname: settings.name(&resources::hostname()),
         version: ladle_common::VERSION.into(),
         resources: Some(probe.resources(cpu_slots, gpus.clone())),
         labels: settings.labels.clone().into_iter().collect(),

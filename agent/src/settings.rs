@@ -31,7 +31,9 @@ pub struct AgentSettings {
     pub state_dir: Option<PathBuf>,
     /// CPU tasks run at once. Default: the CPUs this process may use.
     pub cpu_slots: Option<u32>,
-    /// The name shown in the agent table. Default: the machine's hostname.
+    /// The name shown in the agent table. Default: the machine's hostname; for an agent given a
+    /// state directory of its own (not `…/agent`), the hostname and that directory's name
+    /// (`node7-a2`), so that several agents on one machine are told apart.
     pub hostname: Option<String>,
     /// Free-form labels shown to operators (`labels.zone = "a"`, or LADLE_LABELS__ZONE=a).
     pub labels: BTreeMap<String, String>,
@@ -140,6 +142,29 @@ impl Default for AgentSettings {
 }
 
 impl AgentSettings {
+    /// The name the agent goes by (see `hostname`), given the machine's hostname.
+    pub fn name(&self, machine: &str) -> String {
+        if let Some(name) = &self.hostname {
+            return name.clone();
+        }
+        let own_dir = self
+            .state_dir
+            .as_deref()
+            .and_then(|d| d.file_name())
+            .and_then(|n| n.to_str())
+            .map(|n| {
+                n.chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                    .collect::<String>()
+            })
+            .map(|n| n.trim_matches('.').to_owned())
+            .filter(|n| !n.is_empty() && n != "agent");
+        match own_dir {
+            Some(dir) => format!("{machine}-{dir}"),
+            None => machine.to_owned(),
+        }
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         if let Some(dir) = &self.state_dir {
             return dir.clone();
@@ -164,6 +189,26 @@ mod tests {
     use ladle_common::settings::{Sources, load};
 
     use super::*;
+
+    #[test]
+    fn agents_sharing_a_machine_are_named_apart_by_their_state_directories() {
+        let with_dir = |dir: Option<&str>, name: Option<&str>| AgentSettings {
+            state_dir: dir.map(PathBuf::from),
+            hostname: name.map(str::to_owned),
+            ..AgentSettings::default()
+        };
+        assert_eq!(with_dir(None, None).name("node7"), "node7");
+        assert_eq!(
+            with_dir(Some("/var/lib/ladle/agent"), None).name("node7"),
+            "node7"
+        );
+        assert_eq!(with_dir(Some("/tmp/a2"), None).name("node7"), "node7-a2");
+        assert_eq!(with_dir(Some("/tmp/a 2/"), None).name("node7"), "node7-a2");
+        assert_eq!(
+            with_dir(Some("/tmp/a2"), Some("gpu-1")).name("node7"),
+            "gpu-1"
+        );
+    }
 
     fn with(toml: &str, env: &[(&str, &str)]) -> Result<AgentSettings, String> {
         let mut f = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
