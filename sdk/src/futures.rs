@@ -260,11 +260,23 @@ pub fn as_completed<R: DeserializeOwned>(
     futures.into_iter().collect::<FuturesUnordered<_>>()
 }
 
-/// Waits for every future; the first error wins.
+/// Waits for every future; the first error wins (the rest are not waited for). For every
+/// future's outcome, [`gather_all`].
 pub async fn gather<R: DeserializeOwned>(futures: Vec<TaskFuture<R>>) -> Result<Vec<R>, TaskError> {
     let mut out = Vec::with_capacity(futures.len());
     for f in futures {
         out.push(f.await?);
     }
     Ok(out)
+}
+
+/// Waits for every future and gives each one's outcome, in the order given.
+pub async fn gather_all<R: DeserializeOwned>(
+    futures: Vec<TaskFuture<R>>,
+) -> Vec<Result<R, TaskError>> {
+    let mut out = Vec::with_capacity(futures.len());
+    for f in futures {
+        out.push(f.await);
+    }
+    out
 }

@@ -40,12 +40,17 @@ pub use cluster::{
     executable::EXECUTABLE_ENV,
 };
 pub use error::Error;
-pub use futures::{ReturnWhen, TaskFuture, Waited, as_completed, gather, wait};
+pub use futures::{ReturnWhen, TaskFuture, Waited, as_completed, gather, gather_all, wait};
 pub use gpu::GpuUse;
 pub use ladle_macros::{main, task};
 pub use map::{AsCompleted, MapCancel, MapStream};
 pub use shared::Shared;
 pub use task::{ErrorKind, Reducer, Task, TaskError};
+
+/// Every Rust block of the README, compiled by `cargo test` so that it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExamples;
 
 /// The name of the agent running this task, as `ladle-scheduler agents` shows it; `None` in the
 /// driver.

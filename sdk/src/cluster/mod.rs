@@ -362,16 +362,17 @@ impl Cluster {
         task: T,
         inputs: impl IntoIterator<Item = T::Input>,
     ) -> MapStream<T::Output> {
-        self.map_with(task, inputs, Options::default())
+        self.map_with(task, inputs, &Options::default())
     }
 
+    /// `map` with options (priority, retries per item, a timeout per chunk, GPU use).
     pub fn map_with<T: Task>(
         &self,
         _task: T,
         inputs: impl IntoIterator<Item = T::Input>,
-        options: Options,
+        options: &Options,
     ) -> MapStream<T::Output> {
-        map::map::<T>(self, inputs.into_iter().collect(), options)
+        map::map::<T>(self, inputs.into_iter().collect(), options.clone())
     }
 
     /// Like `map`, in the order the results complete: `(input index, result)`.
@@ -381,6 +382,16 @@ impl Cluster {
         inputs: impl IntoIterator<Item = T::Input>,
     ) -> AsCompleted<T::Output> {
         map::map_as_completed::<T>(self, inputs.into_iter().collect(), Options::default())
+    }
+
+    /// `map_as_completed` with options.
+    pub fn map_as_completed_with<T: Task>(
+        &self,
+        _task: T,
+        inputs: impl IntoIterator<Item = T::Input>,
+        options: &Options,
+    ) -> AsCompleted<T::Output> {
+        map::map_as_completed::<T>(self, inputs.into_iter().collect(), options.clone())
     }
 
     /// Maps `task` over `inputs` and folds the results with `reducer`. Each chunk is folded on
@@ -395,16 +406,17 @@ impl Cluster {
         T: Task,
         R: Reducer<Output = T::Output>,
     {
-        self.map_reduce_with(task, reducer, inputs, Options::default())
+        self.map_reduce_with(task, reducer, inputs, &Options::default())
             .await
     }
 
+    /// `map_reduce` with options.
     pub async fn map_reduce_with<T, R>(
         &self,
         _task: T,
         _reducer: R,
         inputs: impl IntoIterator<Item = T::Input>,
-        options: Options,
+        options: &Options,
     ) -> Result<T::Output, TaskError>
     where
         T: Task,
@@ -420,7 +432,7 @@ impl Cluster {
                 attempt: 0,
             });
         }
-        let (mut partials, cancel) = map::map_partials::<T>(self, inputs, R::NAME, options);
+        let (mut partials, cancel) = map::map_partials::<T>(self, inputs, R::NAME, options.clone());
         let mut acc: Option<T::Output> = None;
         while let Some((_, partial)) = partials.recv().await {
             let folded = partial.and_then(|value| match acc.take() {

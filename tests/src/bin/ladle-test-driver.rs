@@ -383,7 +383,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         "cancel" => {
             // Long enough to keep every slot busy for minutes, unless cancelled.
-            let map = cluster.map_with(nap, std::iter::repeat_n(200u64, 5000), Options::new());
+            let map = cluster.map_with(nap, std::iter::repeat_n(200u64, 5000), &Options::new());
             let canceller = map.canceller();
             let mut map = map;
             let first = map.next().await;
@@ -636,7 +636,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .map_with(
                     fails_once,
                     (0..20).map(|i| path(&format!("m{i}"))),
-                    Options::new().retries(2),
+                    &Options::new().retries(2),
                 )
                 .await;
             out(json!({
