@@ -270,6 +270,14 @@ async fn set_drain(
             "it is not connected: it hears of this when it rejoins this scheduler; if the scheduler restarts first, run this again once the agent is back"
         );
     }
+    if draining
+        && let Ok(status) = target.status().await
+        && status.agents_alive == 0
+    {
+        eprintln!(
+            "warning: no agent accepts work now: new tasks wait (their drivers are told) until              an agent joins or is undrained"
+        );
+    }
     Ok(())
 }
 

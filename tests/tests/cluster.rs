@@ -204,6 +204,12 @@ fn drain_and_undrain_change_the_listed_state() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("draining"));
+    // It was the only agent taking work: the operator is warned.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no agent accepts work now"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     scheduler.wait_state(&id, "draining", Duration::from_secs(5));
     wait_for(
         "the agent to hear of its drain",

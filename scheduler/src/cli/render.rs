@@ -145,23 +145,30 @@ pub fn agents_table(rows: &[AgentRow]) -> String {
             "STATE",
             "CPU SLOTS",
             "GPUS",
-            "MEMORY",
+            "MEMORY USED",
             "HEARTBEAT",
             "FOUND BY",
             "VERSION",
         ]);
     for row in rows {
+        // Busy or used, then total, in every column; a lost agent's last load would be stale.
+        let lost = row.state == "lost";
+        let or_stale = |cell: String| if lost { "-".to_owned() } else { cell };
         table.add_row([
             row.id.chars().take(12).collect::<String>(),
             row.hostname.clone(),
             row.state.to_owned(),
-            format!("{}/{}", row.cpu_slots_busy, row.cpu_slots),
-            gpus_cell(row),
-            format!(
+            or_stale(format!("{}/{}", row.cpu_slots_busy, row.cpu_slots)),
+            if lost && !row.gpus.is_empty() {
+                "-".to_owned()
+            } else {
+                gpus_cell(row)
+            },
+            or_stale(format!(
                 "{} / {}",
-                gib(row.memory_available_bytes),
+                gib(row.memory_bytes.saturating_sub(row.memory_available_bytes)),
                 gib(row.memory_bytes)
-            ),
+            )),
             ago(row.last_heartbeat_ms_ago),
             row.discovery.clone(),
             row.version.clone(),

@@ -238,6 +238,8 @@ impl Core {
         if capacity == self.capacity {
             return;
         }
+        self.jobs
+            .tell_no_agents(capacity.agents, &self.membership, out);
         self.capacity = capacity.clone();
         for conn in self.jobs.driver_conns() {
             out.push(Command::CapacityChanged {
@@ -359,6 +361,9 @@ impl Core {
                 // The acknowledgement first: it gives these tasks their room in the budget.
                 self.jobs.ack(conn, acked);
                 self.jobs.submit(conn, tasks, out);
+                if self.capacity.agents == 0 {
+                    self.jobs.tell_no_agents(0, &self.membership, out);
+                }
                 self.jobs.place(&mut self.membership, out);
                 if needs_gpu {
                     self.jobs.tell_no_gpu(&self.membership, out);

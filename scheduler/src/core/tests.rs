@@ -1307,3 +1307,21 @@ fn a_driver_sending_past_its_budget_has_the_excess_refused_and_the_scheduler_doe
     assert!(delivered(&cmds).is_empty(), "{cmds:?}");
     assert_eq!(sim.core.task_counts().unfinished_peak, 3);
 }
+
+#[test]
+fn a_driver_whose_tasks_no_agent_can_take_is_told_once() {
+    let mut sim = Sim::new();
+    open(&mut sim, 10);
+    // No agent yet: the driver hears why its tasks wait, once.
+    let said = notices(&submit(&mut sim, 10, 0..2));
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].contains("no agent has joined"), "{said:?}");
+    assert!(notices(&submit(&mut sim, 10, 2..3)).is_empty(), "once");
+    // An agent joins and takes them; drained, with more submitted, the driver hears it again.
+    sim.join(1, "a");
+    let mut out = Vec::new();
+    sim.core.set_drain("a", true, &mut out).expect("the agent");
+    let said = notices(&submit(&mut sim, 10, 10..30));
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].contains("1 drained"), "{said:?}");
+}

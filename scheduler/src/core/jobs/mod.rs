@@ -68,6 +68,8 @@ struct Session {
     listed: [bool; 2],
     /// The driver was told that no agent has a GPU for its GPU tasks.
     told_no_gpu: bool,
+    /// The driver was told that no agent accepts work at all.
+    told_no_agents: bool,
     /// An operator cancelled the job: what it submits fails at once.
     cancelled: bool,
     by_task_id: HashMap<u64, TaskRef>,
@@ -248,6 +250,7 @@ impl Jobs {
                 queues: Default::default(),
                 listed: [false; 2],
                 told_no_gpu: false,
+                told_no_agents: false,
                 cancelled: false,
                 by_task_id: HashMap::default(),
                 agents: HashSet::default(),
@@ -463,6 +466,55 @@ impl Jobs {
                 text: format!(
                     "no agent in the cluster has a GPU: {waiting} GPU task(s) of this job wait \
                      until an agent with a GPU joins"
+                ),
+            });
+        }
+    }
+
+    /// Tells the drivers whose tasks wait that no agent accepts work at all (none joined, or
+    /// every one drained or lost), once each until one does; `accepting` is how many agents do.
+    pub(super) fn tell_no_agents(
+        &mut self,
+        accepting: u32,
+        members: &Membership,
+        out: &mut Vec<Command>,
+    ) {
+        if accepting > 0 {
+            for session in self.sessions.values_mut() {
+                session.told_no_agents = false;
+            }
+            return;
+        }
+        let mut why: Option<String> = None;
+        for session in self.sessions.values_mut() {
+            if session.told_no_agents || session.queued == 0 {
+                continue;
+            }
+            let Some(conn) = session.conn else { continue };
+            session.told_no_agents = true;
+            let why = why.get_or_insert_with(|| {
+                let (mut drained, mut lost) = (0, 0);
+                for agent in members.agents() {
+                    match agent.state() {
+                        super::AgentState::Draining => drained += 1,
+                        super::AgentState::Lost => lost += 1,
+                        super::AgentState::Alive => {}
+                    }
+                }
+                match (drained, lost) {
+                    (0, 0) => "no agent has joined the scheduler".to_owned(),
+                    (d, l) => format!("no agent accepts work ({d} drained, {l} lost)"),
+                }
+            });
+            out.push(Command::Notice {
+                conn,
+                text: format!(
+                    "{why}: {} of this job wait until an agent joins or is undrained",
+                    if session.queued == 1 {
+                        "1 task".to_owned()
+                    } else {
+                        format!("{} tasks", session.queued)
+                    }
                 ),
             });
         }
