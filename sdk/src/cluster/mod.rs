@@ -1,6 +1,26 @@
 //! The cluster handle: where tasks are submitted, mapped and reduced.
 
+#[cfg(feature = "embedded")]
 mod embedded;
+/// Built without the `embedded` feature: there is no cluster to start in the process.
+#[cfg(not(feature = "embedded"))]
+mod embedded {
+    use crate::error::Error;
+
+    pub(crate) struct Embedded {
+        pub address: String,
+    }
+
+    impl Embedded {
+        pub(crate) async fn start() -> Result<Self, Error> {
+            Err(Error::Embedded(
+                "this program was built without the embedded cluster (the `embedded` feature of \
+                 ladle): set LADLE_SCHEDULER to a scheduler's address"
+                    .into(),
+            ))
+        }
+    }
+}
 pub(crate) mod executable;
 mod io_thread;
 mod pending;
