@@ -371,10 +371,11 @@ async fn main() -> anyhow::Result<()> {
         }
         let figures = w8::run(name, reps, args.logs.clone()).await?;
         let pick = |key: &str| summary_of(&figures, |f| f[key].as_f64().unwrap_or(f64::NAN));
-        let (wall, driver, cluster) = (
+        let (wall, driver, cluster, beyond) = (
             pick("wall_s"),
             pick("driver_peak_rss_bytes"),
             pick("cluster_peak_rss_bytes"),
+            pick("driver_peak_beyond_before_bytes"),
         );
         let gib = (w8::ITEMS * w8::ITEM_BYTES as u64) as f64 / f64::from(1 << 30);
         let wall_s = wall["median"].as_f64().unwrap_or(f64::NAN);
@@ -383,11 +384,12 @@ async fn main() -> anyhow::Result<()> {
             json!({
                 "items": w8::ITEMS, "item_bytes": w8::ITEM_BYTES, "agents": 2, "slots_per_agent": 1,
                 "values": if name == "W8" { "arguments" } else { "results" },
-                "rss": "VmHWM; the driver is a child process of the benchmark, one per repetition; the cluster is the scheduler, the agents and their workers, summed",
+                "rss": "VmHWM; the driver is a child process of the benchmark, one per repetition; the cluster is the scheduler, the agents and their workers, summed; beyond_before: the driver's peak less its VmRSS just before the workload (its inputs made)",
             }),
             json!({
                 "gb_per_s": gib / wall_s, "wall_s": wall_s,
                 "driver_peak_rss_bytes": driver["median"], "cluster_peak_rss_bytes": cluster["median"],
+                "driver_peak_beyond_before_bytes": beyond["median"],
                 "spread": wall,
             }),
         );

@@ -96,11 +96,15 @@ pub async fn child(workload: &str, logs: Option<PathBuf>) -> anyhow::Result<()> 
     // The first task starts the workers: start-up, not the workload.
     cluster.submit(crate::identity, 0)?.await?;
     let watch = Watch::start(&local);
+    // The driver's resident memory once its inputs are made (W8) and before the workload: what
+    // the workload adds is its peak less this.
+    let before;
     let wall = match workload {
         "W8" => {
             let inputs: Vec<ladle::ByteBuf> = (0..ITEMS)
                 .map(|i| ladle::ByteBuf::from(vec![fill(i); ITEM_BYTES]))
                 .collect();
+            before = cluster::status_bytes(std::process::id(), "VmRSS").unwrap_or(0);
             let t = Instant::now();
             let sums = cluster.map(byte_sum, inputs).await?;
             let wall = t.elapsed();
@@ -112,6 +116,7 @@ pub async fn child(workload: &str, logs: Option<PathBuf>) -> anyhow::Result<()> 
             wall
         }
         "W8r" => {
+            before = cluster::status_bytes(std::process::id(), "VmRSS").unwrap_or(0);
             let t = Instant::now();
             let results = cluster.map(pattern, 0..ITEMS).await?;
             let wall = t.elapsed();
@@ -138,6 +143,8 @@ pub async fn child(workload: &str, logs: Option<PathBuf>) -> anyhow::Result<()> 
         json!({
             "wall_s": wall.as_secs_f64(),
             "driver_peak_rss_bytes": driver_peak,
+            "driver_rss_before_bytes": before,
+            "driver_peak_beyond_before_bytes": driver_peak.saturating_sub(before),
             "cluster_peak_rss_bytes": cluster_peak,
         })
     );

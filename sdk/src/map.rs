@@ -425,6 +425,14 @@ async fn drive<T: Task>(
                 },
                 (None, _) => options.clone(),
             };
+            // A big argument waits for its turn to upload: at most one uploads while the next
+            // is encoded, so the driver never holds more than two beyond its inputs.
+            let turn = match &encoded {
+                Ok((payload, _)) if payload.len() > ladle_common::limits::INLINE_VALUE_BYTES => {
+                    cluster.upload_turn().await
+                }
+                _ => None,
+            };
             let outcome = encoded.and_then(|(payload, shared)| {
                 cluster.send_chunk::<T>(
                     task_id,
@@ -436,6 +444,7 @@ async fn drive<T: Task>(
                     Box::new(move |raw| {
                         let _ = done.send((task_id, raw));
                     }),
+                    turn,
                 )
             });
             match outcome {

@@ -137,6 +137,9 @@ struct Inner {
     opened: SessionOpened,
     /// The cluster's capacity now: the scheduler says when it changes.
     capacity: Arc<session::Capacity>,
+    /// A map's big arguments upload one at a time, the next one encoded meanwhile: the driver
+    /// then holds at most two of them beyond its inputs, whatever the size of the map.
+    uploads: Arc<tokio::sync::Semaphore>,
     address: String,
     token: Option<Token>,
     channel: tonic::transport::Channel,
@@ -295,6 +298,7 @@ impl Cluster {
                 next_id: AtomicU64::new(1),
                 opened,
                 capacity,
+                uploads: Arc::new(tokio::sync::Semaphore::new(1)),
                 address: address.to_owned(),
                 token,
                 channel,
@@ -365,6 +369,7 @@ impl Cluster {
             Box::new(move |raw| {
                 let _ = tx.send(raw);
             }),
+            None,
         )?;
         Ok(TaskFuture::new(
             id,
@@ -529,6 +534,13 @@ impl Cluster {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// Waits for the turn of a map's big argument to upload (see `uploads`).
+    pub(crate) async fn upload_turn(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.inner.uploads.clone().acquire_owned().await.ok()
+    }
+
+    /// Sends a chunk; `turn` is held until a big argument's upload has ended.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn send_chunk<T: Task>(
         &self,
         task_id: u64,
@@ -538,6 +550,7 @@ impl Cluster {
         reducer: Option<&'static str>,
         options: &Options,
         route: Route,
+        turn: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<(), Error> {
         let limit = self.inner.opened.max_value_bytes;
         if limit > 0 && payload.len() as u64 > limit {
@@ -584,7 +597,7 @@ impl Cluster {
             .send(Request::Submit(vec![session::Submission {
                 spec,
                 route,
-                upload,
+                upload: upload.map(|data| (data, turn)),
             }]))
             .map_err(|_| Error::Closed)
     }

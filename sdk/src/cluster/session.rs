@@ -136,11 +136,12 @@ impl RawResult {
 pub(crate) type Route = Box<dyn FnOnce(RawResult) + Send>;
 
 /// A task for the session to send; `upload` holds its argument when it is too big to travel
-/// inline (the spec names it by hash: it goes to the blob store first).
+/// inline (the spec names it by hash: it goes to the blob store first), and the turn it holds
+/// until the upload has ended (a map's big arguments go one at a time).
 pub(crate) struct Submission {
     pub spec: pb::TaskSpec,
     pub route: Route,
-    pub upload: Option<Bytes>,
+    pub upload: Option<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>)>,
 }
 
 pub(crate) enum Request {
@@ -463,7 +464,7 @@ fn take(submission: Submission, state: &mut State, blobs: &BlobClient) {
         route,
         upload,
     } = submission;
-    let Some(data) = upload else {
+    let Some((data, turn)) = upload else {
         state.pending.add(spec, route, false);
         return;
     };
@@ -476,6 +477,7 @@ fn take(submission: Submission, state: &mut State, blobs: &BlobClient) {
         let result = ladle_common::blobs::upload(&mut blobs, &blob, data, &job_id)
             .await
             .map_err(|e| format!("the task's argument could not be stored: {e}"));
+        drop(turn);
         let _ = done.send((id, result));
     });
 }
