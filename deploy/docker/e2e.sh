@@ -4,6 +4,9 @@
 # every result came back exactly once; `docker network disconnect` a second agent until it is
 # listed lost, reconnect it and see it alive again. Everything is torn down however it ends.
 set -euo pipefail
+E2E="e2e"
+# shellcheck source=deploy/lib.sh
+source "$(dirname "$0")/../lib.sh"
 cd "$(dirname "$0")/../.."
 
 compose_cmd=()
@@ -32,20 +35,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Waits until the command succeeds, or fails the test after the deadline.
-wait_for() {
-  local what="$1" seconds="$2"
-  shift 2
-  local deadline=$((SECONDS + seconds))
-  until "$@" >/dev/null 2>&1; do
-    if ((SECONDS >= deadline)); then
-      echo "e2e: timed out after ${seconds}s waiting for $what" >&2
-      return 1
-    fi
-    sleep 0.5
-  done
-  echo "e2e: $what"
-}
 
 deploy/docker/build.sh --tag e2e
 cargo build --quiet --release -p ladle-scheduler

@@ -13,6 +13,9 @@
 #
 #   deploy/slurm/e2e.sh
 set -euo pipefail
+E2E="slurm e2e"
+# shellcheck source=deploy/lib.sh
+source "$(dirname "$0")/../lib.sh"
 cd "$(dirname "$0")/../.."
 repo=$PWD
 
@@ -139,16 +142,6 @@ for node in "${nodes[@]}"; do
   pids+=($!)
 done
 
-wait_for() {
-  local what="$1" limit="$2"
-  shift 2
-  for _ in $(seq 1 "$limit"); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    sleep 1
-  done
-  echo "slurm e2e: timed out waiting for $what" >&2
-  return 1
-}
 idle_nodes() { [[ $(on node1 sinfo -h -N -t idle -o "%N" | sort -u | wc -l) -eq 2 ]]; }
 wait_for "both nodes idle" 30 idle_nodes
 echo "slurm e2e: slurmctld and two slurmd up ($(on node1 sinfo -V))"

@@ -14,6 +14,9 @@
 #
 #   deploy/systemd/e2e.sh
 set -euo pipefail
+E2E="systemd e2e"
+# shellcheck source=deploy/lib.sh
+source "$(dirname "$0")/../lib.sh"
 cd "$(dirname "$0")/../.."
 repo=$PWD
 bin="$repo/${LADLE_BIN:-target/debug}"
@@ -109,16 +112,6 @@ start_machine machine-b
 a="$project-machine-a"
 b="$project-machine-b"
 
-wait_for() {
-  local what="$1" limit="$2"
-  shift 2
-  for _ in $(seq 1 "$limit"); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    sleep 1
-  done
-  echo "systemd e2e: timed out waiting for $what" >&2
-  return 1
-}
 booted() { [[ $(docker exec "$1" systemctl is-system-running 2>/dev/null) =~ ^(running|degraded)$ ]]; }
 wait_for "machine A to boot" 60 booted "$a"
 wait_for "machine B to boot" 60 booted "$b"

@@ -52,6 +52,20 @@ pub fn example(name: &str) -> PathBuf {
     bin("examples").join(name)
 }
 
+/// The port of the scheduler that writes its address to `address_file`, once it has (20 s at
+/// most).
+pub fn listening_port(address_file: &Path) -> u16 {
+    wait_for("the scheduler to listen", Duration::from_secs(20), || {
+        fs::read_to_string(address_file)
+            .ok()?
+            .trim()
+            .rsplit(':')
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
 /// Waits for `probe` to return `Some` within `within`, polling; panics naming `what` otherwise.
 pub fn wait_for<T>(what: &str, within: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;

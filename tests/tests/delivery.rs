@@ -46,15 +46,7 @@ fn scheduler_on(host: &Host, dir: &Path) -> (Process, u16) {
         .arg("serve")
         .env("LADLE_TOKEN", TOKEN);
     let process = Process::spawn(command, dir.join("scheduler.log"));
-    let port = wait_for("the scheduler to listen", Duration::from_secs(20), || {
-        fs::read_to_string(&address_file)
-            .ok()?
-            .trim()
-            .rsplit(':')
-            .next()?
-            .parse()
-            .ok()
-    });
+    let port = ladle_tests::listening_port(&address_file);
     (process, port)
 }
 

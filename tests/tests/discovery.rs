@@ -34,15 +34,7 @@ fn scheduler_with_token(host: &Host, cluster: &str, token: &str, dir: &Path) -> 
         command,
         dir.join(format!("scheduler-{}-{token}.log", host.ns)),
     );
-    let port = wait_for("the scheduler to listen", Duration::from_secs(20), || {
-        fs::read_to_string(&address_file)
-            .ok()?
-            .trim()
-            .rsplit(':')
-            .next()?
-            .parse()
-            .ok()
-    });
+    let port = ladle_tests::listening_port(&address_file);
     (process, port)
 }
 
