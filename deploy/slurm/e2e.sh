@@ -151,11 +151,19 @@ no_ladle_left() { ! pgrep -f "$bin/ladle-(agent|scheduler)" >/dev/null; }
 state_of() { on node1 scontrol show job "$1" | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p'; }
 ended() { [[ $(state_of "$1") =~ ^(COMPLETED|FAILED|CANCELLED|TIMEOUT)$ ]]; }
 
+# Submits the sbatch script on both nodes with binaries from $1, $2 seconds for the agents to
+# join, and the job "${@:3}"; prints the job's id.
+submit() {
+  local from="$1" agent_wait="$2"
+  shift 2
+  on node1 sbatch --parsable --nodes=2 --ntasks-per-node=1 --chdir="$lab/work" \
+    --export=ALL,LADLE_BIN="$from",LADLE_AGENT_WAIT="$agent_wait" \
+    "$repo/deploy/slurm/ladle-job.sbatch" "$@"
+}
+
 # 1. A real job on both nodes.
 cd "$lab/work"
-job=$(on node1 sbatch --parsable --nodes=2 --ntasks-per-node=1 --chdir="$lab/work" \
-  --export=ALL,LADLE_BIN="$bin",LADLE_AGENT_WAIT=60 \
-  "$repo/deploy/slurm/ladle-job.sbatch" "$bin/examples/pi" 64)
+job=$(submit "$bin" 60 "$bin/examples/pi" 64)
 wait_for "job $job to end" 180 ended "$job"
 out="$lab/work/ladle-$job.out"
 [[ $(state_of "$job") == COMPLETED ]] || { echo "slurm e2e: job $job ended $(state_of "$job")" >&2; cat "$out" >&2; exit 1; }
@@ -181,9 +189,7 @@ if [[ \$(hostname) == node2 ]]; then echo "this test's agent will not start on n
 exec "$bin/ladle-agent" "\$@"
 EOF
 chmod +x "$broken/ladle-agent"
-job=$(on node1 sbatch --parsable --nodes=2 --ntasks-per-node=1 --chdir="$lab/work" \
-  --export=ALL,LADLE_BIN="$broken",LADLE_AGENT_WAIT=10 \
-  "$repo/deploy/slurm/ladle-job.sbatch" "$bin/examples/pi" 64)
+job=$(submit "$broken" 10 "$bin/examples/pi" 64)
 wait_for "job $job to end" 120 ended "$job"
 out="$lab/work/ladle-$job.out"
 [[ $(state_of "$job") == FAILED ]] || { echo "slurm e2e: job $job ended $(state_of "$job"), not FAILED" >&2; cat "$out" >&2; exit 1; }
@@ -193,9 +199,7 @@ wait_for "no Ladle process left after job $job" 30 no_ladle_left
 echo "slurm e2e: job $job FAILED saying node2's agent did not join"
 
 # 3. Cancelled mid-run: nothing left behind.
-job=$(on node1 sbatch --parsable --nodes=2 --ntasks-per-node=1 --chdir="$lab/work" \
-  --export=ALL,LADLE_BIN="$bin",LADLE_AGENT_WAIT=60 \
-  "$repo/deploy/slurm/ladle-job.sbatch" "$bin/ladle-test-driver" hang)
+job=$(submit "$bin" 60 "$bin/ladle-test-driver" hang)
 # The agents' table is printed just before the program starts.
 running_job() { grep -q "alive" "$lab/work/ladle-$job.out" && pgrep -f "ladle-test-driver hang" >/dev/null; }
 wait_for "job $job to run its program" 120 running_job

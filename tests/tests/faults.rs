@@ -188,10 +188,7 @@ fn retries_run_again_a_task_whose_function_failed() {
 #[test]
 fn a_task_that_crashes_its_worker_on_one_agent_runs_again_on_the_other() {
     let scheduler = Scheduler::start(SchedulerOptions::default());
-    let agents: Vec<Agent> = (0..2).map(|i| agent(&scheduler, i)).collect();
-    for a in &agents {
-        scheduler.wait_state(&a.id(), "alive", Duration::from_secs(20));
-    }
+    let _agents = ladle_tests::two_slot_agents(&scheduler, 2);
     let dir = tempfile::tempdir().expect("temp dir");
     let found = last_json(&scheduler.run_driver(
         &test_driver(),
