@@ -7,10 +7,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use ladle_common::{
-    client::{self, TokenInterceptor},
-    token::Token,
-};
+use ladle_common::client::{self, ClientAuth};
 use ladle_proto::v1::{BlobRef, FetchBlobRequest};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -26,7 +23,7 @@ struct Inner {
     max_bytes: u64,
     /// The scheduler the agent joined last (discovery may move it).
     address: Mutex<String>,
-    token: Option<Token>,
+    auth: ClientAuth,
     /// One lock per blob, so concurrent needs of the same blob fetch it once.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -39,13 +36,13 @@ fn valid_hash(sha256: &str) -> bool {
 }
 
 impl BlobCache {
-    pub fn new(dir: PathBuf, max_bytes: u64, token: Option<Token>) -> Self {
+    pub fn new(dir: PathBuf, max_bytes: u64, auth: ClientAuth) -> Self {
         Self {
             inner: Arc::new(Inner {
                 dir,
                 max_bytes,
                 address: Mutex::new(String::new()),
-                token,
+                auth,
                 locks: Mutex::new(HashMap::new()),
             }),
         }
@@ -128,10 +125,12 @@ impl BlobCache {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let channel = client::connect(&address).await.map_err(|e| e.to_string())?;
+        let channel = client::connect(&address, &self.inner.auth)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(ladle_common::blobs::client(
             channel,
-            TokenInterceptor::new(self.inner.token.as_ref()),
+            self.inner.auth.interceptor(),
         ))
     }
 

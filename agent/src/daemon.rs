@@ -7,8 +7,8 @@ use std::net::SocketAddrV4;
 
 use ladle_common::{
     address,
+    client::{AuthError, ClientAuth, ClientKeys},
     discovery::{Listener, Locator, Watch},
-    token::Token,
 };
 use ladle_proto::v1::{Gpu, Hello};
 use thiserror::Error;
@@ -31,6 +31,13 @@ pub enum AgentError {
         "no scheduler to join and multicast discovery is off: set `scheduler` (LADLE_SCHEDULER, --scheduler), `scheduler_file`, or turn `multicast` on"
     )]
     NoScheduler,
+    #[error(
+        "this agent holds no credential, so it cannot tell a real scheduler announced on the \
+         network from an impostor, and does not join one: give it the cluster's agent.cluster \
+         (`cluster_file`, LADLE_CLUSTER_FILE), or the scheduler's address (`scheduler`), or set \
+         `allow_unsigned_discovery = true` on a network you trust"
+    )]
+    UnsignedDiscovery,
     #[error("cannot listen for scheduler announcements on {group}: {source}")]
     Multicast {
         group: String,
@@ -38,8 +45,8 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Address(#[from] address::AddressError),
-    #[error("cannot read the cluster token: {0}")]
-    Token(#[from] ladle_common::token::TokenError),
+    #[error("cannot read the agent's credentials: {0}")]
+    Auth(#[from] AuthError),
     #[error(transparent)]
     Identity(#[from] IdentityError),
     #[error("`cpu_slots` is 0 and this machine has no GPU: the agent could run nothing")]
@@ -73,8 +80,16 @@ pub async fn run(
     discovery: &str,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let token = Token::resolve(settings.token.as_deref(), settings.token_file.as_deref())?;
-    let locator = locator(&settings, token.as_ref())?;
+    let auth = ClientAuth::resolve(&ClientKeys {
+        cluster_file: settings.cluster_file.as_deref(),
+        token: settings.token.as_deref(),
+        token_file: settings.token_file.as_deref(),
+        tls_ca: settings.tls_ca.as_deref(),
+        tls_server_name: settings.tls_server_name.as_deref(),
+        tls_client_cert: settings.tls_client_cert.as_deref(),
+        tls_client_key: settings.tls_client_key.as_deref(),
+    })?;
+    let locator = locator(&settings, &auth)?;
     let state_dir = settings.state_dir();
     let identity = Identity::load_or_create(&state_dir)?;
 
@@ -104,7 +119,7 @@ pub async fn run(
     let cache = BlobCache::new(
         state_dir.join("blobs"),
         settings.cache_max_bytes,
-        token.clone(),
+        auth.clone(),
     );
     let (executor, outgoing) = executor::start(
         executor::Slots {
@@ -123,7 +138,7 @@ pub async fn run(
         cache,
         health_file: state_dir.join(HEALTH_FILE),
         drained_file: state_dir.join(DRAINED_FILE),
-        token,
+        auth,
         hello,
         reconnect_max_delay: settings.reconnect_max_delay,
         executor,
@@ -136,7 +151,7 @@ pub async fn run(
 }
 
 /// Where the agent looks for its scheduler: the address given, else the file, else multicast.
-fn locator(settings: &AgentSettings, token: Option<&Token>) -> Result<Locator, AgentError> {
+fn locator(settings: &AgentSettings, auth: &ClientAuth) -> Result<Locator, AgentError> {
     // An empty address (LADLE_SCHEDULER="") means none: discovery.
     if let Some(scheduler) = settings
         .scheduler
@@ -148,8 +163,28 @@ fn locator(settings: &AgentSettings, token: Option<&Token>) -> Result<Locator, A
     if let Some(path) = &settings.scheduler_file {
         return Ok(Locator::File(path.clone()));
     }
+    if let Some(scheduler) = auth.scheduler() {
+        return Ok(Locator::Address(address::normalize(scheduler)?));
+    }
     if !settings.multicast {
         return Err(AgentError::NoScheduler);
+    }
+    // Announcements are checked with the cluster file's discovery key (or the shared token);
+    // the scheduler they name must then prove itself with TLS against the file's trust anchor.
+    let key = auth
+        .file
+        .as_ref()
+        .and_then(|f| f.discovery_key())
+        .or_else(|| auth.credential.clone());
+    if key.is_none() {
+        if !settings.allow_unsigned_discovery {
+            return Err(AgentError::UnsignedDiscovery);
+        }
+        warn!(
+            "`allow_unsigned_discovery` is on: this agent joins whichever scheduler of cluster {:?} \
+             announces itself on the network, and runs the code it serves",
+            settings.cluster
+        );
     }
     let group = SocketAddrV4::new(settings.multicast_group, settings.multicast_port);
     let listener = Listener::bind(group).map_err(|source| AgentError::Multicast {
@@ -163,9 +198,12 @@ fn locator(settings: &AgentSettings, token: Option<&Token>) -> Result<Locator, A
     Ok(Locator::Multicast {
         watch: Watch::start(
             listener,
-            settings.cluster.clone(),
+            // The cluster file names the cluster it belongs to.
+            auth.file
+                .as_ref()
+                .map_or_else(|| settings.cluster.clone(), |f| f.cluster.clone()),
             ladle_proto::PROTOCOL_VERSION,
-            token.cloned(),
+            key,
         ),
         wait: settings.discovery_wait,
     })

@@ -16,7 +16,11 @@ struct Cli {
     /// TOML settings file.
     #[arg(long, env = "LADLE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// The scheduler to join, e.g. http://10.0.0.1:7070 (also LADLE_SCHEDULER) [default: the
+    /// The cluster's file for agents, from `ladle-scheduler init` (agent.cluster): credential,
+    /// trust anchor and usually the scheduler's address [env: LADLE_CLUSTER_FILE].
+    #[arg(long, value_name = "FILE")]
+    cluster_file: Option<PathBuf>,
+    /// The scheduler to join, e.g. https://10.0.0.1:7070 (also LADLE_SCHEDULER) [default: the
     /// address in --scheduler-file, else the one the cluster's scheduler announces on multicast].
     #[arg(long)]
     scheduler: Option<String>,
@@ -102,6 +106,9 @@ fn main() -> ExitCode {
 
 fn load_settings(cli: &Cli) -> Result<AgentSettings, SettingsError> {
     let mut flags: Vec<(&'static str, config::Value)> = Vec::new();
+    if let Some(file) = &cli.cluster_file {
+        flags.push(("cluster_file", file.display().to_string().into()));
+    }
     if let Some(s) = &cli.scheduler {
         flags.push(("scheduler", s.clone().into()));
     }

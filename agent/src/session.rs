@@ -4,9 +4,8 @@
 use std::{future::Future, time::Duration};
 
 use ladle_common::{
-    client::{self, TokenInterceptor},
+    client::{self, ClientAuth},
     discovery::Locator,
-    token::Token,
 };
 use ladle_proto::v1::{
     AgentMessage, Heartbeat, Hello, SchedulerMessage, Welcome, agent_message,
@@ -51,7 +50,7 @@ pub struct Session {
     pub health_file: std::path::PathBuf,
     /// Present while an operator has this agent drained (see `daemon::DRAINED_FILE`).
     pub drained_file: std::path::PathBuf,
-    pub token: Option<Token>,
+    pub auth: ClientAuth,
     pub hello: Hello,
     pub reconnect_max_delay: Duration,
     pub executor: ExecutorHandle,
@@ -134,7 +133,7 @@ impl Session {
         let mut failures = Vec::new();
         let mut connected = None;
         for candidate in candidates {
-            match client::connect(&candidate.url).await {
+            match client::connect(&candidate.url, &self.auth).await {
                 Ok(channel) => {
                     connected = Some((channel, candidate));
                     break;
@@ -159,7 +158,7 @@ impl Session {
             .unwrap_or_else(|| found.how.to_owned());
         let mut client = ladle_common::with_message_limits!(AgentServiceClient::with_interceptor(
             channel,
-            TokenInterceptor::new(self.token.as_ref()),
+            self.auth.interceptor(),
         ));
         let (tx, rx) = mpsc::channel(64);
         let hello = AgentMessage {

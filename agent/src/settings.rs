@@ -23,9 +23,23 @@ pub struct AgentSettings {
     /// How long to wait for an announcement before saying, in the log, that none came.
     #[serde(with = "humantime_serde")]
     pub discovery_wait: Duration,
-    /// The cluster's shared token. Prefer `token_file`, or the LADLE_TOKEN variable.
+    /// The cluster file for agents, from `ladle-scheduler init` (`agent.cluster`): the agent's
+    /// credential, the trust anchor it checks the scheduler against (TLS), the key that signs
+    /// announcements, and usually the scheduler's address.
+    pub cluster_file: Option<PathBuf>,
+    /// One shared token instead of a cluster file. Prefer `token_file`, or LADLE_TOKEN.
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
+    /// TLS without a cluster file (or overriding its trust): the CA the scheduler's certificate
+    /// is signed by, the name it carries, and a client certificate and key for mutual TLS.
+    pub tls_ca: Option<PathBuf>,
+    pub tls_server_name: Option<String>,
+    pub tls_client_cert: Option<PathBuf>,
+    pub tls_client_key: Option<PathBuf>,
+    /// Join a scheduler heard of on multicast although this agent holds no credential to check
+    /// its announcements with. Anyone on the network could then serve it code: off unless the
+    /// network is trusted.
+    pub allow_unsigned_discovery: bool,
     /// Where the agent keeps its id (and later its cache). Default: /var/lib/ladle/agent for
     /// root, else the user's state directory.
     pub state_dir: Option<PathBuf>,
@@ -126,8 +140,14 @@ impl Default for AgentSettings {
             multicast_group: ladle_common::discovery::DEFAULT_GROUP,
             multicast_port: ladle_common::discovery::DEFAULT_PORT,
             discovery_wait: Duration::from_secs(10),
+            cluster_file: None,
             token: None,
             token_file: None,
+            tls_ca: None,
+            tls_server_name: None,
+            tls_client_cert: None,
+            tls_client_key: None,
+            allow_unsigned_discovery: false,
             state_dir: None,
             cpu_slots: None,
             hostname: None,

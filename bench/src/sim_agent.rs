@@ -71,7 +71,7 @@ impl Fleet {
         runtime.spawn(async move {
             let mut channels = Vec::with_capacity(CHANNELS);
             for _ in 0..CHANNELS.min(agents.max(1)) {
-                match ladle_common::client::connect(&address).await {
+                match ladle_common::client::connect(&address, &Default::default()).await {
                     Ok(channel) => channels.push(channel),
                     Err(err) => return shared.fail(format!("connecting an agent channel: {err}")),
                 }

@@ -82,8 +82,9 @@ async fn run_once(
     let scheduler = Scheduler::start(logs).await?;
     let fleet = Fleet::start(&scheduler.address, agents)?;
     fleet.joined().await?;
-    let mut admin =
-        AdminServiceClient::new(ladle_common::client::connect(&scheduler.address).await?);
+    let mut admin = AdminServiceClient::new(
+        ladle_common::client::connect(&scheduler.address, &Default::default()).await?,
+    );
     loop {
         let status = admin
             .cluster_status(ClusterStatusRequest {})

@@ -3,10 +3,13 @@
 pub mod address;
 pub mod blobs;
 pub mod client;
+pub mod cluster_file;
+pub mod credentials;
 pub mod discovery;
 pub mod limits;
 pub mod logging;
 pub mod settings;
+pub mod tls;
 pub mod token;
 pub mod worker_protocol;
 

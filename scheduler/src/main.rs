@@ -5,8 +5,9 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use ladle_common::{
+    client::{ClientAuth, ClientKeys},
+    cluster_file,
     settings::{self, SettingsError, Sources},
-    token::Token,
 };
 use ladle_scheduler::{
     cli::{self, Target},
@@ -30,6 +31,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Make a new cluster's files: TLS certificates and credentials per role, one file per kind
+    /// of machine (scheduler.cluster, agent.cluster, driver.cluster, admin.cluster,
+    /// view.cluster). Copy agent.cluster to the agents and driver.cluster to whoever runs jobs.
+    Init(InitArgs),
     /// Run the scheduler.
     Serve(ServeArgs),
     /// List the agents and their state.
@@ -76,8 +81,42 @@ enum Command {
 }
 
 #[derive(Args)]
+struct InitArgs {
+    /// Where to write the files.
+    #[arg(long, value_name = "DIR", default_value = "ladle-cluster")]
+    out: PathBuf,
+    /// Cluster name [default: the settings' `cluster`, "default"].
+    #[arg(long)]
+    cluster: Option<String>,
+    /// The address agents and drivers will use (host:port); written into every file, so that
+    /// they need no LADLE_SCHEDULER.
+    #[arg(long, value_name = "HOST:PORT")]
+    scheduler: Option<String>,
+    /// More names or addresses for the scheduler's certificate (repeatable).
+    #[arg(long = "name", value_name = "NAME")]
+    names: Vec<String>,
+    /// Your own certificate, key and CA (PEM) instead of ones made here; with --server-name,
+    /// the name clients check in the certificate.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca", "server_name"])]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+    /// Replace files that exist.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
 struct ServeArgs {
-    /// Interface to listen on [default: 0.0.0.0 with a token, 127.0.0.1 without].
+    /// The scheduler's cluster file, from `init` (scheduler.cluster) [env: LADLE_CLUSTER_FILE].
+    #[arg(long, value_name = "FILE")]
+    cluster_file: Option<PathBuf>,
+    /// Interface to listen on [default: 0.0.0.0 with a cluster file (TLS and credentials),
+    /// 127.0.0.1 without].
     #[arg(long)]
     bind: Option<String>,
     /// Port to listen on; 0 picks a free one [default: 7070].
@@ -153,6 +192,10 @@ fn load_settings(cli: &Cli) -> Result<SchedulerSettings, SettingsError> {
                 flags.push((key, config::Value::from(value)));
             }
         };
+        put(
+            "cluster_file",
+            args.cluster_file.as_ref().map(|p| p.display().to_string()),
+        );
         put("bind", args.bind.clone());
         put("port", args.port.map(|p| p.to_string()));
         put("cluster", args.cluster.clone());
@@ -182,6 +225,7 @@ fn load_settings(cli: &Cli) -> Result<SchedulerSettings, SettingsError> {
 
 async fn run(command: Command, settings: SchedulerSettings) -> anyhow::Result<()> {
     match command {
+        Command::Init(args) => init(args, &settings),
         Command::Serve(_) => {
             let listening = server::listen(settings).await?;
             listening.serve(shutdown_signal()).await?;
@@ -207,6 +251,8 @@ async fn run(command: Command, settings: SchedulerSettings) -> anyhow::Result<()
                     "protocol_version": status.protocol_version,
                     "uptime_ms": status.uptime_ms,
                     "token_required": status.token_required,
+                    "security": status.security,
+                    "calls_refused": status.calls_refused,
                     "agents": { "alive": status.agents_alive, "draining": status.agents_draining, "lost": status.agents_lost },
                     "cpu_slots": { "busy": status.cpu_slots_busy, "total": status.cpu_slots_total },
                     "gpu_slots": { "busy": status.gpu_slots_busy, "total": status.gpu_slots_total },
@@ -281,15 +327,77 @@ async fn set_drain(
     Ok(())
 }
 
-/// The scheduler named on the command line or in LADLE_SCHEDULER, else the one these settings
-/// describe on this machine; and the token from the settings.
+fn init(args: InitArgs, settings: &SchedulerSettings) -> anyhow::Result<()> {
+    let own = match (
+        &args.tls_cert,
+        &args.tls_key,
+        &args.tls_ca,
+        &args.server_name,
+    ) {
+        (Some(cert), Some(key), Some(ca), Some(name)) => Some(cluster_file::OwnCertificates {
+            cert_pem: ladle_common::tls::read_pem("the TLS certificate", cert, "CERTIFICATE")?,
+            key_pem: ladle_common::tls::read_pem("the TLS key", key, "PRIVATE KEY")?,
+            ca_pem: ladle_common::tls::read_pem("the CA", ca, "CERTIFICATE")?,
+            server_name: name.clone(),
+        }),
+        _ => None,
+    };
+    let cluster = args.cluster.unwrap_or_else(|| settings.cluster.clone());
+    let files = cluster_file::generate(&cluster_file::InitOptions {
+        cluster: cluster.clone(),
+        scheduler: args.scheduler.clone(),
+        names: args.names,
+        own,
+    })?;
+    let paths = cluster_file::write_all(&args.out, &files, args.force)?;
+    let dir = args.out.display();
+    println!(
+        "cluster {cluster:?}: wrote {} files to {dir}/ (mode 0600):",
+        paths.len()
+    );
+    for (name, role) in [
+        (
+            "scheduler.cluster",
+            "this machine: ladle-scheduler serve --cluster-file",
+        ),
+        (
+            "agent.cluster",
+            "copy to every agent machine: ladle-agent --cluster-file",
+        ),
+        (
+            "driver.cluster",
+            "for whoever runs jobs: LADLE_CLUSTER_FILE=…/driver.cluster",
+        ),
+        ("admin.cluster", "for operators' CLI (drain, cancel)"),
+        ("view.cluster", "for read-only status"),
+    ] {
+        println!("  {name:<18} {role}");
+    }
+    if args.scheduler.is_none() {
+        println!(
+            "(no --scheduler HOST:PORT was given: agents find the scheduler on multicast, drivers need LADLE_SCHEDULER)"
+        );
+    }
+    Ok(())
+}
+
+/// The scheduler named on the command line or in LADLE_SCHEDULER, else the cluster file's, else
+/// the one these settings describe on this machine; and the credential from the settings.
 fn target_of(args: &TargetArgs, settings: &SchedulerSettings) -> anyhow::Result<Target> {
-    let token = Token::resolve(settings.token.as_deref(), settings.token_file.as_deref())
-        .context("cannot read the cluster token")?;
-    let address = match &args.scheduler {
-        Some(address) => address.clone(),
+    let auth = ClientAuth::resolve(&ClientKeys {
+        cluster_file: settings.cluster_file.as_deref(),
+        token: settings.token.as_deref(),
+        token_file: settings.token_file.as_deref(),
+        tls_ca: settings.tls_ca.as_deref(),
+        tls_server_name: settings.tls_server_name.as_deref(),
+        tls_client_cert: settings.tls_client_cert.as_deref(),
+        tls_client_key: settings.tls_client_key.as_deref(),
+    })
+    .context("cannot read the client's credentials")?;
+    let address = match args.scheduler.as_deref().or(auth.scheduler()) {
+        Some(address) => address.to_owned(),
         None => {
-            let ip = settings.bind_address(token.is_some());
+            let ip = settings.bind_address(auth.tls.is_some());
             let host = if ip.is_unspecified() {
                 "127.0.0.1".to_owned()
             } else {
@@ -303,7 +411,7 @@ fn target_of(args: &TargetArgs, settings: &SchedulerSettings) -> anyhow::Result<
             format!("http://{host}:{}", settings.port)
         }
     };
-    Ok(Target { address, token })
+    Ok(Target { address, auth })
 }
 
 async fn shutdown_signal() {

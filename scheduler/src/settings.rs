@@ -27,9 +27,25 @@ pub struct SchedulerSettings {
     pub advertise: Option<String>,
     /// A file the scheduler writes its address to once it listens (Slurm, tests, port 0).
     pub address_file: Option<PathBuf>,
-    /// The cluster's shared token. Prefer `token_file`, or the LADLE_TOKEN variable.
+    /// The scheduler's cluster file, from `ladle-scheduler init` (`scheduler.cluster`): its TLS
+    /// certificate and key, and the credentials it accepts, by role. The CLI presents the admin
+    /// credential it also holds; elsewhere, give the CLI `admin.cluster` or `view.cluster`.
+    pub cluster_file: Option<PathBuf>,
+    /// One shared token that serves every role, instead of a cluster file's credentials per role.
+    /// Prefer `token_file`, or the LADLE_TOKEN variable.
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
+    /// The scheduler's own certificate and key (PEM), instead of the cluster file's.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: clients must present a certificate signed by this CA (PEM).
+    pub tls_client_ca: Option<PathBuf>,
+    /// For the CLI, when the scheduler's certificate is not the cluster file's: the CA that
+    /// signed it, the name it carries, and a client certificate and key for mutual TLS.
+    pub tls_ca: Option<PathBuf>,
+    pub tls_server_name: Option<String>,
+    pub tls_client_cert: Option<PathBuf>,
+    pub tls_client_key: Option<PathBuf>,
     /// How often agents send a heartbeat.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
@@ -77,8 +93,16 @@ impl Default for SchedulerSettings {
             port: DEFAULT_PORT,
             advertise: None,
             address_file: None,
+            cluster_file: None,
             token: None,
             token_file: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_ca: None,
+            tls_server_name: None,
+            tls_client_cert: None,
+            tls_client_key: None,
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(5),
             forget_lost_after: Duration::from_secs(3600),
@@ -174,9 +198,9 @@ impl SchedulerSettings {
             .join("ladle/scheduler")
     }
 
-    /// The interface to listen on, given whether a token guards the door.
-    pub fn bind_address(&self, has_token: bool) -> IpAddr {
-        self.bind.unwrap_or(if has_token {
+    /// The interface to listen on, given whether credentials and TLS guard the door.
+    pub fn bind_address(&self, secured: bool) -> IpAddr {
+        self.bind.unwrap_or(if secured {
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)
         } else {
             IpAddr::V4(Ipv4Addr::LOCALHOST)

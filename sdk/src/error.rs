@@ -10,6 +10,8 @@ pub enum Error {
     Connect(#[from] ladle_common::client::ConnectError),
     #[error("cannot read the cluster token: {0}")]
     Token(#[from] ladle_common::token::TokenError),
+    #[error("cannot read this program's credentials: {0}")]
+    Auth(#[from] ladle_common::client::AuthError),
     #[error("the scheduler at {address} refused the session: {message}")]
     Refused { address: String, message: String },
     #[error("cannot read this program's executable {path}: {source}")]

@@ -21,6 +21,8 @@ pub struct Announcer {
     /// Whether the addresses follow the interfaces (the scheduler listens on all of them):
     /// then each announcement lists every interface's address, as the interfaces are now.
     pub per_interface: bool,
+    /// "https" when the scheduler speaks TLS, else "http".
+    pub scheme: &'static str,
     /// Signs the announcements, so that agents of this cluster believe them and no others.
     pub token: Option<crate::token::Token>,
 }
@@ -48,7 +50,7 @@ impl Announcer {
             if self.per_interface {
                 self.announcement.addresses = list
                     .iter()
-                    .map(|(_, ip)| format!("http://{ip}:{}", self.port))
+                    .map(|(_, ip)| format!("{}://{ip}:{}", self.scheme, self.port))
                     .collect();
             }
             let described = describe_interfaces(&list);

@@ -2,10 +2,7 @@
 
 mod render;
 
-use ladle_common::{
-    client::{self, ConnectError, TokenInterceptor},
-    token::Token,
-};
+use ladle_common::client::{self, ClientAuth, ConnectError, TokenInterceptor};
 use ladle_proto::v1::{
     ClusterStatusRequest, ListAgentsRequest, SetDrainRequest,
     admin_service_client::AdminServiceClient,
@@ -24,27 +21,27 @@ pub enum CliError {
     Failed { address: String, message: String },
 }
 
-/// A scheduler to talk to, and the token to present.
+/// A scheduler to talk to, and how to prove who we are.
 pub struct Target {
     pub address: String,
-    pub token: Option<Token>,
+    pub auth: ClientAuth,
 }
 
 type Admin = AdminServiceClient<InterceptedService<Channel, TokenInterceptor>>;
 
 impl Target {
     async fn admin(&self) -> Result<Admin, CliError> {
-        let channel = client::connect(&self.address).await?;
+        let channel = client::connect(&self.address, &self.auth).await?;
         Ok(ladle_common::with_message_limits!(
-            AdminServiceClient::with_interceptor(
-                channel,
-                TokenInterceptor::new(self.token.as_ref())
-            )
+            AdminServiceClient::with_interceptor(channel, self.auth.interceptor())
         ))
     }
 
     fn failed(&self, status: Status) -> CliError {
         let address = self.address.clone();
+        if let Some(err) = client::plaintext_refused(&address, &self.auth, &status) {
+            return CliError::Connect(err);
+        }
         let message = status.message().to_owned();
         match status.code() {
             Code::Unauthenticated

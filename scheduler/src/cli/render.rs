@@ -197,10 +197,11 @@ pub fn status_text(status: &ClusterStatusResponse, address: &str) -> String {
         version = status.scheduler_version,
         protocol = status.protocol_version,
         uptime = humantime::format_duration(Duration::from_secs(status.uptime_ms / 1000)),
-        security = if status.token_required {
-            "cluster token required"
-        } else {
-            "NO TOKEN: anyone who reaches it may join"
+        security = match (status.security.as_str(), status.calls_refused) {
+            ("", _) if status.token_required => "cluster token required".to_owned(),
+            ("", _) => "NO TOKEN: anyone who reaches it may join".to_owned(),
+            (described, 0) => described.to_owned(),
+            (described, refused) => format!("{described}; {refused} calls refused"),
         },
         alive = status.agents_alive,
         draining = status.agents_draining,

@@ -9,8 +9,10 @@ use ladle_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use ladle_common::credentials::Permission;
+
 use super::{
-    convert,
+    auth, convert,
     state::{Shared, millis},
 };
 use crate::core::{AgentState, SelectError};
@@ -50,6 +52,8 @@ impl admin_service_server::AdminService for AdminService {
             protocol_version: ladle_proto::PROTOCOL_VERSION,
             uptime_ms: millis(self.shared.started.elapsed()),
             token_required: self.shared.token_required,
+            security: self.shared.security.into(),
+            calls_refused: self.shared.refusals.total(),
             ..Default::default()
         };
         status.blob_fetches = self.shared.blobs.fetch_counts().into_iter().collect();
@@ -96,6 +100,12 @@ impl admin_service_server::AdminService for AdminService {
         &self,
         request: Request<CancelJobRequest>,
     ) -> Result<Response<CancelJobResponse>, Status> {
+        auth::require(
+            &request,
+            Permission::Manage,
+            &self.shared.refusals,
+            "cancel jobs",
+        )?;
         let selector = request.into_inner().job;
         let (job, cancelled) = self
             .shared
@@ -118,6 +128,12 @@ impl admin_service_server::AdminService for AdminService {
         &self,
         request: Request<SetDrainRequest>,
     ) -> Result<Response<SetDrainResponse>, Status> {
+        auth::require(
+            &request,
+            Permission::Manage,
+            &self.shared.refusals,
+            "drain or undrain agents",
+        )?;
         let SetDrainRequest { agent, draining } = request.into_inner();
         let now = Instant::now();
         let info = self

@@ -8,6 +8,7 @@ pub mod blobs;
 mod convert;
 mod drivers;
 mod open_files;
+pub mod security;
 mod state;
 
 use std::{
@@ -19,6 +20,7 @@ use std::{
 };
 
 use ladle_common::{
+    credentials::Permission,
     discovery::{Announcement, Announcer},
     token::Token,
     with_message_limits,
@@ -40,7 +42,9 @@ pub enum ServeError {
     #[error("invalid settings: {0}")]
     Settings(#[from] crate::settings::SettingsCheck),
     #[error(transparent)]
-    Token(#[from] ladle_common::token::TokenError),
+    Security(#[from] security::SecurityError),
+    #[error("the TLS settings cannot be used: {0}")]
+    Tls(tonic::transport::Error),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: SocketAddr,
@@ -64,7 +68,7 @@ pub enum ServeError {
 pub struct Listening {
     listener: TcpListener,
     shared: Arc<Shared>,
-    token: Option<Token>,
+    security: security::Security,
     /// The address clients should use (`http://host:port`).
     pub advertised: String,
     pub local: SocketAddr,
@@ -84,8 +88,9 @@ pub async fn listen_quietly(settings: SchedulerSettings) -> Result<Listening, Se
 
 async fn listen_with(settings: SchedulerSettings, announce: bool) -> Result<Listening, ServeError> {
     settings.check()?;
-    let token = Token::resolve(settings.token.as_deref(), settings.token_file.as_deref())?;
-    let ip = settings.bind_address(token.is_some());
+    let security = security::Security::from_settings(&settings)?;
+    let ip = settings.bind_address(security.secured());
+    security.check_bind(ip)?;
     let address = SocketAddr::new(ip, settings.port);
     let listener = TcpListener::bind(address)
         .await
@@ -94,22 +99,26 @@ async fn listen_with(settings: SchedulerSettings, announce: bool) -> Result<List
         .local_addr()
         .map_err(|source| ServeError::Bind { address, source })?;
 
-    if token.is_none() && announce {
-        if ip.is_loopback() {
-            warn!(
-                "NO CLUSTER TOKEN IS SET: this scheduler accepts anyone who can reach it, so it listens on \
-                 loopback only ({local}). Set `token_file` or LADLE_TOKEN to let agents on other machines join."
-            );
-        } else {
-            warn!(
-                "NO CLUSTER TOKEN IS SET and `bind` is {ip}: ANYONE WHO CAN REACH {local} CAN JOIN AGENTS AND RUN \
-                 CODE ON THEM. Set `token_file` or LADLE_TOKEN."
-            );
-        }
+    if announce && !security.secured() {
+        warn!(
+            "this scheduler has no {}, so it listens on loopback only ({local}): agents on other \
+             machines cannot join. Run `ladle-scheduler init` and serve with its scheduler.cluster \
+             (LADLE_CLUSTER_FILE).",
+            if security.accepted.is_open() {
+                "credentials"
+            } else {
+                "TLS"
+            }
+        );
     }
 
+    let scheme = if security.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let advertised = format!(
-        "http://{}",
+        "{scheme}://{}",
         settings
             .advertise
             .clone()
@@ -144,12 +153,18 @@ async fn listen_with(settings: SchedulerSettings, announce: bool) -> Result<List
             source,
         },
     )?;
-    let announcer = announcer(&settings, local, announce, token.clone());
-    let shared = Arc::new(Shared::new(core, settings, token.is_some(), blobs));
+    let announcer = announcer(
+        &settings,
+        local,
+        announce,
+        scheme,
+        security.discovery_key.clone(),
+    );
+    let shared = Arc::new(Shared::new(core, settings, &security, blobs));
     Ok(Listening {
         listener,
         shared,
-        token,
+        security,
         advertised,
         local,
         announcer,
@@ -166,16 +181,21 @@ impl Listening {
         let Listening {
             listener,
             shared,
-            token,
+            security,
             announcer,
             ..
         } = self;
         let open_files = open_files::raise_limit();
         let ticker = tokio::spawn(state::tick_forever(shared.clone(), open_files));
         let announcing = announcer.map(|a| tokio::spawn(a.run()));
-        let guard = auth::TokenCheck::new(token);
+        let guard =
+            |needs| auth::AuthCheck::new(security.accepted.clone(), shared.refusals.clone(), needs);
         let incoming = open_files::Incoming::new(accepting(listener));
-        let result = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &security.tls {
+            builder = builder.tls_config(tls.config()).map_err(ServeError::Tls)?;
+        }
+        let result = builder
             .http2_keepalive_interval(Some(ladle_common::limits::KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(ladle_common::limits::KEEPALIVE_TIMEOUT))
             .initial_stream_window_size(ladle_common::limits::STREAM_WINDOW_BYTES)
@@ -185,25 +205,25 @@ impl Listening {
                 with_message_limits!(AgentServiceServer::new(agents::AgentService::new(
                     shared.clone()
                 ))),
-                guard.clone(),
+                guard(Permission::Attach),
             ))
             .add_service(InterceptedService::new(
                 with_message_limits!(DriverServiceServer::new(drivers::DriverService::new(
                     shared.clone()
                 ))),
-                guard.clone(),
+                guard(Permission::Submit),
             ))
             .add_service(InterceptedService::new(
                 with_message_limits!(BlobServiceServer::new(blob_service::BlobService::new(
                     shared.clone()
                 ))),
-                guard.clone(),
+                guard(Permission::Blobs),
             ))
             .add_service(InterceptedService::new(
                 with_message_limits!(AdminServiceServer::new(admin::AdminService::new(
                     shared.clone()
                 ))),
-                guard,
+                guard(Permission::Read),
             ))
             .serve_with_incoming_shutdown(incoming, {
                 let shared = shared.clone();
@@ -232,6 +252,7 @@ fn announcer(
     settings: &SchedulerSettings,
     local: SocketAddr,
     announce: bool,
+    scheme: &'static str,
     token: Option<Token>,
 ) -> Option<Announcer> {
     if !settings.multicast || !announce {
@@ -246,10 +267,10 @@ fn announcer(
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let per_interface = settings.advertise.is_none() && local.ip().is_unspecified();
     let addresses = match &settings.advertise {
-        Some(advertise) => vec![format!("http://{advertise}")],
+        Some(advertise) => vec![format!("{scheme}://{advertise}")],
         // Filled in by the announcer from the interfaces of the moment.
         None if per_interface => Vec::new(),
-        None => vec![format!("http://{local}")],
+        None => vec![format!("{scheme}://{local}")],
     };
     Some(Announcer {
         group: SocketAddrV4::new(settings.multicast_group, settings.multicast_port),
@@ -264,6 +285,7 @@ fn announcer(
         },
         port: local.port(),
         per_interface,
+        scheme,
         token,
     })
 }

@@ -49,6 +49,9 @@ pub struct Shared {
     next_conn: AtomicU64,
     pub settings: SchedulerSettings,
     pub token_required: bool,
+    /// What guards the door, for the status line.
+    pub security: &'static str,
+    pub refusals: Arc<super::auth::RefusalLog>,
     pub started: Instant,
     pub blobs: BlobStore,
 }
@@ -57,7 +60,7 @@ impl Shared {
     pub fn new(
         core: CoreConfig,
         settings: SchedulerSettings,
-        token_required: bool,
+        security: &super::security::Security,
         blobs: BlobStore,
     ) -> Self {
         Self {
@@ -67,7 +70,9 @@ impl Shared {
             }),
             next_conn: AtomicU64::new(1),
             settings,
-            token_required,
+            token_required: !security.accepted.is_open(),
+            security: security.describe(),
+            refusals: Arc::default(),
             started: Instant::now(),
             blobs,
         }

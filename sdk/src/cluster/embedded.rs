@@ -11,6 +11,9 @@ use crate::error::Error;
 
 pub(crate) struct Embedded {
     pub address: String,
+    /// Made for this process: the embedded scheduler accepts nothing else, so other local users
+    /// cannot reach it although it listens on loopback.
+    pub credential: ladle_common::token::Token,
     stops: Vec<oneshot::Sender<()>>,
     /// Each thread says here when it has stopped: the directory goes only after both have (or
     /// they would write into it again as it is removed, and leave it behind).
@@ -40,7 +43,11 @@ impl Embedded {
             .prefix("ladle-")
             .tempdir()
             .map_err(|e| Error::Embedded(format!("cannot make a temporary directory: {e}")))?;
+        let credential =
+            ladle_common::credentials::generate(ladle_common::credentials::Role::Admin)
+                .map_err(|e| Error::Embedded(e.to_string()))?;
         let settings = SchedulerSettings {
+            token: Some(credential.as_str().to_owned()),
             bind: Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
             port: 0,
             state_dir: Some(dir.path().join("scheduler")),
@@ -72,6 +79,7 @@ impl Embedded {
 
         let agent = AgentSettings {
             scheduler: Some(address.clone()),
+            token: Some(credential.as_str().to_owned()),
             state_dir: Some(dir.path().join("agent")),
             ..AgentSettings::default()
         };
@@ -85,6 +93,7 @@ impl Embedded {
         .await?;
         Ok(Self {
             address,
+            credential,
             stops: vec![stop_agent, stop_scheduler],
             stopped: std::sync::Mutex::new(stopped),
             _dir: dir,

@@ -37,10 +37,9 @@ use std::{
 
 use bytes::Bytes;
 use ladle_common::{
-    client::{self, TokenInterceptor},
+    client::{self, ClientAuth, ClientKeys},
     discovery::{self, Locator},
     limits,
-    token::Token,
 };
 use ladle_proto::v1::{self as pb, OpenSession, SessionOpened, TaskSpec};
 use serde::Serialize;
@@ -77,14 +76,33 @@ fn reconnect_timeout() -> Result<Duration, Error> {
     }
 }
 
-/// The cluster token from `LADLE_TOKEN` or `LADLE_TOKEN_FILE`, if either is set.
-fn token_from_env() -> Result<Option<Token>, Error> {
-    Ok(Token::resolve(
-        std::env::var("LADLE_TOKEN").ok().as_deref(),
-        std::env::var_os("LADLE_TOKEN_FILE")
-            .map(std::path::PathBuf::from)
-            .as_deref(),
-    )?)
+/// Environment variable naming the cluster file for drivers (`driver.cluster` from
+/// `ladle-scheduler init`): credential, trust anchor and usually the scheduler's address.
+pub const CLUSTER_FILE_ENV: &str = "LADLE_CLUSTER_FILE";
+
+/// The program's credential and TLS trust, from `LADLE_CLUSTER_FILE`, or `LADLE_TOKEN` /
+/// `LADLE_TOKEN_FILE` and `LADLE_TLS_CA`, `LADLE_TLS_SERVER_NAME`, `LADLE_TLS_CLIENT_CERT`,
+/// `LADLE_TLS_CLIENT_KEY`.
+fn auth_from_env() -> Result<ClientAuth, Error> {
+    let text = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let path = |name: &str| text(name).map(std::path::PathBuf::from);
+    let (cluster_file, token, token_file) = (
+        path(CLUSTER_FILE_ENV),
+        text("LADLE_TOKEN"),
+        path("LADLE_TOKEN_FILE"),
+    );
+    let (tls_ca, tls_server_name) = (path("LADLE_TLS_CA"), text("LADLE_TLS_SERVER_NAME"));
+    let (tls_client_cert, tls_client_key) =
+        (path("LADLE_TLS_CLIENT_CERT"), path("LADLE_TLS_CLIENT_KEY"));
+    Ok(ClientAuth::resolve(&ClientKeys {
+        cluster_file: cluster_file.as_deref(),
+        token: token.as_deref(),
+        token_file: token_file.as_deref(),
+        tls_ca: tls_ca.as_deref(),
+        tls_server_name: tls_server_name.as_deref(),
+        tls_client_cert: tls_client_cert.as_deref(),
+        tls_client_key: tls_client_key.as_deref(),
+    })?)
 }
 
 /// Per-call options of `submit_with`, `map_with` and `map_reduce_with`.
@@ -141,7 +159,7 @@ struct Inner {
     /// then holds at most two of them beyond its inputs, whatever the size of the map.
     uploads: Arc<tokio::sync::Semaphore>,
     address: String,
-    token: Option<Token>,
+    auth: ClientAuth,
     channel: tonic::transport::Channel,
     lone_wait: Arc<LoneWait>,
     /// The session's id: the job its stored values belong to.
@@ -159,19 +177,27 @@ impl Drop for Inner {
 }
 
 impl Cluster {
-    /// The cluster named by `LADLE_SCHEDULER` (with `LADLE_TOKEN` or `LADLE_TOKEN_FILE`), or,
-    /// when it is unset, an embedded scheduler and agent inside this process with one slot per
-    /// core: the program runs with no set-up at all.
+    /// The cluster named by `LADLE_CLUSTER_FILE` (the `driver.cluster` of `ladle-scheduler
+    /// init`: credential, trust and address) or `LADLE_SCHEDULER`, or, when neither is set, an
+    /// embedded scheduler and agent inside this process with one slot per core: the program
+    /// runs with no set-up at all.
     ///
-    /// `LADLE_SCHEDULER=discover` finds the scheduler that announces itself on multicast
-    /// ([`Cluster::discover`]); `LADLE_SCHEDULER_FILE` names a file holding its address.
+    /// `LADLE_SCHEDULER` overrides the cluster file's address; `LADLE_SCHEDULER=discover` finds
+    /// the scheduler that announces itself on multicast ([`Cluster::discover`]), as does a
+    /// cluster file that names none; `LADLE_SCHEDULER_FILE` names a file holding its address.
     pub async fn from_env() -> Result<Self, Error> {
+        let auth = auth_from_env()?;
         match std::env::var(SCHEDULER_ENV) {
             Ok(address) if address.trim() == "discover" => Self::discover().await,
-            Ok(address) if !address.trim().is_empty() => Self::connect(&address).await,
-            _ => match std::env::var_os(SCHEDULER_FILE_ENV) {
-                Some(path) => Self::located(Locator::File(path.into())).await,
-                None => Self::local().await,
+            Ok(address) if !address.trim().is_empty() => Self::open(&address, auth, None).await,
+            _ => match (std::env::var_os(SCHEDULER_FILE_ENV), auth.scheduler()) {
+                (Some(path), _) => Self::located(Locator::File(path.into()), auth).await,
+                (None, Some(address)) => {
+                    let address = address.to_owned();
+                    Self::open(&address, auth, None).await
+                }
+                (None, None) if auth.file.is_some() => Self::discover().await,
+                (None, None) => Self::local().await,
             },
         }
     }
@@ -195,30 +221,48 @@ impl Cluster {
         );
         let listener = discovery::Listener::bind(group)
             .map_err(|e| Error::Discovery(format!("cannot listen on {group}: {e}")))?;
-        let cluster = std::env::var(CLUSTER_ENV).unwrap_or_else(|_| "default".into());
-        let watch = discovery::Watch::start(
-            listener,
-            cluster,
-            ladle_proto::PROTOCOL_VERSION,
-            token_from_env()?,
-        );
-        Self::located(Locator::Multicast {
-            watch,
-            wait: Duration::from_secs(10),
-        })
+        let auth = auth_from_env()?;
+        let cluster = std::env::var(CLUSTER_ENV)
+            .ok()
+            .or_else(|| auth.file.as_ref().map(|f| f.cluster.clone()))
+            .unwrap_or_else(|| "default".into());
+        // Announcements are believed when signed with the cluster file's key (or the shared
+        // token); the scheduler named must then pass TLS against the file's trust anchor.
+        let key = auth
+            .file
+            .as_ref()
+            .and_then(|f| f.discovery_key())
+            .or_else(|| auth.credential.clone());
+        if key.is_none() && std::env::var("LADLE_ALLOW_UNSIGNED_DISCOVERY").as_deref() != Ok("true")
+        {
+            return Err(Error::Discovery(
+                "this program holds no credential to check announcements with, and does not trust \
+                 an unsigned one: set LADLE_CLUSTER_FILE (driver.cluster), or LADLE_SCHEDULER, or \
+                 LADLE_ALLOW_UNSIGNED_DISCOVERY=true on a network you trust"
+                    .into(),
+            ));
+        }
+        let watch = discovery::Watch::start(listener, cluster, ladle_proto::PROTOCOL_VERSION, key);
+        Self::located(
+            Locator::Multicast {
+                watch,
+                wait: Duration::from_secs(10),
+            },
+            auth,
+        )
         .await
     }
 
     /// The first address the locator gives that answers.
-    async fn located(locator: Locator) -> Result<Self, Error> {
+    async fn located(locator: Locator, auth: ClientAuth) -> Result<Self, Error> {
         let candidates = locator
             .candidates()
             .await
             .map_err(|e| Error::Discovery(e.to_string()))?;
         let mut failures = Vec::new();
         for candidate in candidates {
-            match client::connect(&candidate.url).await {
-                Ok(_) => return Self::connect(&candidate.url).await,
+            match client::connect(&candidate.url, &auth).await {
+                Ok(_) => return Self::open(&candidate.url, auth, None).await,
                 Err(err) => failures.push(err.to_string()),
             }
         }
@@ -229,27 +273,32 @@ impl Cluster {
         )))
     }
 
-    /// The scheduler at `address` (`host:port` or `http://host:port`), presenting the token
-    /// from `LADLE_TOKEN` or `LADLE_TOKEN_FILE` when set.
+    /// The scheduler at `address` (`host:port`, `https://host:port`), presenting the
+    /// credential of `LADLE_CLUSTER_FILE` (or `LADLE_TOKEN`, `LADLE_TOKEN_FILE`) when set.
     pub async fn connect(address: &str) -> Result<Self, Error> {
-        Self::open(address, token_from_env()?, None).await
+        Self::open(address, auth_from_env()?, None).await
     }
 
     /// An embedded scheduler and agent inside this process, whatever the environment says.
+    /// They accept only a credential made for this process: no other local user can reach them.
     pub async fn local() -> Result<Self, Error> {
         let embedded = embedded::Embedded::start().await?;
         let address = embedded.address.clone();
-        Self::open(&address, None, Some(embedded)).await
+        let auth = ClientAuth::token(Some(embedded.credential.clone()));
+        Self::open(&address, auth, Some(embedded)).await
     }
 
     async fn open(
         address: &str,
-        token: Option<Token>,
+        auth: ClientAuth,
         embedded: Option<embedded::Embedded>,
     ) -> Result<Self, Error> {
         let io = io_thread::IoThread::start().await?;
         let to = address.to_owned();
-        let channel = io.run(async move { client::connect(&to).await }).await??;
+        let connect_auth = auth.clone();
+        let channel = io
+            .run(async move { client::connect(&to, &connect_auth).await })
+            .await??;
         let path = executable::path()?;
         let blob = executable::describe(&path)?;
         let job_name = path
@@ -257,7 +306,7 @@ impl Cluster {
             .map_or_else(|| "job".to_owned(), |s| s.to_string_lossy().into_owned());
         let opener = session::Opener {
             address: address.to_owned(),
-            token: token.clone(),
+            auth: auth.clone(),
             executable: path,
             blob: blob.clone(),
             open: OpenSession {
@@ -300,7 +349,7 @@ impl Cluster {
                 capacity,
                 uploads: Arc::new(tokio::sync::Semaphore::new(1)),
                 address: address.to_owned(),
-                token,
+                auth,
                 channel,
                 lone_wait,
                 session_id,
@@ -497,10 +546,8 @@ impl Cluster {
         if self.inner.requests.is_closed() {
             return Err(Error::Closed);
         }
-        let mut blobs = ladle_common::blobs::client(
-            self.inner.channel.clone(),
-            TokenInterceptor::new(self.inner.token.as_ref()),
-        );
+        let mut blobs =
+            ladle_common::blobs::client(self.inner.channel.clone(), self.inner.auth.interceptor());
         // Stored for this job: the scheduler deletes it when the job ends.
         ladle_common::blobs::upload(
             &mut blobs,

@@ -20,10 +20,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use ladle_common::{
-    client::{self, TokenInterceptor},
-    token::Token,
-};
+use ladle_common::client::{self, ClientAuth};
 use ladle_proto::v1::{
     self as pb, BlobRef, CancelTasks, CloseSession, DriverEvent, DriverMessage, OpenSession,
     SessionOpened, SubmitTasks, driver_event, driver_message,
@@ -193,7 +190,7 @@ pub(crate) fn wait_all_closed(limit: Duration) {
 /// How to open the session (again): the scheduler, the program and the session's identity.
 pub(crate) struct Opener {
     pub address: String,
-    pub token: Option<Token>,
+    pub auth: ClientAuth,
     pub executable: PathBuf,
     pub blob: BlobRef,
     pub open: OpenSession,
@@ -212,8 +209,8 @@ pub(crate) struct Stream {
 impl Opener {
     /// Uploads the executable if the scheduler lacks it, and opens the session.
     pub(crate) async fn open(&self) -> Result<(Stream, SessionOpened), Error> {
-        let channel = client::connect(&self.address).await?;
-        let interceptor = TokenInterceptor::new(self.token.as_ref());
+        let channel = client::connect(&self.address, &self.auth).await?;
+        let interceptor = self.auth.interceptor();
         let mut blobs = ladle_common::blobs::client(channel.clone(), interceptor.clone());
         let present = blobs
             .has_blob(self.blob.clone())
@@ -621,11 +618,11 @@ async fn reopen(
 /// A blob client for uploads made while the session is being opened again: a channel that
 /// connects when first used, so that the upload goes once the scheduler is back.
 async fn opener_blobs(opener: &Opener) -> BlobClient {
-    let channel = match client::endpoint(&opener.address).ok() {
+    let channel = match client::endpoint(&opener.address, opener.auth.tls.as_ref()).ok() {
         Some(endpoint) => endpoint.connect_lazy(),
         None => tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy(),
     };
-    ladle_common::blobs::client(channel, TokenInterceptor::new(opener.token.as_ref()))
+    ladle_common::blobs::client(channel, opener.auth.interceptor())
 }
 
 /// Sends tasks in batches cut by the one contract of `ladle_common::limits`.
