@@ -136,6 +136,17 @@ fn chatty(x: u64) -> u64 {
     x
 }
 
+/// The agent it ran on, and the names of the LADLE_* variables its worker was started with.
+#[ladle::task]
+fn ladle_vars(_: u64) -> (String, Vec<String>) {
+    let mut names: Vec<String> = std::env::vars_os()
+        .map(|(name, _)| name.to_string_lossy().into_owned())
+        .filter(|name| name.to_ascii_uppercase().starts_with("LADLE_"))
+        .collect();
+    names.sort();
+    (ladle::current_agent().unwrap_or_default(), names)
+}
+
 /// Where and when a task ran, as the worker saw it.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Seen {
@@ -541,6 +552,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "output" => {
             let results = cluster.map(chatty, 0..3u64).await?;
             out(json!({ "results": results }));
+        }
+        "worker_env" => {
+            // Single tasks, which placement spreads over the agents (the test checks it did).
+            let futures = (0..8u64)
+                .map(|i| cluster.submit(ladle_vars, i))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut seen = std::collections::BTreeMap::<String, Vec<String>>::new();
+            for (agent, names) in ladle::gather(futures).await? {
+                seen.insert(agent, names);
+            }
+            out(json!({ "seen": seen }));
         }
         "long_map" => {
             let map = cluster.map(slow_id, 0..2000u64);
