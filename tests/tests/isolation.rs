@@ -1,9 +1,13 @@
 //! What a task can reach beyond its own work, through the real SDK against the real
-//! `ladle-scheduler` and `ladle-agent` processes: none of its agent's credentials.
+//! `ladle-scheduler` and `ladle-agent` processes: none of its agent's credentials, and no
+//! control of its driver's terminal.
 
 use std::time::Duration;
 
-use ladle_tests::{Agent, Scheduler, SchedulerOptions, last_json, show, test_driver};
+use ladle_tests::{
+    Agent, Process, Scheduler, SchedulerOptions, last_json, show, test_driver, two_slot_agents,
+    wait_for,
+};
 
 const TOKEN: &str = "isolation-test-token";
 
@@ -86,5 +90,47 @@ fn a_worker_sees_none_of_its_agents_credentials() {
                 "{agent}'s worker lacks {needed}: {names:?}"
             );
         }
+    }
+}
+
+#[test]
+fn escape_sequences_a_task_prints_reach_the_driver_written_out() {
+    let scheduler = Scheduler::start(SchedulerOptions::default());
+    let _agents = two_slot_agents(&scheduler, 1);
+    let done = scheduler.dir().join("escapes-seen");
+    let done_arg = done.display().to_string();
+    let log = scheduler.dir().join("escapes.log");
+    let mut driver = Process::spawn(
+        scheduler.driver(&test_driver(), &["escapes", &done_arg]),
+        log.clone(),
+    );
+    // Its stdout and stderr share one log: wait for both of the task's lines.
+    let shown = [
+        "[agent-0] \\x1b[31mred\\x1b[0m\\x07",
+        "[agent-0] \\u{9b}2Jcleared",
+    ];
+    let text = wait_for("the task's output", Duration::from_secs(60), || {
+        let text = driver.output();
+        shown
+            .iter()
+            .all(|line| text.lines().any(|l| l == *line))
+            .then_some(text)
+    });
+    std::fs::write(&done, "seen").expect("write");
+    assert!(
+        driver.wait_exit(Duration::from_secs(30)).success(),
+        "{text}"
+    );
+    assert_eq!(last_json(&driver.output())["value"], 0);
+    let bytes = std::fs::read(&log).expect("the driver's log");
+    for (raw, what) in [
+        (&b"\x1b"[..], "ESC"),
+        (b"\x07", "BEL"),
+        ("\u{9b}".as_bytes(), "CSI"),
+    ] {
+        assert!(
+            !bytes.windows(raw.len()).any(|w| w == raw),
+            "a raw {what} reached the driver's output: {text}"
+        );
     }
 }
