@@ -30,6 +30,7 @@ mod futures;
 pub mod gpu;
 mod lone_wait;
 mod map;
+mod output;
 mod registry;
 mod shared;
 mod task;

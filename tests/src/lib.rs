@@ -400,13 +400,25 @@ impl Agent {
         state_dir: PathBuf,
         extra: &[&str],
     ) -> Self {
+        Self::start_with_env(scheduler, token, state_dir, extra, &[])
+    }
+
+    /// As [`Agent::start_in`], with `env` added to the agent's environment.
+    pub fn start_with_env(
+        scheduler: &Scheduler,
+        token: Option<&str>,
+        state_dir: PathBuf,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut command = clean_command(&bin("ladle-agent"));
         command
             .arg("--scheduler")
             .arg(&scheduler.address)
             .arg("--state-dir")
             .arg(&state_dir)
-            .args(extra);
+            .args(extra)
+            .envs(env.iter().copied());
         if let Some(token) = token {
             command.env("LADLE_TOKEN", token);
         }

@@ -5,6 +5,7 @@
 pub mod worker;
 
 mod output;
+mod worker_env;
 
 use std::{
     collections::{HashMap, VecDeque},

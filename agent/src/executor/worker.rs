@@ -399,6 +399,10 @@ async fn start(
     let listener = UnixListener::bind(&socket)
         .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
     let mut command = Command::new(&exe);
+    // The job's code is not the agent's to trust with the cluster's credentials.
+    for name in super::worker_env::credential_vars(std::env::vars_os().map(|(name, _)| name)) {
+        command.env_remove(name);
+    }
     command
         .env(wp::SOCKET_ENV, &socket)
         .env(wp::JOB_ENV, job.id.as_ref())

@@ -424,11 +424,10 @@ impl Core {
                 let Some(agent) = self.membership.current(conn) else {
                     return;
                 };
-                let agent = agent.host.clone();
-                if let Some(driver) = self.jobs.driver_of(&job_id) {
+                if let Some(driver) = self.jobs.output_to(&job_id, agent.id(), lines.len()) {
                     out.push(Command::ForwardOutput {
                         conn: driver,
-                        agent,
+                        agent: agent.host.clone(),
                         lines,
                     });
                 }

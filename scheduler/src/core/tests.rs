@@ -663,6 +663,64 @@ fn sessions_share_the_cluster_in_turn() {
     assert_eq!(per_job.get("s10"), per_job.get("s11"), "{per_job:?}");
 }
 
+/// The output forwarded to drivers, as (driver conn, agent host, texts).
+fn forwarded(cmds: &[Command]) -> Vec<(ConnId, String, Vec<String>)> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::ForwardOutput { conn, agent, lines } => Some((
+                *conn,
+                agent.to_string(),
+                lines.iter().map(|l| l.text.clone()).collect(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn output(sim: &mut Sim, conn: ConnId, job_id: &str, text: &str) -> Vec<Command> {
+    sim.send(Event::AgentOutput {
+        conn,
+        job_id: job_id.into(),
+        lines: vec![OutputLine {
+            stderr: false,
+            text: text.into(),
+        }],
+    })
+}
+
+#[test]
+fn output_is_taken_only_from_agents_the_job_placed_tasks_on() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    open(&mut sim, 10);
+    // Both of s10's tasks fit on "a"; "b" joins after, and takes s11's.
+    assert!(
+        assignments(&submit(&mut sim, 10, 0..2))
+            .iter()
+            .all(|p| p.0 == 1)
+    );
+    sim.join(2, "b");
+    open(&mut sim, 11);
+    let placed = assignments(&submit(&mut sim, 11, 0..1));
+    assert_eq!(placed.iter().map(|p| p.0).collect::<Vec<_>>(), vec![2]);
+
+    assert_eq!(
+        forwarded(&output(&mut sim, 1, "s10", "from a")),
+        vec![(10, "host-a".to_owned(), vec!["from a".to_owned()])]
+    );
+    assert_eq!(
+        forwarded(&output(&mut sim, 2, "s11", "from b")),
+        vec![(11, "host-b".to_owned(), vec!["from b".to_owned()])]
+    );
+    // Each agent claiming lines of the other's job is not believed.
+    assert!(output(&mut sim, 2, "s10", "forged").is_empty());
+    assert!(output(&mut sim, 1, "s11", "forged").is_empty());
+    assert_eq!(sim.core.task_counts().foreign_output, 2);
+    // A job that is not open has nowhere to send lines; they are no agent's forgery.
+    assert!(output(&mut sim, 1, "s99", "late").is_empty());
+    assert_eq!(sim.core.task_counts().foreign_output, 2);
+}
+
 #[test]
 fn a_driver_that_comes_back_in_time_gets_the_results_of_its_absence() {
     let mut sim = Sim::new();

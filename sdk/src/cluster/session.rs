@@ -33,7 +33,7 @@ use tracing::{debug, warn};
 use ladle_common::{blobs::BlobClient, limits};
 
 use super::pending::{Budget, Pending};
-use crate::{error::Error, lone_wait::LoneWait, task::ErrorKind};
+use crate::{error::Error, lone_wait::LoneWait, output::sanitize_line, task::ErrorKind};
 
 /// The cluster's capacity as the scheduler last told this session.
 #[derive(Default)]
@@ -713,15 +713,18 @@ fn deliver(body: driver_event::Body, state: &mut State, blobs: &BlobClient) {
             }
         }
         driver_event::Body::Output(output) => {
+            // The agent may be hostile: nothing it sends may drive the terminal.
+            let agent = sanitize_line(&output.agent);
             for line in output.lines {
+                let text = sanitize_line(&line.text);
                 if line.stderr {
-                    eprintln!("[{}] {}", output.agent, line.text);
+                    eprintln!("[{agent}] {text}");
                 } else {
-                    println!("[{}] {}", output.agent, line.text);
+                    println!("[{agent}] {text}");
                 }
             }
         }
-        driver_event::Body::Notice(notice) => eprintln!("ladle: {}", notice.text),
+        driver_event::Body::Notice(notice) => eprintln!("ladle: {}", sanitize_line(&notice.text)),
         driver_event::Body::Capacity(c) => state.capacity.set(c.cpu_slots, c.gpu_slots, c.agents),
         driver_event::Body::Opened(_) => {}
     }

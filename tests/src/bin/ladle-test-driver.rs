@@ -136,6 +136,25 @@ fn chatty(x: u64) -> u64 {
     x
 }
 
+/// Prints colours, a bell and a C1 CSI: none may reach the driver's terminal as such.
+#[ladle::task]
+fn garish(_: u64) -> u64 {
+    println!("\x1b[31mred\x1b[0m\x07");
+    eprintln!("\u{9b}2Jcleared");
+    0
+}
+
+/// The agent it ran on, and the names of the LADLE_* variables its worker was started with.
+#[ladle::task]
+fn ladle_vars(_: u64) -> (String, Vec<String>) {
+    let mut names: Vec<String> = std::env::vars_os()
+        .map(|(name, _)| name.to_string_lossy().into_owned())
+        .filter(|name| name.to_ascii_uppercase().starts_with("LADLE_"))
+        .collect();
+    names.sort();
+    (ladle::current_agent().unwrap_or_default(), names)
+}
+
 /// Where and when a task ran, as the worker saw it.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Seen {
@@ -541,6 +560,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "output" => {
             let results = cluster.map(chatty, 0..3u64).await?;
             out(json!({ "results": results }));
+        }
+        "escapes" => {
+            // As "flood": connected until the test has seen the output and writes `path`.
+            let path = std::env::args().nth(2).ok_or("escapes needs a path")?;
+            let value = cluster.submit(garish, 0)?.await?;
+            out(json!({ "value": value }));
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !std::path::Path::new(&path).exists() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        "worker_env" => {
+            // Single tasks, which placement spreads over the agents (the test checks it did).
+            let futures = (0..8u64)
+                .map(|i| cluster.submit(ladle_vars, i))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut seen = std::collections::BTreeMap::<String, Vec<String>>::new();
+            for (agent, names) in ladle::gather(futures).await? {
+                seen.insert(agent, names);
+            }
+            out(json!({ "seen": seen }));
         }
         "long_map" => {
             let map = cluster.map(slow_id, 0..2000u64);

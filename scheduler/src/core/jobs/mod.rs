@@ -73,7 +73,8 @@ struct Session {
     /// An operator cancelled the job: what it submits fails at once.
     cancelled: bool,
     by_task_id: HashMap<u64, TaskRef>,
-    /// Agents that have seen this job, to be told when it ends.
+    /// Agents this job placed tasks on: to be told when it ends, and the only ones whose
+    /// output lines for it are passed on (at most one entry per agent of the cluster).
     agents: HashSet<AgentId>,
     /// Its tasks by state, and the bytes of the inline payloads of those without a result:
     /// kept as events happen, so that no query scans the tasks.
@@ -105,6 +106,8 @@ pub(super) struct Jobs {
     unfinished_peak: u64,
     /// Tasks refused because their session sent past its budget.
     refused: u64,
+    /// Output lines dropped because they came from an agent their job placed no task on.
+    foreign_output: u64,
 }
 
 /// What opening a session found: the stream the session had before (to be closed), and for a
@@ -140,6 +143,7 @@ impl Jobs {
             totals: TaskCounts::default(),
             unfinished_peak: 0,
             refused: 0,
+            foreign_output: 0,
         }
     }
 
@@ -705,10 +709,23 @@ impl Jobs {
         self.ready[CPU].is_empty()
     }
 
-    /// Where a job's output lines go: its driver's stream.
-    pub(super) fn driver_of(&self, job_id: &str) -> Option<ConnId> {
-        let no = self.by_job_id.get(job_id)?;
-        self.sessions.get(no)?.conn
+    /// Where `lines` output lines of job `job_id` printed on `agent` go: its driver's stream.
+    /// Only an agent the job placed tasks on runs its code; lines from any other are another
+    /// agent's claims about this job (a hostile or confused agent), dropped and counted.
+    pub(super) fn output_to(
+        &mut self,
+        job_id: &str,
+        agent: &AgentId,
+        lines: usize,
+    ) -> Option<ConnId> {
+        let session = self.sessions.get(self.by_job_id.get(job_id)?)?;
+        if !session.agents.contains(agent) {
+            self.foreign_output += lines as u64;
+            debug!(session = %session.job.id, agent = %agent, lines,
+                   "dropped output from an agent this job placed no task on");
+            return None;
+        }
+        session.conn
     }
 
     pub(super) fn capacity(members: &Membership) -> Capacity {
@@ -727,6 +744,7 @@ impl Jobs {
             sessions: self.sessions.len(),
             unfinished_peak: self.unfinished_peak,
             refused: self.refused,
+            foreign_output: self.foreign_output,
             ..self.totals
         }
     }
@@ -738,6 +756,7 @@ impl Jobs {
             sessions: self.sessions.len(),
             unfinished_peak: self.unfinished_peak,
             refused: self.refused,
+            foreign_output: self.foreign_output,
             ..TaskCounts::default()
         };
         for task in self.tasks.values() {
@@ -829,4 +848,6 @@ pub struct TaskCounts {
     pub unfinished_peak: u64,
     /// Tasks refused because their session sent past its budget.
     pub refused: u64,
+    /// Output lines dropped because they came from an agent their job placed no task on.
+    pub foreign_output: u64,
 }
