@@ -60,6 +60,9 @@ pub const HEALTH_FILE: &str = "joined";
 /// In the state directory while an operator has the agent drained: a restarted scheduler, or
 /// a restarted agent, keeps it drained until the operator undrains it.
 pub const DRAINED_FILE: &str = "drained";
+/// In the state directory: the secret the scheduler gave this agent when it first joined, which
+/// proves on every later join that it is the same agent.
+pub const SECRET_FILE: &str = "agent-secret";
 
 /// Whether the agent using `settings`' state directory is joined to a scheduler now (for
 /// container health checks): the address it is joined to, or why not.
@@ -108,6 +111,9 @@ pub async fn run(
         labels: settings.labels.clone().into_iter().collect(),
         discovery: discovery.into(),
         draining: state_dir.join(DRAINED_FILE).exists(),
+        agent_secret: std::fs::read_to_string(state_dir.join(SECRET_FILE))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default(),
     };
     info!(
         "ladle-agent {} starting as {} (state in {})",
@@ -138,6 +144,7 @@ pub async fn run(
         cache,
         health_file: state_dir.join(HEALTH_FILE),
         drained_file: state_dir.join(DRAINED_FILE),
+        secret_file: state_dir.join(SECRET_FILE),
         auth,
         hello,
         reconnect_max_delay: settings.reconnect_max_delay,

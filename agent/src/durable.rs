@@ -10,8 +10,24 @@ use std::{
 
 /// Replaces `path` with `contents`.
 pub fn write(path: &Path, contents: &str) -> io::Result<()> {
+    write_with_mode(path, contents, 0o644)
+}
+
+/// As `write`, readable by the agent's user only (a secret).
+pub fn write_private(path: &Path, contents: &str) -> io::Result<()> {
+    write_with_mode(path, contents, 0o600)
+}
+
+fn write_with_mode(path: &Path, contents: &str, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let written = File::create(&tmp).and_then(|mut file| {
+    let created = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp);
+    let written = created.and_then(|mut file| {
         file.write_all(contents.as_bytes())?;
         file.sync_all()
     });

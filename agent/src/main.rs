@@ -60,6 +60,7 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     ladle_common::logging::init("warn,ladle_agent=info,ladle_common=info");
+    keep_workers_out();
     let settings = match load_settings(&cli) {
         Ok(settings) => settings,
         Err(err) => {
@@ -101,6 +102,21 @@ fn main() -> ExitCode {
             eprintln!("ladle-agent: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Workers run the jobs' code as the agent's own user: without this they could read the agent's
+/// credentials from /proc/<agent>/environ or its memory, or attach a debugger to it. A process
+/// that is not dumpable has those files owned by root and refuses ptrace from its own user; the
+/// workers it starts are dumpable again (the flag resets at exec).
+fn keep_workers_out() {
+    // SAFETY: PR_SET_DUMPABLE takes one integer argument and touches no memory of ours.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if rc != 0 {
+        tracing::warn!(
+            "cannot make the agent undumpable ({}): its workers could read its credentials from /proc",
+            std::io::Error::last_os_error()
+        );
     }
 }
 

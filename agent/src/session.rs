@@ -50,6 +50,9 @@ pub struct Session {
     pub health_file: std::path::PathBuf,
     /// Present while an operator has this agent drained (see `daemon::DRAINED_FILE`).
     pub drained_file: std::path::PathBuf,
+    /// The secret the scheduler gave this agent, presented in every Hello (see
+    /// `daemon::SECRET_FILE`).
+    pub secret_file: std::path::PathBuf,
     pub auth: ClientAuth,
     pub hello: Hello,
     pub reconnect_max_delay: Duration,
@@ -183,6 +186,9 @@ impl Session {
         };
         self.joined(&welcome);
         self.remember_drain(welcome.draining);
+        if !welcome.agent_secret.is_empty() {
+            self.remember_secret(welcome.agent_secret);
+        }
         if welcome.max_value_bytes > 0 {
             self.executor.set_max_value(welcome.max_value_bytes);
         }
@@ -241,6 +247,18 @@ impl Session {
 
     /// Keeps the drain state the scheduler gave, on disk for a restarted agent and in the hello
     /// for the next scheduler.
+    /// A scheduler new to this agent gave it a secret: the proof that it is this agent when it
+    /// comes back, so that nobody else can take its place.
+    fn remember_secret(&mut self, secret: String) {
+        if let Err(err) = crate::durable::write_private(&self.secret_file, &format!("{secret}\n")) {
+            error!(
+                "cannot keep the scheduler's secret for this agent in {}: {err}; after a restart the scheduler will refuse it until it forgets this agent",
+                self.secret_file.display()
+            );
+        }
+        self.hello.agent_secret = secret;
+    }
+
     fn remember_drain(&mut self, draining: bool) {
         self.hello.draining = draining;
         let kept = if draining {

@@ -31,6 +31,9 @@ impl AgentState {
 #[derive(Clone, Debug)]
 pub struct Agent {
     pub hello: AgentHello,
+    /// The digest of the secret this agent was given when it first joined: it must present it
+    /// to come back as itself.
+    pub secret_digest: String,
     pub load: Load,
     /// The stream the core listens to; none while lost.
     pub conn: Option<ConnId>,
@@ -121,6 +124,24 @@ pub(super) struct Membership {
 }
 
 impl Membership {
+    /// Refuses a hello that claims a known agent's id without that agent's secret.
+    pub(super) fn check_claim(&self, hello: &AgentHello) -> Result<(), super::Refusal> {
+        match self.agents.get(&hello.agent_id) {
+            Some(agent)
+                if !agent.secret_digest.is_empty()
+                    && agent.secret_digest != hello.secret.presented_digest =>
+            {
+                tracing::warn!(agent = %hello.agent_id, peer = %hello.peer,
+                               "refused an agent claiming a known agent's id without its secret");
+                Err(super::Refusal::Impersonation {
+                    what: format!("agent {}", hello.agent_id),
+                    kind: "agent",
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub(super) fn attach(
         &mut self,
         now: Instant,
@@ -129,6 +150,7 @@ impl Membership {
         out: &mut Vec<Command>,
     ) {
         let id = hello.agent_id.clone();
+        let mut secret = String::new();
         let draining = match self.agents.get_mut(&id) {
             Some(agent) => {
                 // The same agent on a new stream: the old one is half-open or about to close.
@@ -140,6 +162,10 @@ impl Membership {
                     });
                 }
                 info!(agent = %id, host = %hello.hostname, "agent rejoined");
+                if agent.secret_digest.is_empty() {
+                    agent.secret_digest = hello.secret.issued_digest.clone();
+                    secret = hello.secret.issued.clone();
+                }
                 agent.host = hello.hostname.as_str().into();
                 agent.hello = hello;
                 agent.last_seen = now;
@@ -153,9 +179,11 @@ impl Membership {
                 // A scheduler that knows the agent goes by what it was told last (above); one
                 // meeting it for the first time (restarted, say) by what the agent remembers.
                 let draining = hello.draining;
+                secret = hello.secret.issued.clone();
                 self.agents.insert(
                     id.clone(),
                     Agent {
+                        secret_digest: hello.secret.issued_digest.clone(),
                         task_ns: None,
                         host: hello.hostname.as_str().into(),
                         assigned: HashSet::default(),
@@ -173,7 +201,11 @@ impl Membership {
             }
         };
         self.by_conn.insert(conn, id);
-        out.push(Command::Welcome { conn, draining });
+        out.push(Command::Welcome {
+            conn,
+            draining,
+            secret,
+        });
     }
 
     pub(super) fn heartbeat(&mut self, now: Instant, conn: ConnId, load: Load) {

@@ -14,6 +14,7 @@ mod types;
 pub use jobs::{Budget, TaskCounts};
 pub use membership::{Agent, AgentState, SelectError};
 pub use types::{
+    SecretClaim,
     AgentHello, AgentId, AgentResult, Assigned, BlobRef, Capacity, ConnId, DriverResult,
     FailureKind, GpuInfo, GpuUse, Job, JobView, Load, Outcome, Resources, SessionOpen, TaskRef,
     TaskSpec,
@@ -119,6 +120,8 @@ pub enum Command {
     Welcome {
         conn: ConnId,
         draining: bool,
+        /// A secret for an agent new here, to present when it comes back (empty: keep yours).
+        secret: String,
     },
     /// Refuse the stream with this reason; the agent is not a member.
     Refuse {
@@ -141,6 +144,8 @@ pub enum Command {
         capacity: Capacity,
         resumed: bool,
         known: Vec<u64>,
+        /// The secret a new session presents to resume (empty when resumed).
+        secret: String,
     },
     /// The cluster's capacity changed (session stream): maps size their window to it.
     CapacityChanged {
@@ -205,6 +210,11 @@ pub enum Refusal {
     },
     #[error("invalid hello: {0}")]
     InvalidHello(String),
+    /// Somebody claimed an agent's or a session's identity without its secret.
+    #[error(
+        "{what} is already known here and belongs to another connection: a returning {kind} must present the secret the scheduler gave it"
+    )]
+    Impersonation { what: String, kind: &'static str },
 }
 
 pub struct Core {
@@ -296,6 +306,13 @@ impl Core {
                 if has_gpus {
                     self.jobs.gpus_came();
                 }
+                if let Err(refusal) = self.membership.check_claim(&hello) {
+                    out.push(Command::Refuse {
+                        conn,
+                        reason: refusal,
+                    });
+                    return;
+                }
                 self.membership.attach(now, conn, hello, out);
                 self.tell_capacity(out);
                 self.jobs.place(&mut self.membership, out);
@@ -338,7 +355,16 @@ impl Core {
                 }
                 // The confirmation goes first; results kept for a returning driver follow.
                 let mark = out.len();
-                let reopened = self.jobs.open(conn, open, out);
+                let reopened = match self.jobs.open(conn, open, out) {
+                    Ok(reopened) => reopened,
+                    Err(refusal) => {
+                        out.push(Command::Refuse {
+                            conn,
+                            reason: refusal,
+                        });
+                        return;
+                    }
+                };
                 if let Some(old) = reopened.old {
                     out.push(Command::Disconnect {
                         conn: old,
@@ -352,6 +378,7 @@ impl Core {
                         capacity: Jobs::capacity(&self.membership),
                         resumed: reopened.resumed,
                         known: reopened.known,
+                        secret: reopened.secret,
                     },
                 );
             }

@@ -85,7 +85,8 @@ fn a_joining_agent_is_welcomed_and_alive() {
         sim.join(1, "a"),
         vec![Command::Welcome {
             conn: 1,
-            draining: false
+            draining: false,
+            secret: String::new()
         }]
     );
     assert_eq!(sim.state("a"), AgentState::Alive);
@@ -209,7 +210,8 @@ fn drain_is_told_to_the_agent_and_survives_a_reconnect() {
         sim.join(2, "a"),
         vec![Command::Welcome {
             conn: 2,
-            draining: true
+            draining: true,
+            secret: String::new()
         }]
     );
     assert_eq!(sim.state("a"), AgentState::Draining);
@@ -230,7 +232,8 @@ fn a_scheduler_meeting_a_drained_agent_keeps_it_drained_but_one_that_undrained_i
         sim.attach(1, drained.clone()),
         vec![Command::Welcome {
             conn: 1,
-            draining: true
+            draining: true,
+            secret: String::new()
         }]
     );
     assert_eq!(sim.state("a"), AgentState::Draining);
@@ -241,7 +244,8 @@ fn a_scheduler_meeting_a_drained_agent_keeps_it_drained_but_one_that_undrained_i
         sim.attach(2, drained),
         vec![Command::Welcome {
             conn: 2,
-            draining: false
+            draining: false,
+            secret: String::new()
         }]
     );
     assert_eq!(sim.state("a"), AgentState::Alive);
@@ -1382,4 +1386,106 @@ fn a_driver_whose_tasks_no_agent_can_take_is_told_once() {
     let said = notices(&submit(&mut sim, 10, 10..30));
     assert_eq!(said.len(), 1, "{said:?}");
     assert!(said[0].contains("1 drained"), "{said:?}");
+}
+
+// ---- identities bound to their secrets ----
+
+fn claim(presented: &str, issued: &str) -> crate::core::SecretClaim {
+    crate::core::SecretClaim {
+        presented_digest: if presented.is_empty() {
+            String::new()
+        } else {
+            format!("digest-of-{presented}")
+        },
+        issued: issued.into(),
+        issued_digest: format!("digest-of-{issued}"),
+    }
+}
+
+#[test]
+fn an_agent_id_claimed_without_its_secret_is_refused_and_the_agent_keeps_its_place() {
+    let mut sim = Sim::new();
+    let welcomed = sim.send(Event::AgentAttached {
+        conn: 1,
+        hello: AgentHello {
+            secret: claim("", "first"),
+            ..hello("a")
+        },
+    });
+    assert!(
+        matches!(welcomed.as_slice(), [Command::Welcome { secret, .. }] if secret == "first"),
+        "{welcomed:?}"
+    );
+    // Another connection claims the id with no secret, then with a wrong one.
+    for presented in ["", "guess"] {
+        let refused = sim.send(Event::AgentAttached {
+            conn: 2,
+            hello: AgentHello {
+                secret: claim(presented, "other"),
+                ..hello("a")
+            },
+        });
+        assert!(
+            matches!(
+                refused.as_slice(),
+                [Command::Refuse { conn: 2, reason: crate::core::Refusal::Impersonation { .. } }]
+            ),
+            "{refused:?}"
+        );
+    }
+    // The real agent's stream is untouched, and it comes back with its secret on a new one.
+    assert_eq!(sim.state("a"), AgentState::Alive);
+    let back = sim.send(Event::AgentAttached {
+        conn: 3,
+        hello: AgentHello {
+            secret: claim("first", "unused"),
+            ..hello("a")
+        },
+    });
+    assert!(
+        back.iter()
+            .any(|c| matches!(c, Command::Welcome { conn: 3, secret, .. } if secret.is_empty())),
+        "{back:?}"
+    );
+}
+
+#[test]
+fn a_session_claimed_without_its_secret_is_refused_and_its_driver_can_still_resume() {
+    let mut sim = Sim::new();
+    let session = |presented: &str| SessionOpen {
+        protocol_version: 1,
+        session_id: "s1".into(),
+        job_name: "job".into(),
+        secret: claim(presented, "issued"),
+        ..Default::default()
+    };
+    let opened = sim.send(Event::DriverOpened {
+        conn: 1,
+        open: session(""),
+    });
+    assert!(
+        matches!(opened.as_slice(), [Command::SessionOpened { secret, resumed: false, .. }] if secret == "issued"),
+        "{opened:?}"
+    );
+    for presented in ["", "guess"] {
+        let refused = sim.send(Event::DriverOpened {
+            conn: 2,
+            open: session(presented),
+        });
+        assert!(
+            matches!(
+                refused.as_slice(),
+                [Command::Refuse { conn: 2, reason: crate::core::Refusal::Impersonation { .. } }]
+            ),
+            "{refused:?}"
+        );
+    }
+    let resumed = sim.send(Event::DriverOpened {
+        conn: 3,
+        open: session("issued"),
+    });
+    assert!(
+        resumed.iter().any(|c| matches!(c, Command::SessionOpened { conn: 3, resumed: true, .. })),
+        "{resumed:?}"
+    );
 }

@@ -55,6 +55,18 @@ pub struct AgentHello {
     pub draining: bool,
     /// Where the stream comes from, as the shell saw it.
     pub peer: String,
+    /// Proof of identity: the digest of the secret the agent presented (empty: none), and a
+    /// fresh secret with its digest, which the agent is given if it is new here.
+    pub secret: SecretClaim,
+}
+
+/// The secret a returning agent or driver presents, and the one it is given if it is new: the
+/// shell draws them (the core stays deterministic) and the core keeps only digests.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SecretClaim {
+    pub presented_digest: String,
+    pub issued: String,
+    pub issued_digest: String,
 }
 
 /// Longest agent id, hostname or label the scheduler keeps; longer ones are refused.
@@ -106,6 +118,7 @@ pub struct SessionOpen {
     pub job_name: String,
     pub executable: BlobRef,
     pub driver_host: String,
+    pub secret: SecretClaim,
 }
 
 /// The job a task belongs to, as agents see it.

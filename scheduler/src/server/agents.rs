@@ -58,10 +58,11 @@ impl agent_service_server::AgentService for AgentService {
             }
         };
 
+        let secret = convert::claim(&hello.agent_secret)?;
         let (conn, rx) = self.shared.open_agent();
         self.shared.apply(Event::AgentAttached {
             conn,
-            hello: convert::hello(hello, peer),
+            hello: convert::hello(hello, peer, secret),
         });
 
         let shared = self.shared.clone();

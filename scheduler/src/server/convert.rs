@@ -7,13 +7,29 @@ use ladle_proto::v1 as pb;
 use crate::core::{
     Agent, AgentHello, AgentId, AgentResult, AgentState, Assigned, BlobRef, DriverResult,
     FailureKind, GpuInfo, GpuUse, Job, JobView, Load, Outcome, OutputLine, Resources, SessionOpen,
-    TaskSpec,
+    SecretClaim, TaskSpec,
 };
 
 use super::state::millis;
 
-pub fn hello(h: pb::Hello, peer: String) -> AgentHello {
+/// What a returning agent or driver presents, and a fresh secret in case it is new.
+pub fn claim(presented: &str) -> Result<SecretClaim, tonic::Status> {
+    let issued = ladle_common::credentials::random_hex(32)
+        .map_err(|e| tonic::Status::internal(e.to_string()))?;
+    Ok(SecretClaim {
+        presented_digest: if presented.is_empty() {
+            String::new()
+        } else {
+            ladle_common::credentials::digest(presented.as_bytes())
+        },
+        issued_digest: ladle_common::credentials::digest(issued.as_bytes()),
+        issued,
+    })
+}
+
+pub fn hello(h: pb::Hello, peer: String, secret: SecretClaim) -> AgentHello {
     AgentHello {
+        secret,
         protocol_version: h.protocol_version,
         agent_id: AgentId(h.agent_id.into()),
         hostname: h.hostname,
@@ -275,9 +291,10 @@ pub fn task_spec(t: pb::TaskSpec) -> TaskSpec {
     }
 }
 
-pub fn session_open(o: pb::OpenSession) -> SessionOpen {
+pub fn session_open(o: pb::OpenSession, secret: SecretClaim) -> SessionOpen {
     let executable = o.executable.unwrap_or_default();
     SessionOpen {
+        secret,
         protocol_version: o.protocol_version,
         session_id: o.session_id,
         job_name: o.job_name,

@@ -61,10 +61,11 @@ impl driver_service_server::DriverService for DriverService {
         }
 
         let job_id = open.session_id.clone();
+        let secret = convert::claim(&open.resume_secret)?;
         let (conn, rx) = self.shared.open_driver();
         self.shared.apply(Event::DriverOpened {
             conn,
-            open: convert::session_open(open),
+            open: convert::session_open(open, secret),
         });
         let shared = self.shared.clone();
         let reader = tokio::spawn(async move {

@@ -160,7 +160,11 @@ impl Inner {
     fn execute(&mut self, commands: Vec<Command>, settings: &SchedulerSettings, blobs: &BlobStore) {
         for command in commands {
             match command {
-                Command::Welcome { conn, draining } => {
+                Command::Welcome {
+                    conn,
+                    draining,
+                    secret,
+                } => {
                     let welcome = pb::Welcome {
                         protocol_version: ladle_proto::PROTOCOL_VERSION,
                         scheduler_version: ladle_common::VERSION.into(),
@@ -169,6 +173,7 @@ impl Inner {
                         heartbeat_timeout_ms: millis(settings.heartbeat_timeout),
                         draining,
                         max_value_bytes: settings.max_value_bytes,
+                        agent_secret: secret,
                     };
                     self.send_agent(conn, Body::Welcome(welcome));
                 }
@@ -204,6 +209,7 @@ impl Inner {
                     capacity,
                     resumed,
                     known,
+                    secret,
                 } => {
                     let opened = pb::SessionOpened {
                         cluster: settings.cluster.clone(),
@@ -216,6 +222,7 @@ impl Inner {
                         resumed,
                         // At most the session's budget of task ids: well within one message.
                         known_task_ids: known,
+                        session_secret: secret,
                     };
                     self.send_driver(conn, driver_event::Body::Opened(opened));
                 }
@@ -261,7 +268,13 @@ impl Inner {
                     }
                 }
                 Command::Refuse { conn, reason } => {
-                    self.close(conn, Status::failed_precondition(reason.to_string()));
+                    let status = match reason {
+                        crate::core::Refusal::Impersonation { .. } => {
+                            Status::permission_denied(reason.to_string())
+                        }
+                        _ => Status::failed_precondition(reason.to_string()),
+                    };
+                    self.close(conn, status);
                 }
                 Command::Disconnect { conn, reason } => {
                     self.close(

@@ -315,6 +315,7 @@ impl Cluster {
                 job_name,
                 executable: Some(blob),
                 driver_host: sysinfo_hostname(),
+                resume_secret: String::new(),
             },
             // An embedded scheduler lives and dies with this process: nothing to reconnect to.
             give_up_after: if embedded.is_some() {
@@ -322,6 +323,7 @@ impl Cluster {
             } else {
                 reconnect_timeout()?
             },
+            resume_secret: std::sync::Mutex::default(),
         };
         let session_id = opener.open.session_id.clone();
         let (opener, (stream, opened)) = io

@@ -196,6 +196,8 @@ pub(crate) struct Opener {
     pub open: OpenSession,
     /// How long to keep trying after the stream breaks; zero never reconnects.
     pub give_up_after: Duration,
+    /// The secret the scheduler gave this session: only its holder may resume it.
+    pub resume_secret: std::sync::Mutex<String>,
 }
 
 pub(crate) struct Stream {
@@ -238,7 +240,13 @@ impl Opener {
             interceptor
         ));
         let (up, up_rx) = mpsc::channel(256);
-        up.send(message(driver_message::Body::Open(self.open.clone())))
+        let mut open = self.open.clone();
+        open.resume_secret = self
+            .resume_secret
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        up.send(message(driver_message::Body::Open(open)))
             .await
             .map_err(|_| Error::Closed)?;
         let mut down = driver
@@ -250,6 +258,11 @@ impl Opener {
             Some(DriverEvent {
                 body: Some(driver_event::Body::Opened(opened)),
             }) => {
+                if !opened.session_secret.is_empty()
+                    && let Ok(mut secret) = self.resume_secret.lock()
+                {
+                    *secret = opened.session_secret.clone();
+                }
                 let budget = Budget {
                     tasks: opened.budget_tasks,
                     bytes: opened.budget_bytes,

@@ -55,6 +55,8 @@ type Queue = BinaryHeap<(i32, Reverse<u64>, TaskRef)>;
 
 struct Session {
     job: Arc<Job>,
+    /// The digest of the secret the session was given: a driver must present it to resume.
+    secret_digest: String,
     /// The driver's stream; none while the driver is away (within its grace period).
     conn: Option<ConnId>,
     /// Since when the driver has been away.
@@ -117,6 +119,8 @@ pub(super) struct Reopened {
     pub old: Option<ConnId>,
     pub resumed: bool,
     pub known: Vec<u64>,
+    /// The secret of a new session (empty when resumed).
+    pub secret: String,
 }
 
 /// What one session may have the scheduler hold for it at once.
@@ -206,10 +210,18 @@ impl Jobs {
         conn: ConnId,
         open: SessionOpen,
         out: &mut Vec<Command>,
-    ) -> Reopened {
+    ) -> Result<Reopened, super::Refusal> {
         if let Some(&no) = self.by_job_id.get(open.session_id.as_str())
             && let Some(session) = self.sessions.get_mut(&no)
         {
+            if session.secret_digest != open.secret.presented_digest {
+                tracing::warn!(session = %session.job.id, driver = %open.driver_host,
+                               "refused a driver claiming a session without its secret");
+                return Err(super::Refusal::Impersonation {
+                    what: format!("session {}", session.job.id),
+                    kind: "driver",
+                });
+            }
             let old = session.conn.replace(conn);
             if let Some(old) = old {
                 self.by_conn.remove(&old);
@@ -228,11 +240,12 @@ impl Jobs {
                     results: replay,
                 });
             }
-            return Reopened {
+            return Ok(Reopened {
                 old,
                 resumed: true,
                 known,
-            };
+                secret: String::new(),
+            });
         }
         let no = self.next_session;
         self.next_session += 1;
@@ -248,6 +261,7 @@ impl Jobs {
             no,
             Session {
                 job,
+                secret_digest: open.secret.issued_digest.clone(),
                 conn: Some(conn),
                 detached_at: None,
                 ledger: Ledger::new(),
@@ -265,7 +279,10 @@ impl Jobs {
         );
         self.by_conn.insert(conn, no);
         self.by_job_id.insert(id, no);
-        Reopened::default()
+        Ok(Reopened {
+            secret: open.secret.issued,
+            ..Reopened::default()
+        })
     }
 
     /// The driver has every result of its session up to delivery `through`.
