@@ -172,6 +172,20 @@ pub fn clean_command(program: &Path) -> Command {
     command
 }
 
+/// Runs `ladle-scheduler init` into `dir` (cluster `cluster`, scheduler address `scheduler` if
+/// given): the five cluster files, as an operator makes them.
+pub fn init_cluster(dir: &Path, cluster: &str, scheduler: Option<&str>) -> PathBuf {
+    let mut command = clean_command(&bin("ladle-scheduler"));
+    command
+        .args(["init", "--cluster", cluster, "--out"])
+        .arg(dir);
+    if let Some(address) = scheduler {
+        command.args(["--scheduler", address]);
+    }
+    stdout_of(&mut command);
+    dir.to_owned()
+}
+
 /// How a test scheduler is set up.
 #[derive(Clone, Debug)]
 pub struct SchedulerOptions {

@@ -10,13 +10,11 @@ use std::{
 };
 
 use ladle_tests::{
-    Process, bin, last_json,
+    Process, bin, init_cluster, last_json,
     netns::{Host, Lab},
     show, test_driver, wait_for,
 };
 use serde_json::Value;
-
-const TOKEN: &str = "delivery-test-token";
 
 /// Tasks in the job: 20 ms each.
 const TASKS: u64 = 2000;
@@ -24,9 +22,18 @@ const TASKS: u64 = 2000;
 /// How long the driver's host is cut off.
 const PARTITION: Duration = Duration::from_secs(20);
 
-/// A scheduler on `host`, listening on every interface there (it has a token), on a free port,
-/// with the default `driver_grace` (30 s: the job waits for its driver). Returns it and its
-/// port.
+/// The cluster's files (from `ladle-scheduler init`), made by the first caller.
+fn files(dir: &Path) -> std::path::PathBuf {
+    let files = dir.join("cluster");
+    if !files.join("scheduler.cluster").exists() {
+        init_cluster(&files, "default", None);
+    }
+    files
+}
+
+/// A scheduler on `host`, listening on every interface there (it has TLS and credentials), on a
+/// free port, with the default `driver_grace` (30 s: the job waits for its driver). Returns it
+/// and its port.
 fn scheduler_on(host: &Host, dir: &Path) -> (Process, u16) {
     let settings = dir.join("scheduler.toml");
     let address_file = dir.join("scheduler-address");
@@ -44,7 +51,7 @@ fn scheduler_on(host: &Host, dir: &Path) -> (Process, u16) {
         .arg("--config")
         .arg(&settings)
         .arg("serve")
-        .env("LADLE_TOKEN", TOKEN);
+        .env("LADLE_CLUSTER_FILE", files(dir).join("scheduler.cluster"));
     let process = Process::spawn(command, dir.join("scheduler.log"));
     let port = ladle_tests::listening_port(&address_file);
     (process, port)
@@ -56,21 +63,21 @@ fn agent_on(host: &Host, name: &str, port: u16, dir: &Path) -> Process {
     command
         .args(["--hostname", name, "--cpu-slots", "2", "--no-multicast"])
         .arg("--scheduler")
-        .arg(format!("http://127.0.0.1:{port}"))
+        .arg(format!("127.0.0.1:{port}"))
         .arg("--state-dir")
         .arg(dir.join(format!("state-{name}")))
-        .env("LADLE_TOKEN", TOKEN);
+        .env("LADLE_CLUSTER_FILE", files(dir).join("agent.cluster"));
     Process::spawn(command, dir.join(format!("{name}.log")))
 }
 
 /// The management CLI's `--json` answer to `what`, asked from inside `host`; None while it
 /// does not answer.
-fn ask(host: &Host, port: u16, what: &str) -> Option<Value> {
+fn ask(host: &Host, port: u16, what: &str, dir: &Path) -> Option<Value> {
     let out = host
         .command(&bin("ladle-scheduler"))
         .args([what, "--json", "--scheduler"])
-        .arg(format!("http://127.0.0.1:{port}"))
-        .env("LADLE_TOKEN", TOKEN)
+        .arg(format!("127.0.0.1:{port}"))
+        .env("LADLE_CLUSTER_FILE", files(dir).join("scheduler.cluster"))
         .output()
         .expect("the CLI runs");
     if !out.status.success() {
@@ -125,7 +132,7 @@ fn a_driver_cut_off_for_20_s_mid_job_gets_every_result_once_and_no_task_runs_twi
         .map(|i| agent_on(cluster_host, &format!("agent-{i}"), port, dir.path()))
         .collect();
     wait_for("both agents to join", Duration::from_secs(30), || {
-        let rows = ask(cluster_host, port, "agents")?;
+        let rows = ask(cluster_host, port, "agents", dir.path())?;
         let alive = rows
             .as_array()?
             .iter()
@@ -146,9 +153,12 @@ fn a_driver_cut_off_for_20_s_mid_job_gets_every_result_once_and_no_task_runs_twi
                 .arg("submit")
                 .env(
                     "LADLE_SCHEDULER",
-                    format!("http://{}:{port}", cluster_host.ip),
+                    format!("{}:{port}", cluster_host.ip),
                 )
-                .env("LADLE_TOKEN", TOKEN)
+                .env(
+                    "LADLE_CLUSTER_FILE",
+                    files(dir.path()).join("driver.cluster"),
+                )
                 .env("LADLE_RECONNECT_TIMEOUT", "60s")
                 .env("RUST_LOG", "warn");
             command
@@ -188,8 +198,8 @@ fn a_driver_cut_off_for_20_s_mid_job_gets_every_result_once_and_no_task_runs_twi
     let output = driver.output();
     // Whatever still runs for the job ends with it; count once the cluster is quiet.
     wait_for("the job to end", Duration::from_secs(90), || {
-        let status = ask(cluster_host, port, "status")?;
-        let busy: u64 = ask(cluster_host, port, "agents")?
+        let status = ask(cluster_host, port, "status", dir.path())?;
+        let busy: u64 = ask(cluster_host, port, "agents", dir.path())?
             .as_array()?
             .iter()
             .map(|row| row["cpu_slots_busy"].as_u64().unwrap_or(0))

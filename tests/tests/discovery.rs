@@ -1,64 +1,68 @@
 //! Agents and drivers find the scheduler with no configuration: multicast between test hosts
 //! (network namespaces on one bridge), and the address file and DNS names on loopback.
 
-use std::{fs, path::Path, time::Duration};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use ladle_tests::{
-    Agent, Process, Scheduler, SchedulerOptions, bin, clean_command, last_json, netns::Host,
-    netns::Lab, show, stdout_of, test_driver, wait_for,
+    Agent, Process, Scheduler, SchedulerOptions, bin, clean_command, init_cluster, last_json,
+    netns::Host, netns::Lab, show, stdout_of, test_driver, wait_for,
 };
 use serde_json::Value;
 
-const TOKEN: &str = "discovery-test-token";
-
-/// A scheduler of `cluster` on `host`, listening on every interface there, on a free port.
-fn scheduler_on(host: &Host, cluster: &str, dir: &Path) -> (Process, u16) {
-    scheduler_with_token(host, cluster, TOKEN, dir)
-}
-
-fn scheduler_with_token(host: &Host, cluster: &str, token: &str, dir: &Path) -> (Process, u16) {
-    let address_file = dir.join(format!("address-{}-{token}", host.ns));
+/// A scheduler on `host` serving the cluster whose files are in `files` (from
+/// `ladle-scheduler init`), listening on every interface there, on a free port.
+fn scheduler_on(host: &Host, files: &Path, dir: &Path) -> (Process, u16) {
+    let tag = format!(
+        "{}-{}",
+        host.ns,
+        files.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let address_file = dir.join(format!("address-{tag}"));
     let mut command = host.command(&bin("ladle-scheduler"));
     command
-        .args(["serve", "--port", "0", "--cluster", cluster])
+        .args(["serve", "--port", "0", "--cluster-file"])
+        .arg(files.join("scheduler.cluster"))
         .arg("--address-file")
         .arg(&address_file)
-        .env("LADLE_TOKEN", token)
-        .env(
-            "LADLE_STATE_DIR",
-            dir.join(format!("state-{}-{token}", host.ns)),
-        )
+        .env("LADLE_STATE_DIR", dir.join(format!("state-{tag}")))
         .env("LADLE_HEARTBEAT_INTERVAL", "250ms")
         .env("LADLE_ANNOUNCE_INTERVAL", "250ms");
-    let process = Process::spawn(
-        command,
-        dir.join(format!("scheduler-{}-{token}.log", host.ns)),
-    );
+    let process = Process::spawn(command, dir.join(format!("scheduler-{tag}.log")));
     let port = ladle_tests::listening_port(&address_file);
     (process, port)
 }
 
-/// An agent on `host` given no scheduler address.
-fn agent_on(host: &Host, name: &str, dir: &Path) -> Process {
+/// An agent on `host` given no scheduler address, only its cluster's agent file.
+fn agent_on(host: &Host, name: &str, files: &Path, dir: &Path) -> Process {
     let mut command = host.command(&bin("ladle-agent"));
     command
         .args(["--hostname", name, "--cpu-slots", "2", "--state-dir"])
         .arg(dir.join(format!("state-{name}")))
-        .env("LADLE_TOKEN", TOKEN)
+        .arg("--cluster-file")
+        .arg(files.join("agent.cluster"))
         .env("LADLE_DISCOVERY_WAIT", "1s");
     Process::spawn(command, dir.join(format!("{name}.log")))
 }
 
-/// `agents --json` of the scheduler on `host`, asked from inside that host.
-fn agents_of(host: &Host, port: u16) -> Vec<Value> {
+/// `agents --json` of the scheduler on `host`, asked from inside that host with its own file.
+fn agents_of(host: &Host, port: u16, files: &Path) -> Vec<Value> {
     let out = host
         .command(&bin("ladle-scheduler"))
         .args(["agents", "--json", "--scheduler"])
-        .arg(format!("http://127.0.0.1:{port}"))
-        .env("LADLE_TOKEN", TOKEN)
+        .arg(format!("127.0.0.1:{port}"))
+        .env("LADLE_CLUSTER_FILE", files.join("scheduler.cluster"))
         .output()
         .expect("the CLI runs");
     serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+/// The files of a new cluster, made in `dir`.
+fn cluster(dir: &Path, name: &str, tag: &str) -> PathBuf {
+    init_cluster(&dir.join(tag), name, None)
 }
 
 fn alive<'a>(rows: &'a [Value], names: &[&str]) -> Option<Vec<&'a Value>> {
@@ -85,10 +89,11 @@ fn agents_on_other_hosts_join_their_clusters_scheduler_by_multicast_and_follow_i
     let [home, a, b, other, new_home] = &lab.hosts[..] else {
         panic!("five hosts")
     };
+    let ours = cluster(dir.path(), "default", "ours");
 
     // Agents first: with nothing announced, they say so in their logs.
-    let agent_a = agent_on(a, "agent-a", dir.path());
-    let agent_b = agent_on(b, "agent-b", dir.path());
+    let agent_a = agent_on(a, "agent-a", &ours, dir.path());
+    let agent_b = agent_on(b, "agent-b", &ours, dir.path());
     wait_for(
         "the agent to say it hears nothing",
         Duration::from_secs(30),
@@ -101,10 +106,11 @@ fn agents_on_other_hosts_join_their_clusters_scheduler_by_multicast_and_follow_i
     );
     assert!(agent_a.output().contains("eth0"), "{}", agent_a.output());
 
-    let (_other, other_port) = scheduler_on(other, "other", dir.path());
-    let (mut scheduler, port) = scheduler_on(home, "default", dir.path());
+    let theirs = cluster(dir.path(), "other", "theirs");
+    let (_other, other_port) = scheduler_on(other, &theirs, dir.path());
+    let (mut scheduler, port) = scheduler_on(home, &ours, dir.path());
     let rows = wait_for("both agents to join", Duration::from_secs(30), || {
-        let rows = agents_of(home, port);
+        let rows = agents_of(home, port, &ours);
         alive(&rows, &["agent-a", "agent-b"])
             .map(|found| found.into_iter().cloned().collect::<Vec<_>>())
     });
@@ -119,7 +125,7 @@ fn agents_on_other_hosts_join_their_clusters_scheduler_by_multicast_and_follow_i
         );
     }
     // The scheduler of another cluster attracted neither, and they said why once.
-    assert_eq!(agents_of(other, other_port), Vec::<Value>::new());
+    assert_eq!(agents_of(other, other_port, &theirs), Vec::<Value>::new());
     let log = agent_a.output();
     assert_eq!(
         log.matches("ignoring the scheduler of cluster \"other\"")
@@ -133,24 +139,26 @@ fn agents_on_other_hosts_join_their_clusters_scheduler_by_multicast_and_follow_i
         b.command(&test_driver())
             .arg("panic")
             .env("LADLE_SCHEDULER", "discover")
-            .env("LADLE_TOKEN", TOKEN),
+            .env("LADLE_CLUSTER_FILE", ours.join("driver.cluster")),
     );
     assert_eq!(last_json(&stdout)["ok"], 999, "{stdout}");
 
-    // A scheduler of the same name but not of this cluster (another token, or an impostor
-    // collecting tokens) is not believed: its announcements are not signed with the agents' token.
-    let (mut rogue, _) = scheduler_with_token(new_home, "default", "not-the-token", dir.path());
+    // A scheduler of the same name but not of this cluster (another init, or an impostor
+    // collecting credentials) is not believed: its announcements are not signed with the
+    // cluster's key (and it could not pass TLS against the agents' trust anchor).
+    let impostor = cluster(dir.path(), "default", "impostor");
+    let (mut rogue, _) = scheduler_on(new_home, &impostor, dir.path());
     wait_for(
         "the agents to dismiss the impostor",
         Duration::from_secs(30),
         || {
             agent_a
                 .output()
-                .contains("it is signed with another token")
+                .contains("it is signed with another key")
                 .then_some(())
         },
     );
-    assert!(alive(&agents_of(home, port), &["agent-a", "agent-b"]).is_some());
+    assert!(alive(&agents_of(home, port, &ours), &["agent-a", "agent-b"]).is_some());
     rogue.signal("TERM");
     rogue.wait_exit(Duration::from_secs(20));
 
@@ -162,9 +170,9 @@ fn agents_on_other_hosts_join_their_clusters_scheduler_by_multicast_and_follow_i
         "{}",
         scheduler.output()
     );
-    let (_moved, new_port) = scheduler_on(new_home, "default", dir.path());
+    let (_moved, new_port) = scheduler_on(new_home, &ours, dir.path());
     wait_for("both agents to follow", Duration::from_secs(30), || {
-        alive(&agents_of(new_home, new_port), &["agent-a", "agent-b"]).map(drop)
+        alive(&agents_of(new_home, new_port, &ours), &["agent-a", "agent-b"]).map(drop)
     });
     drop((agent_a, agent_b));
 }

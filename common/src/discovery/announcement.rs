@@ -91,18 +91,18 @@ impl Announcement {
                 } else {
                     Heard::Untrusted(
                         announcement,
-                        "it is signed with another token (another cluster's, or forged)",
+                        "it is signed with another key (another cluster's, or forged)",
                     )
                 }
             }
             (Some(_), true) => Heard::Untrusted(
                 announcement,
-                "it is not signed, and this agent has a cluster token",
+                "it is not signed, and this agent holds the cluster's key",
             ),
             (None, true) => Heard::Trusted(announcement),
             (None, false) => Heard::Untrusted(
                 announcement,
-                "it requires a cluster token, and this agent has none",
+                "it is signed, and this agent holds no key to check it with",
             ),
         }
     }
@@ -150,7 +150,7 @@ mod tests {
         );
         assert!(matches!(
             Announcement::decode(&signed, Some(&theirs)),
-            Heard::Untrusted(_, why) if why.contains("another token")
+            Heard::Untrusted(_, why) if why.contains("another key")
         ));
         assert!(matches!(
             Announcement::decode(&a.encode(None), Some(&ours)),
@@ -158,7 +158,7 @@ mod tests {
         ));
         assert!(matches!(
             Announcement::decode(&signed, None),
-            Heard::Untrusted(_, why) if why.contains("has none")
+            Heard::Untrusted(_, why) if why.contains("holds no key")
         ));
         Ok(())
     }

@@ -86,9 +86,15 @@ pub async fn listen_quietly(settings: SchedulerSettings) -> Result<Listening, Se
     listen_with(settings, false).await
 }
 
-async fn listen_with(settings: SchedulerSettings, announce: bool) -> Result<Listening, ServeError> {
+async fn listen_with(
+    mut settings: SchedulerSettings,
+    announce: bool,
+) -> Result<Listening, ServeError> {
     settings.check()?;
     let security = security::Security::from_settings(&settings)?;
+    if let Some(cluster) = &security.cluster {
+        settings.cluster = cluster.clone();
+    }
     let ip = settings.bind_address(security.secured());
     security.check_bind(ip)?;
     let address = SocketAddr::new(ip, settings.port);

@@ -39,18 +39,20 @@ pub struct Security {
     pub tls: Option<ServerTls>,
     /// Signs announcements: the cluster file's discovery key, else the legacy token.
     pub discovery_key: Option<Token>,
+    /// The cluster the file belongs to: it names the cluster, whatever `cluster` says.
+    pub cluster: Option<String>,
 }
 
 impl Security {
     pub fn from_settings(settings: &SchedulerSettings) -> Result<Self, SecurityError> {
         let token = Token::resolve(settings.token.as_deref(), settings.token_file.as_deref())?;
-        let (mut tls, accepted, discovery_key) = match &settings.cluster_file {
+        let (mut tls, accepted, discovery_key, cluster) = match &settings.cluster_file {
             Some(path) => {
                 let file = ClusterFile::load(path)?;
                 let (tls, accepted) = file.server(path)?;
-                (Some(tls), accepted, file.discovery_key())
+                (Some(tls), accepted, file.discovery_key(), Some(file.cluster))
             }
-            None => (None, Accepted::default(), token.clone()),
+            None => (None, Accepted::default(), token.clone(), None),
         };
         match (&settings.tls_cert, &settings.tls_key) {
             (Some(cert), Some(key)) => {
@@ -71,6 +73,7 @@ impl Security {
             accepted: Arc::new(accepted.with_token(token)),
             tls,
             discovery_key,
+            cluster,
         })
     }
 

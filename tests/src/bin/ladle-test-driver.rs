@@ -353,9 +353,56 @@ fn out(value: serde_json::Value) {
     println!("{value}");
 }
 
+/// Opens a session under another driver's session id, as a hostile holder of a driver
+/// credential would (by hand, the SDK never does): prints how the scheduler answered.
+async fn claim_session(session_id: String) -> Result<(), Box<dyn std::error::Error>> {
+    use ladle_common::client::{self, ClientAuth, ClientKeys};
+    use ladle_proto::v1::{
+        DriverMessage, OpenSession, driver_message, driver_service_client::DriverServiceClient,
+    };
+    let file = std::env::var_os("LADLE_CLUSTER_FILE").map(std::path::PathBuf::from);
+    let auth = ClientAuth::resolve(&ClientKeys {
+        cluster_file: file.as_deref(),
+        ..ClientKeys::default()
+    })?;
+    let address = std::env::var("LADLE_SCHEDULER")?;
+    let channel = client::connect(&address, &auth).await?;
+    let mut driver = DriverServiceClient::with_interceptor(channel, auth.interceptor());
+    // The job's own executable (this program), which its driver uploaded.
+    let executable = ladle_common::blobs::describe(&std::fs::read(std::env::current_exe()?)?);
+    let open = DriverMessage {
+        body: Some(driver_message::Body::Open(OpenSession {
+            protocol_version: ladle_proto::PROTOCOL_VERSION,
+            session_id,
+            job_name: "impostor".into(),
+            executable: Some(executable),
+            driver_host: "impostor".into(),
+            resume_secret: String::new(),
+        })),
+    };
+    let answer = async {
+        let mut down = driver
+            .session(tokio_stream::iter([open]))
+            .await?
+            .into_inner();
+        down.message().await
+    };
+    match answer.await {
+        Ok(event) => out(json!({ "code": "Ok", "message": format!("{event:?}") })),
+        Err(status) => out(json!({
+            "code": format!("{:?}", status.code()),
+            "message": status.message(),
+        })),
+    }
+    Ok(())
+}
+
 #[ladle::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let scenario = std::env::args().nth(1).unwrap_or_default();
+    if scenario == "claim_session" {
+        return claim_session(std::env::args().nth(2).unwrap_or_default()).await;
+    }
     let cluster = Cluster::from_env().await?;
     match scenario.as_str() {
         "map100k" => {

@@ -1,0 +1,233 @@
+//! A cluster made by `ladle-scheduler init`, run with the real binaries on loopback: TLS on every
+//! connection, a credential per role, and identities nobody else can take over.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Output,
+    time::Duration,
+};
+
+use ladle_tests::{Process, bin, clean_command, init_cluster, last_json, test_driver, wait_for};
+use serde_json::Value;
+
+/// A TLS scheduler on loopback serving the cluster in `files`; its address (`https://…`).
+fn serve(files: &Path, dir: &Path) -> (Process, String) {
+    let address_file = dir.join("address");
+    let mut command = clean_command(&bin("ladle-scheduler"));
+    command
+        .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--no-multicast"])
+        .arg("--cluster-file")
+        .arg(files.join("scheduler.cluster"))
+        .arg("--address-file")
+        .arg(&address_file)
+        .arg("--state-dir")
+        .arg(dir.join("scheduler-state"))
+        .env("LADLE_HEARTBEAT_INTERVAL", "250ms");
+    let process = Process::spawn(command, dir.join("scheduler.log"));
+    let port = ladle_tests::listening_port(&address_file);
+    let address = fs::read_to_string(&address_file)
+        .expect("address file")
+        .trim()
+        .to_owned();
+    assert_eq!(address, format!("https://127.0.0.1:{port}"));
+    (process, address)
+}
+
+fn agent(address: &str, file: &Path, state: &Path, name: &str) -> Process {
+    let mut command = clean_command(&bin("ladle-agent"));
+    command
+        .args(["--hostname", name, "--cpu-slots", "2", "--no-multicast"])
+        .args(["--scheduler", address])
+        .arg("--cluster-file")
+        .arg(file)
+        .arg("--state-dir")
+        .arg(state);
+    Process::spawn(command, state.with_extension("log"))
+}
+
+/// The CLI against `address`, holding `file` (or nothing).
+fn cli(address: &str, file: Option<&Path>, args: &[&str]) -> Output {
+    let mut command = clean_command(&bin("ladle-scheduler"));
+    command.args(args).env("LADLE_SCHEDULER", address);
+    if let Some(file) = file {
+        command.env("LADLE_CLUSTER_FILE", file);
+    }
+    command.output().expect("the CLI runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts the call was refused, with a message containing `says`.
+fn refused(out: &Output, says: &str) {
+    assert!(!out.status.success(), "should have been refused");
+    assert!(stderr(out).contains(says), "{}", stderr(out));
+}
+
+fn agents(address: &str, file: &Path) -> Vec<Value> {
+    let out = cli(address, Some(file), &["agents", "--json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+fn alive(rows: &[Value], name: &str) -> bool {
+    rows.iter()
+        .any(|r| r["hostname"] == name && r["state"] == "alive")
+}
+
+#[test]
+fn a_cluster_from_init_is_encrypted_and_each_role_may_do_only_its_own_calls() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let files = init_cluster(&dir.path().join("cluster"), "prod", None);
+    let other = init_cluster(&dir.path().join("other"), "prod", None);
+    let (_scheduler, address) = serve(&files, dir.path());
+    let file = |name: &str| -> PathBuf { files.join(format!("{name}.cluster")) };
+    let _agent = agent(&address, &file("agent"), &dir.path().join("a1"), "a1");
+    wait_for("the agent to join", Duration::from_secs(30), || {
+        alive(&agents(&address, &file("view")), "a1").then_some(())
+    });
+
+    // The door: TLS with credentials per role, and nothing in the clear.
+    let status = cli(&address, Some(&file("view")), &["status", "--json"]);
+    let status: Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    assert_eq!(status["security"], "TLS, credentials per role", "{status}");
+    assert_eq!(status["cluster"], "prod", "{status}");
+    let plaintext = address.replacen("https://", "http://", 1);
+    refused(&cli(&plaintext, None, &["status"]), "it most likely requires TLS");
+    // Another cluster's files: its trust anchor does not vouch for this scheduler.
+    let wrong = other.join("admin.cluster");
+    let out = cli(&address, Some(&wrong), &["status"]);
+    refused(&out, "does not vouch");
+    assert!(stderr(&out).contains(&wrong.display().to_string()), "{}", stderr(&out));
+
+    // What each role may do, and what it may not.
+    for role in ["view", "driver", "admin", "scheduler"] {
+        let out = cli(&address, Some(&file(role)), &["status"]);
+        assert!(out.status.success(), "{role}: {}", stderr(&out));
+    }
+    refused(
+        &cli(&address, Some(&file("agent")), &["status"]),
+        "an agent credential may not read the cluster's status",
+    );
+    for role in ["view", "driver"] {
+        refused(
+            &cli(&address, Some(&file(role)), &["drain", "a1"]),
+            "credential may not drain or undrain agents",
+        );
+        refused(
+            &cli(&address, Some(&file(role)), &["cancel", "no-such-job"]),
+            "credential may not cancel jobs",
+        );
+    }
+    for (role, verb) in [("admin", "drain"), ("scheduler", "undrain")] {
+        let out = cli(&address, Some(&file(role)), &[verb, "a1"]);
+        assert!(out.status.success(), "{role} {verb}: {}", stderr(&out));
+    }
+    // An admin passes the door; the job is then looked for.
+    refused(
+        &cli(&address, Some(&file("admin")), &["cancel", "no-such-job"]),
+        "no-such-job",
+    );
+
+    // A driver runs jobs; an agent's or a viewer's credential does not.
+    let run = |role: &str| {
+        clean_command(&test_driver())
+            .arg("panic")
+            .env("LADLE_SCHEDULER", &address)
+            .env("LADLE_CLUSTER_FILE", file(role))
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("the driver runs")
+    };
+    let out = run("driver");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        last_json(&String::from_utf8_lossy(&out.stdout))["ok"],
+        999
+    );
+    refused(&run("agent"), "an agent credential may not run jobs");
+    refused(&run("view"), "a view credential may not run jobs");
+
+    // A driver's credential does not make an agent.
+    let intruder = agent(&address, &file("driver"), &dir.path().join("a2"), "a2");
+    wait_for("the agent to be refused", Duration::from_secs(30), || {
+        intruder
+            .output()
+            .contains("a driver credential may not join as an agent")
+            .then_some(())
+    });
+    assert!(!alive(&agents(&address, &file("view")), "a2"));
+
+    // Each refusal was counted.
+    let status = cli(&address, Some(&file("view")), &["status", "--json"]);
+    let status: Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    assert!(status["calls_refused"].as_u64() >= Some(8), "{status}");
+}
+
+#[test]
+fn an_agent_id_or_a_session_claimed_without_its_secret_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let files = init_cluster(&dir.path().join("cluster"), "default", None);
+    let (_scheduler, address) = serve(&files, dir.path());
+    let agent_file = files.join("agent.cluster");
+    let view = files.join("view.cluster");
+    let real_state = dir.path().join("real");
+    let _real = agent(&address, &agent_file, &real_state, "real");
+    wait_for("the agent to join", Duration::from_secs(30), || {
+        (alive(&agents(&address, &view), "real") && real_state.join("agent-secret").exists())
+            .then_some(())
+    });
+
+    // Another agent of the cluster presents the real one's id, without its secret.
+    let fake_state = dir.path().join("fake");
+    fs::create_dir_all(&fake_state).expect("state dir");
+    fs::copy(real_state.join("agent-id"), fake_state.join("agent-id")).expect("copy the id");
+    let fake = agent(&address, &agent_file, &fake_state, "fake");
+    wait_for("the impostor to be refused", Duration::from_secs(30), || {
+        fake.output()
+            .contains("belongs to another connection")
+            .then_some(())
+    });
+    let rows = agents(&address, &view);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(alive(&rows, "real"), "{rows:?}");
+
+    // A driver takes over a running job by its id (listed to anyone who may read jobs).
+    let mut job = Process::spawn(
+        {
+            let mut command = clean_command(&test_driver());
+            command
+                .arg("hang")
+                .env("LADLE_SCHEDULER", &address)
+                .env("LADLE_CLUSTER_FILE", files.join("driver.cluster"))
+                .env("RUST_LOG", "warn");
+            command
+        },
+        dir.path().join("job.log"),
+    );
+    let job_id = wait_for("the job to be listed", Duration::from_secs(30), || {
+        let out = cli(&address, Some(&view), &["jobs", "--json"]);
+        let rows: Vec<Value> = serde_json::from_slice(&out.stdout).ok()?;
+        rows.first()?["id"].as_str().map(str::to_owned)
+    });
+    let out = clean_command(&test_driver())
+        .args(["claim_session", &job_id])
+        .env("LADLE_SCHEDULER", &address)
+        .env("LADLE_CLUSTER_FILE", files.join("driver.cluster"))
+        .output()
+        .expect("the claim runs");
+    let said = last_json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(said["code"], "PermissionDenied", "{said}");
+    assert!(
+        said["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("belongs to another connection")),
+        "{said}"
+    );
+    // The job's own driver is still connected to it.
+    let out = cli(&address, Some(&view), &["jobs", "--json"]);
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(job.try_exit().is_none(), "{}", job.output());
+}
