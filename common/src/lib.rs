@@ -4,6 +4,8 @@ pub mod address;
 pub mod blobs;
 pub mod client;
 pub mod discovery;
+#[cfg(any(test, feature = "fuzz"))]
+pub mod fuzz;
 pub mod limits;
 pub mod logging;
 pub mod settings;
