@@ -125,7 +125,7 @@ mod tests {
 /// 1024 cases, microseconds apiece; `PROPTEST_CASES` runs more.
 #[cfg(test)]
 mod fuzz_tests {
-    use ladle_common::fuzz::{arbitrary_bytes, config, mutations_of_any};
+    use ladle_fuzz::{arbitrary_bytes, config, mutations_of_any};
     use proptest::prelude::*;
 
     use super::*;

@@ -15,4 +15,4 @@ pub mod settings;
 /// The decoders' fuzz targets check what they allocate, which takes counting every allocation.
 #[cfg(test)]
 #[global_allocator]
-static ALLOCATOR: ladle_common::fuzz::CountingAllocator = ladle_common::fuzz::CountingAllocator;
+static ALLOCATOR: ladle_fuzz::CountingAllocator = ladle_fuzz::CountingAllocator;

@@ -89,7 +89,7 @@ mod fuzz_tests {
     use proptest::prelude::*;
 
     use super::normalize;
-    use crate::fuzz::{config, mutations_of_any};
+    use ladle_fuzz::{config, mutations_of_any};
 
     /// No panic; what is accepted is a URL with a scheme and a port, which it accepts again
     /// unchanged.

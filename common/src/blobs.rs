@@ -225,7 +225,7 @@ mod fuzz_tests {
     use proptest::{prelude::*, sample::Index};
 
     use super::*;
-    use crate::fuzz::{allocated_by, allocation_bound, arbitrary_bytes, config};
+    use ladle_fuzz::{allocated_by, allocation_bound, arbitrary_bytes, config};
 
     /// Pieces as they arrive: the size the piece announces, if it does, and its bytes.
     type Pieces = Vec<(Option<u64>, Vec<u8>)>;

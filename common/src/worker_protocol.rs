@@ -225,7 +225,7 @@ mod fuzz_tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::fuzz::{allocated_by, allocation_bound, arbitrary_bytes, config, mutations_of_any};
+    use ladle_fuzz::{allocated_by, allocation_bound, arbitrary_bytes, config, mutations_of_any};
 
     /// How reading frames from `bytes` until the end or an error went: the frames read, and the
     /// kind of the error that stopped it.

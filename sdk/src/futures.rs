@@ -295,9 +295,7 @@ mod fuzz_tests {
     use std::collections::HashMap;
 
     use bytes::Bytes;
-    use ladle_common::fuzz::{
-        allocated_by, allocation_bound, arbitrary_bytes, config, mutations_of_any,
-    };
+    use ladle_fuzz::{allocated_by, allocation_bound, arbitrary_bytes, config, mutations_of_any};
     use proptest::prelude::*;
     use serde_bytes::ByteBuf;
 

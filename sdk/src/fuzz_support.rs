@@ -1,7 +1,7 @@
 //! What the SDK's fuzz targets share: tasks registered in the test binary, with argument and
 //! result types like those of real programs, and the allocator that counts what decoding costs.
 
-use ladle_common::fuzz::CountingAllocator;
+use ladle_fuzz::CountingAllocator;
 use serde_bytes::ByteBuf;
 
 use crate::{GpuUse, Reducer, Shared, Task, registry::Entry};

@@ -197,9 +197,7 @@ fn unknown(name: &str) -> String {
 /// under a second in a debug build; `PROPTEST_CASES` runs more.
 #[cfg(test)]
 mod fuzz_tests {
-    use ladle_common::fuzz::{
-        allocated_by, allocation_bound, arbitrary_bytes, config, mutations_of_any,
-    };
+    use ladle_fuzz::{allocated_by, allocation_bound, arbitrary_bytes, config, mutations_of_any};
     use proptest::prelude::*;
 
     use super::*;

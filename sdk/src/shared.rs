@@ -140,9 +140,7 @@ impl<'de, T: DeserializeOwned + Send + Sync + 'static> Deserialize<'de> for Shar
 mod fuzz_tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    use ladle_common::fuzz::{
-        allocated_by, allocation_bound, arbitrary_bytes, config, mutations_of_any,
-    };
+    use ladle_fuzz::{allocated_by, allocation_bound, arbitrary_bytes, config, mutations_of_any};
     use proptest::prelude::*;
 
     use super::*;

@@ -338,8 +338,8 @@ mod fuzz_tests {
         time::Duration,
     };
 
-    use ladle_common::fuzz::{arbitrary_bytes, config, mutations_of_any};
     use ladle_common::worker_protocol::{self as wp, FromWorker, ToWorker};
+    use ladle_fuzz::{arbitrary_bytes, config, mutations_of_any};
     use proptest::prelude::*;
 
     use super::{frame_ready, serve_inline};

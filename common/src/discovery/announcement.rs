@@ -172,7 +172,7 @@ mod fuzz_tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::fuzz::{allocated_by, allocation_bound, arbitrary_bytes, config, mutations_of_any};
+    use ladle_fuzz::{allocated_by, allocation_bound, arbitrary_bytes, config, mutations_of_any};
 
     fn token() -> Token {
         Token::new("fuzz-token").unwrap_or_else(|e| panic!("{e}"))

@@ -254,7 +254,7 @@ mod fuzz_tests {
     use proptest::{prelude::*, test_runner::TestRunner};
 
     use super::*;
-    use crate::fuzz::{arbitrary_bytes, config, mutations_of_any};
+    use ladle_fuzz::{arbitrary_bytes, config, mutations_of_any};
 
     const CLUSTER: &str = "fuzz";
     const PROTOCOL: u32 = 2;

@@ -191,7 +191,7 @@ mod fuzz_tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::fuzz::{arbitrary_bytes, config, mutations_of_any};
+    use ladle_fuzz::{arbitrary_bytes, config, mutations_of_any};
 
     fn check(content: &[u8]) -> Result<(), TestCaseError> {
         if let Ok(line) = address_in_file(content) {

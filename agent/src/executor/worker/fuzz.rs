@@ -2,7 +2,7 @@
 //! cases of up to 2 KiB, read through buffers of 1 to 16 bytes (so that lines straddle reads):
 //! well under a second in a debug build; `PROPTEST_CASES` runs more.
 
-use ladle_common::fuzz::{allocated_by, allocation_bound, arbitrary_bytes, config};
+use ladle_fuzz::{allocated_by, allocation_bound, arbitrary_bytes, config};
 use proptest::prelude::*;
 
 use super::next_line;

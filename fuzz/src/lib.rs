@@ -1,6 +1,7 @@
 //! What the decoders' property tests share (the "fuzz targets" `cargo test` runs): the inputs
-//! they try, how many, and a check that decoding allocates within a bound. For the tests of
-//! this crate, and of the others through the `fuzz` feature.
+//! they try, how many, and a check that decoding allocates within a bound. A crate of its own,
+//! and only ever a dev-dependency: what Ladle ships neither links it nor is built differently
+//! for the tests' sake.
 //!
 //! Random bytes rarely get past a decoder's first check (a magic prefix, a tag, a length), so
 //! every decoder is also given damaged copies of valid encodings ([`mutations_of`]): those reach
@@ -14,7 +15,7 @@ use std::{
 use proptest::{prelude::*, sample::Index, test_runner::Config};
 
 /// `cases` cases, or as many as `PROPTEST_CASES` says (to fuzz longer by hand:
-/// `PROPTEST_CASES=100000 cargo test -p ladle-common fuzz`).
+/// `PROPTEST_CASES=100000 cargo test -p ladle-common fuzz_tests`).
 pub fn config(cases: u32) -> Config {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
