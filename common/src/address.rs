@@ -86,10 +86,10 @@ mod tests {
 /// network (announcements). 1024 cases each, microseconds apiece; `PROPTEST_CASES` runs more.
 #[cfg(test)]
 mod fuzz_tests {
+    use ladle_fuzz::{config, mutations_of_any};
     use proptest::prelude::*;
 
     use super::normalize;
-    use ladle_fuzz::{config, mutations_of_any};
 
     /// No panic; what is accepted is a URL with a scheme and a port, which it accepts again
     /// unchanged.

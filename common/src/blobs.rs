@@ -218,14 +218,14 @@ mod tests {
 }
 
 /// Fuzz targets of a blob's arrival in pieces: sizes and bytes are the scheduler's. 512 cases
-/// each, of blobs up to 4 KiB: milliseconds apiece (hashing), under a second each;
+/// each, of blobs up to 4 KiB: under a millisecond apiece, so under a second each;
 /// `PROPTEST_CASES` runs more.
 #[cfg(test)]
 mod fuzz_tests {
+    use ladle_fuzz::{allocated_by, allocation_bound, arbitrary_bytes, config};
     use proptest::{prelude::*, sample::Index};
 
     use super::*;
-    use ladle_fuzz::{allocated_by, allocation_bound, arbitrary_bytes, config};
 
     /// Pieces as they arrive: the size the piece announces, if it does, and its bytes.
     type Pieces = Vec<(Option<u64>, Vec<u8>)>;

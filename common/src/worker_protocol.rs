@@ -222,10 +222,10 @@ mod tests {
 /// them every time; `PROPTEST_CASES` runs more.
 #[cfg(test)]
 mod fuzz_tests {
+    use ladle_fuzz::{allocated_by, allocation_bound, arbitrary_bytes, config, mutations_of_any};
     use proptest::prelude::*;
 
     use super::*;
-    use ladle_fuzz::{allocated_by, allocation_bound, arbitrary_bytes, config, mutations_of_any};
 
     /// How reading frames from `bytes` until the end or an error went: the frames read, and the
     /// kind of the error that stopped it.

@@ -169,10 +169,10 @@ mod tests {
 /// takes well under a second in a debug build; `PROPTEST_CASES` runs more.
 #[cfg(test)]
 mod fuzz_tests {
+    use ladle_fuzz::{allocated_by, allocation_bound, arbitrary_bytes, config, mutations_of_any};
     use proptest::prelude::*;
 
     use super::*;
-    use ladle_fuzz::{allocated_by, allocation_bound, arbitrary_bytes, config, mutations_of_any};
 
     fn token() -> Token {
         Token::new("fuzz-token").unwrap_or_else(|e| panic!("{e}"))

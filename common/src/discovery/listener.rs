@@ -251,10 +251,10 @@ impl Watch {
 mod fuzz_tests {
     use std::cell::Cell;
 
+    use ladle_fuzz::{arbitrary_bytes, config, mutations_of_any};
     use proptest::{prelude::*, test_runner::TestRunner};
 
     use super::*;
-    use ladle_fuzz::{arbitrary_bytes, config, mutations_of_any};
 
     const CLUSTER: &str = "fuzz";
     const PROTOCOL: u32 = 2;

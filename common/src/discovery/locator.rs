@@ -188,10 +188,10 @@ mod tests {
 /// network). `PROPTEST_CASES` runs more.
 #[cfg(test)]
 mod fuzz_tests {
+    use ladle_fuzz::{arbitrary_bytes, config, mutations_of_any};
     use proptest::prelude::*;
 
     use super::*;
-    use ladle_fuzz::{arbitrary_bytes, config, mutations_of_any};
 
     fn check(content: &[u8]) -> Result<(), TestCaseError> {
         if let Ok(line) = address_in_file(content) {
