@@ -11,3 +11,8 @@ pub mod identity;
 pub mod resources;
 pub mod session;
 pub mod settings;
+
+/// The decoders' fuzz targets check what they allocate, which takes counting every allocation.
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: ladle_fuzz::CountingAllocator = ladle_fuzz::CountingAllocator;

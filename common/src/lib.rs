@@ -15,3 +15,8 @@ pub mod worker_protocol;
 
 /// This release of Ladle, as every binary reports it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The decoders' fuzz targets check what they allocate, which takes counting every allocation.
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: ladle_fuzz::CountingAllocator = ladle_fuzz::CountingAllocator;

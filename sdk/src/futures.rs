@@ -168,26 +168,33 @@ pub(crate) fn failure(task: &str, raw: &RawResult, kind: ErrorKind, message: Str
     }
 }
 
-/// Decodes the per-item results of a chunk.
+/// Decodes the per-item results of a chunk of `items` items.
 pub(crate) fn decode_items<R: DeserializeOwned>(
     task: &str,
     raw: &RawResult,
+    items: usize,
 ) -> Result<Vec<ItemResult<R>>, TaskError> {
+    let bad = |message: String| failure(task, raw, ErrorKind::BadData, message);
     match &raw.outcome {
-        Ok(bytes) => postcard::from_bytes(bytes).map_err(|e| {
-            failure(
-                task,
-                raw,
-                ErrorKind::BadData,
-                format!("cannot decode the results: {e}"),
-            )
-        }),
+        Ok(bytes) => {
+            let decoded: Vec<ItemResult<R>> = postcard::from_bytes(bytes)
+                .map_err(|e| bad(format!("cannot decode the results: {e}")))?;
+            // One result per item: with fewer, a map would wait for ever for the others; with
+            // more, they would pass for the results of other items.
+            if decoded.len() != items {
+                return Err(bad(format!(
+                    "the results hold {} values for a chunk of {items} items",
+                    decoded.len()
+                )));
+            }
+            Ok(decoded)
+        }
         Err((kind, message)) => Err(failure(task, raw, *kind, message.clone())),
     }
 }
 
 fn decode_single<R: DeserializeOwned>(task: &str, raw: RawResult) -> Result<R, TaskError> {
-    let items = decode_items::<R>(task, &raw)?;
+    let items = decode_items::<R>(task, &raw, 1)?;
     match items.into_iter().next() {
         Some(Ok(value)) => Ok(value),
         Some(Err(message)) => Err(failure(task, &raw, ErrorKind::Failed, message)),
@@ -279,4 +286,100 @@ pub async fn gather_all<R: DeserializeOwned>(
         out.push(f.await);
     }
     out
+}
+
+/// Fuzz targets of the driver's decoding of results (a worker's bytes, through the agent and
+/// the scheduler). 1024 cases each, microseconds apiece; `PROPTEST_CASES` runs more.
+#[cfg(test)]
+mod fuzz_tests {
+    use std::collections::HashMap;
+
+    use bytes::Bytes;
+    use ladle_fuzz::{allocated_by, allocation_bound, arbitrary_bytes, config, mutations_of_any};
+    use proptest::prelude::*;
+    use serde_bytes::ByteBuf;
+
+    use super::*;
+
+    type Rich = (String, Vec<u64>, Option<ByteBuf>, HashMap<String, Vec<u8>>);
+
+    fn raw(bytes: &[u8]) -> RawResult {
+        RawResult {
+            outcome: Ok(Bytes::copy_from_slice(bytes)),
+            agent: "a".into(),
+            attempt: 1,
+            run_ns: 1,
+        }
+    }
+
+    /// Decodes `bytes` as the results of chunks of 1 and 3 items of several output types, and
+    /// as a reduction's partial result: no panic, within the bound, and only as many results
+    /// as the chunk has items.
+    fn decode_every_way(bytes: &[u8]) -> Result<(), TestCaseError> {
+        let raw = raw(bytes);
+        let bound = allocation_bound(bytes.len());
+        for items in [1, 3] {
+            let checks = [
+                allocated_by(|| decode_items::<u64>("t", &raw, items).map(|v| v.len())),
+                allocated_by(|| decode_items::<String>("t", &raw, items).map(|v| v.len())),
+                allocated_by(|| decode_items::<ByteBuf>("t", &raw, items).map(|v| v.len())),
+                allocated_by(|| decode_items::<Rich>("t", &raw, items).map(|v| v.len())),
+            ];
+            for (decoded, allocated) in checks {
+                prop_assert!(allocated <= bound, "{allocated} bytes");
+                if let Ok(n) = decoded {
+                    prop_assert_eq!(n, items);
+                }
+            }
+        }
+        let (_, allocated) = allocated_by(|| decode_single::<Rich>("t", raw));
+        prop_assert!(allocated <= bound, "{allocated} bytes");
+        // What a map-reduce makes of a partial result.
+        let (_, allocated) = allocated_by(|| postcard::from_bytes::<Rich>(bytes).is_ok());
+        prop_assert!(allocated <= bound, "{allocated} bytes");
+        Ok(())
+    }
+
+    fn valid() -> Vec<Vec<u8>> {
+        let rich: Rich = (
+            "x".into(),
+            vec![3, 4],
+            Some(ByteBuf::from(vec![1; 5])),
+            HashMap::from([("k".into(), vec![1, 2])]),
+        );
+        let three: Vec<ItemResult<Rich>> = vec![Ok(rich.clone()), Err("no".into()), Ok(rich)];
+        vec![
+            postcard::to_allocvec(&three).unwrap_or_default(),
+            postcard::to_allocvec(&vec![Ok::<u64, String>(9)]).unwrap_or_default(),
+        ]
+    }
+
+    #[test]
+    fn a_chunk_result_with_the_wrong_number_of_values_is_bad_data() {
+        let two = postcard::to_allocvec(&vec![Ok::<u64, String>(1), Ok(2)]).unwrap_or_default();
+        for items in [1, 3] {
+            let err = decode_items::<u64>("t", &raw(&two), items).err();
+            assert!(
+                err.as_ref().is_some_and(|e| e.kind == ErrorKind::BadData
+                    && e.message
+                        .contains(&format!("2 values for a chunk of {items} items"))),
+                "{err:?}"
+            );
+        }
+        assert!(decode_items::<u64>("t", &raw(&two), 2).is_ok());
+    }
+
+    proptest! {
+        #![proptest_config(config(1024))]
+
+        #[test]
+        fn result_decoder_never_panics_on_arbitrary_bytes(bytes in arbitrary_bytes(512)) {
+            decode_every_way(&bytes)?;
+        }
+
+        #[test]
+        fn result_decoder_never_panics_on_damaged_results(bytes in mutations_of_any(valid())) {
+            decode_every_way(&bytes)?;
+        }
+    }
 }

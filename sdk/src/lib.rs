@@ -27,6 +27,8 @@
 mod cluster;
 mod error;
 mod futures;
+#[cfg(test)]
+mod fuzz_support;
 pub mod gpu;
 mod lone_wait;
 mod map;

@@ -522,7 +522,7 @@ async fn drive<T: Task>(
                     let _ = tx.send((chunk.start, partial));
                     continue;
                 }
-                match decode_items::<T::Output>(T::NAME, &raw) {
+                match decode_items::<T::Output>(T::NAME, &raw, chunk.len) {
                     Ok(items) => {
                         for (i, item) in items.into_iter().enumerate() {
                             let index = chunk.start + i;

@@ -132,3 +132,49 @@ impl<'de, T: DeserializeOwned + Send + Sync + 'static> Deserialize<'de> for Shar
         })
     }
 }
+
+/// Fuzz target of a worker's decoding of a shared constant (its bytes come from the driver,
+/// through the blob store and the agent). 1024 cases, microseconds apiece; `PROPTEST_CASES`
+/// runs more.
+#[cfg(test)]
+mod fuzz_tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use ladle_fuzz::{allocated_by, allocation_bound, arbitrary_bytes, config, mutations_of_any};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    type Value = (String, Vec<u64>, HashMap<String, serde_bytes::ByteBuf>);
+
+    /// A hash of its own for each case: the store keeps what each decoded to.
+    fn fresh_hash() -> String {
+        static N: AtomicU64 = AtomicU64::new(0);
+        format!("fuzz-{:059}", N.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn valid() -> Vec<Vec<u8>> {
+        let value: Value = (
+            "abc".into(),
+            vec![1, u64::MAX],
+            HashMap::from([("k".into(), serde_bytes::ByteBuf::from(vec![7; 9]))]),
+        );
+        vec![postcard::to_allocvec(&value).unwrap_or_default()]
+    }
+
+    proptest! {
+        #![proptest_config(config(1024))]
+
+        #[test]
+        fn shared_constant_decoder_never_panics_on_arbitrary_or_damaged_bytes(
+            data in prop_oneof![arbitrary_bytes(512), mutations_of_any(valid())],
+        ) {
+            let sha256 = fresh_hash();
+            let len = data.len();
+            receive(sha256.clone(), data);
+            let (_, allocated) = allocated_by(|| resolve::<Value>(&sha256));
+            prop_assert!(allocated <= allocation_bound(len), "{allocated} bytes");
+            let _ = resolve::<Vec<u64>>(&sha256);
+        }
+    }
+}

@@ -325,3 +325,132 @@ mod tests {
         );
     }
 }
+
+/// Fuzz targets of the worker's side of the socket: what the agent sends. 256 cases each,
+/// each a worker served over a fresh socket pair on a thread of its own (a fraction of a
+/// millisecond apiece), so each property takes well under a second; `PROPTEST_CASES` runs more.
+#[cfg(test)]
+mod fuzz_tests {
+    use std::{
+        io::{Read, Write},
+        net::Shutdown,
+        os::unix::net::UnixStream,
+        time::Duration,
+    };
+
+    use ladle_common::worker_protocol::{self as wp, FromWorker, ToWorker};
+    use ladle_fuzz::{arbitrary_bytes, config, mutations_of_any};
+    use proptest::prelude::*;
+
+    use super::{frame_ready, serve_inline};
+    use crate::{
+        Task,
+        fuzz_support::{Add, Describe, describe_payloads},
+    };
+
+    /// Serves `input` as the agent's side of the socket would send it, then closes it: the
+    /// worker must end, with no panic, and what it wrote must be frames, its `Ready` first.
+    fn serve(input: &[u8]) -> Result<(), TestCaseError> {
+        let fail = |e: std::io::Error| TestCaseError::fail(e.to_string());
+        let (mut agent, worker) = UnixStream::pair().map_err(fail)?;
+        agent.write_all(input).map_err(fail)?;
+        agent.shutdown(Shutdown::Write).map_err(fail)?;
+        // A worker that hangs fails the test instead of hanging it.
+        agent
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(fail)?;
+        let serving = std::thread::spawn(move || serve_inline(worker, 3));
+        let mut output = Vec::new();
+        agent.read_to_end(&mut output).map_err(fail)?;
+        let served = serving.join();
+        prop_assert!(served.is_ok(), "the worker panicked");
+        let mut frames = output.as_slice();
+        let first = wp::read_frame::<FromWorker>(&mut frames);
+        let ready = matches!(first, Ok(Some(FromWorker::Ready { tasks: 3, .. })));
+        prop_assert!(ready, "the worker did not say it is ready first");
+        while let Some(frame) = wp::read_frame::<FromWorker>(&mut frames).map_err(fail)? {
+            let again = matches!(frame, FromWorker::Ready { .. });
+            prop_assert!(!again, "the worker said it is ready twice");
+        }
+        Ok(())
+    }
+
+    /// Valid streams from the agent: runs of each payload, alone and folded, and a shared
+    /// constant.
+    fn valid_streams() -> Vec<Vec<u8>> {
+        let mut streams: Vec<Vec<u8>> = describe_payloads()
+            .into_iter()
+            .enumerate()
+            .map(|(task, payload)| {
+                let run = |reducer: Option<&str>| ToWorker::Run {
+                    task: task as u64,
+                    function: Describe::NAME.into(),
+                    reducer: reducer.map(str::to_owned),
+                    payload: payload.clone(),
+                    report_start: true,
+                };
+                [run(None), run(Some(Add::NAME))]
+                    .iter()
+                    .flat_map(|m| wp::encode(m).unwrap_or_default())
+                    .collect()
+            })
+            .collect();
+        streams.push(
+            wp::encode(&ToWorker::Shared {
+                sha256: "cd".repeat(32),
+                data: postcard::to_allocvec(&vec![1u64, 2]).unwrap_or_default(),
+            })
+            .unwrap_or_default(),
+        );
+        streams
+    }
+
+    #[test]
+    fn a_valid_stream_is_served_whole() {
+        let input = valid_streams().concat();
+        let (mut agent, worker) = UnixStream::pair().expect("a socket pair");
+        agent.write_all(&input).expect("write");
+        agent.shutdown(Shutdown::Write).expect("shutdown");
+        let serving = std::thread::spawn(move || serve_inline(worker, 3));
+        let mut output = Vec::new();
+        agent.read_to_end(&mut output).expect("read");
+        assert!(serving.join().expect("no panic").is_ok());
+        let mut frames = output.as_slice();
+        let mut done = 0;
+        while let Some(frame) = wp::read_frame::<FromWorker>(&mut frames).expect("a frame") {
+            done += usize::from(matches!(frame, FromWorker::Done { .. }));
+        }
+        assert_eq!(done, 2 * describe_payloads().len());
+    }
+
+    proptest! {
+        #![proptest_config(config(256))]
+
+        #[test]
+        fn worker_never_panics_on_arbitrary_bytes_from_the_agent(input in arbitrary_bytes(1024)) {
+            serve(&input)?;
+        }
+
+        #[test]
+        fn worker_never_panics_on_damaged_frames_from_the_agent(
+            input in mutations_of_any(valid_streams()),
+        ) {
+            serve(&input)?;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(1024))]
+
+        /// The worker reads ahead only a frame that is whole: one said ready never ends early.
+        #[test]
+        fn a_frame_said_ready_is_whole(
+            buffer in prop_oneof![arbitrary_bytes(64), mutations_of_any(valid_streams())],
+        ) {
+            if frame_ready(&buffer) {
+                let read = wp::read_frame::<ToWorker>(&mut buffer.as_slice());
+                prop_assert!(!read.is_err_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof));
+            }
+        }
+    }
+}

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use ladle_common::limits::MAX_OUTPUT_LINE_BYTES;
 use ladle_common::worker_protocol::{self as wp, FromWorker, ToWorker};
 use tokio::{
-    io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter},
+    io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter},
     net::{UnixListener, unix::OwnedWriteHalf},
     process::{Child, Command},
     sync::mpsc,
@@ -499,28 +499,18 @@ async fn start(
     let (tx, frames) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
-            let mut len = [0u8; 4];
-            if reader.read_exact(&mut len).await.is_err() {
-                return;
-            }
-            let len = u32::from_le_bytes(len) as usize;
-            if len > wp::MAX_FRAME {
-                return;
-            }
-            let mut body = vec![0u8; len];
-            if reader.read_exact(&mut body).await.is_err() {
-                return;
-            }
-            match wp::decode::<FromWorker>(&body) {
-                Ok(frame) => {
+            match wp::read_frame_async::<FromWorker>(&mut reader).await {
+                Ok(Some(frame)) => {
                     if tx.send(frame).is_err() {
                         return;
                     }
                 }
-                Err(e) => {
-                    warn!("a worker sent an undecodable frame: {e}");
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    warn!("a worker sent an unreadable frame: {e}");
                     return;
                 }
+                // The worker is gone; its end is noticed and reported by the run loop.
+                Ok(None) | Err(_) => return,
             }
         }
     });
@@ -532,6 +522,9 @@ async fn start(
         inflight: HashSet::new(),
     })
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

@@ -163,3 +163,99 @@ mod tests {
         Ok(())
     }
 }
+
+/// Fuzz targets of the announcement decoder: what anyone on the network can send a listener.
+/// 1024 cases each: a datagram is at most 8 KiB and decodes in microseconds, so each property
+/// takes well under a second in a debug build; `PROPTEST_CASES` runs more.
+#[cfg(test)]
+mod fuzz_tests {
+    use ladle_fuzz::{allocated_by, allocation_bound, arbitrary_bytes, config, mutations_of_any};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn token() -> Token {
+        Token::new("fuzz-token").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn samples() -> Vec<Announcement> {
+        vec![
+            Announcement {
+                cluster: "prod".into(),
+                addresses: vec![
+                    "http://10.0.0.1:7070".into(),
+                    "http://[fe80::1]:7070".into(),
+                ],
+                protocol: 2,
+                version: "0.1.0".into(),
+                started_ms: 1_700_000_000_000,
+            },
+            Announcement {
+                cluster: String::new(),
+                addresses: Vec::new(),
+                protocol: u32::MAX,
+                version: "é".into(),
+                started_ms: u64::MAX,
+            },
+        ]
+    }
+
+    /// Valid datagrams: each sample unsigned and signed.
+    fn valid_datagrams() -> Vec<Vec<u8>> {
+        let token = token();
+        samples()
+            .iter()
+            .flat_map(|a| [a.encode(None), a.encode(Some(&token))])
+            .collect()
+    }
+
+    /// Decodes `datagram` as a listener without a token and as one with it: no panic, within
+    /// the allocation bound; what the token holder trusts is one of the announcements signed
+    /// with its token, unchanged.
+    fn decode_both_ways(datagram: &[u8]) -> Result<(), TestCaseError> {
+        let token = token();
+        for held in [None, Some(&token)] {
+            let (heard, allocated) = allocated_by(|| Announcement::decode(datagram, held));
+            prop_assert!(
+                allocated <= allocation_bound(datagram.len()),
+                "{allocated} bytes"
+            );
+            if let (Some(_), Heard::Trusted(a)) = (held, heard) {
+                prop_assert!(
+                    samples().contains(&a),
+                    "a forged announcement was trusted: {a:?}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Past the magic prefix: random bytes, and a `Signed` whose body is random.
+    fn after_the_magic() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            arbitrary_bytes(512).prop_map(|rest| [MAGIC, &rest].concat()),
+            (arbitrary_bytes(512), arbitrary_bytes(40)).prop_map(|(body, mac)| {
+                let signed = postcard::to_allocvec(&Signed { body, mac }).unwrap_or_default();
+                [MAGIC, &signed].concat()
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(config(1024))]
+
+        #[test]
+        fn announcement_decoder_never_panics_on_arbitrary_bytes(
+            datagram in prop_oneof![arbitrary_bytes(MAX_DATAGRAM), after_the_magic()],
+        ) {
+            decode_both_ways(&datagram)?;
+        }
+
+        #[test]
+        fn announcement_decoder_never_panics_on_damaged_announcements_nor_trusts_them(
+            datagram in mutations_of_any(valid_datagrams()),
+        ) {
+            decode_both_ways(&datagram)?;
+        }
+    }
+}

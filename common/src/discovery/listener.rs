@@ -242,3 +242,93 @@ impl Watch {
         Some(addresses)
     }
 }
+
+/// Fuzz target of a listener as it runs: random and damaged datagrams sent to it over loopback,
+/// then an announcement it must still hear. 32 cases of up to 16 datagrams: each case waits
+/// for its last datagram to be heard (about a millisecond), so the test takes a fraction of a
+/// second; `PROPTEST_CASES` runs more.
+#[cfg(test)]
+mod fuzz_tests {
+    use std::cell::Cell;
+
+    use ladle_fuzz::{arbitrary_bytes, config, mutations_of_any};
+    use proptest::{prelude::*, test_runner::TestRunner};
+
+    use super::*;
+
+    const CLUSTER: &str = "fuzz";
+    const PROTOCOL: u32 = 2;
+
+    fn announcement(addresses: Vec<String>, started_ms: u64) -> Announcement {
+        Announcement {
+            cluster: CLUSTER.into(),
+            addresses,
+            protocol: PROTOCOL,
+            version: "0.1.0".into(),
+            started_ms,
+        }
+    }
+
+    #[test]
+    fn a_listener_survives_garbage_datagrams_and_still_hears_its_scheduler() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("a runtime: {e}"));
+        let port = std::net::UdpSocket::bind("0.0.0.0:0")
+            .and_then(|s| s.local_addr())
+            .unwrap_or_else(|e| panic!("a free port: {e}"))
+            .port();
+        let (watch, sender) = runtime.block_on(async {
+            let group = SocketAddrV4::new(Ipv4Addr::new(239, 255, 76, 99), port);
+            let listener = Listener::bind(group).unwrap_or_else(|e| panic!("bind: {e}"));
+            let sender = UdpSocket::bind("127.0.0.1:0")
+                .await
+                .unwrap_or_else(|e| panic!("a sender: {e}"));
+            (
+                Watch::start(listener, CLUSTER.into(), PROTOCOL, None),
+                sender,
+            )
+        });
+        let valid = vec![
+            announcement(vec!["http://10.0.0.1:7070".into()], 1).encode(None),
+            Announcement {
+                cluster: "other".into(),
+                ..announcement(vec![], 2)
+            }
+            .encode(None),
+        ];
+        let datagrams = prop::collection::vec(
+            prop_oneof![arbitrary_bytes(1024), mutations_of_any(valid)],
+            0..16,
+        );
+        let case = Cell::new(0u64);
+        let mut runner = TestRunner::new(config(32));
+        let result = runner.run(&datagrams, |datagrams| {
+            case.set(case.get() + 1);
+            let mark = format!("http://127.0.0.1:{}", case.get());
+            runtime.block_on(async {
+                for datagram in &datagrams {
+                    let _ = sender.send_to(datagram, ("127.0.0.1", port)).await;
+                }
+                let last = announcement(vec![mark.clone()], u64::MAX).encode(None);
+                let _ = sender.send_to(&last, ("127.0.0.1", port)).await;
+                // The datagrams are heard in order: once the last is, the others were, and the
+                // listener's task is still there.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while watch.newest() != Some(vec![mark.clone()]) {
+                    prop_assert!(
+                        Instant::now() < deadline,
+                        "the listener stopped hearing after {} datagrams",
+                        datagrams.len()
+                    );
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Ok(())
+            })
+        });
+        if let Err(failure) = result {
+            panic!("{failure}");
+        }
+    }
+}

@@ -3,6 +3,7 @@
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use thiserror::Error;
+use tokio::io::AsyncReadExt;
 
 use super::Watch;
 use crate::address;
@@ -59,21 +60,19 @@ impl Locator {
         match self {
             Self::Address(a) => expand(a, "address").await,
             Self::File(path) => {
-                let text =
-                    tokio::fs::read_to_string(path)
-                        .await
-                        .map_err(|e| LocateError::File {
-                            path: path.display().to_string(),
-                            reason: e.to_string(),
-                        })?;
-                let line = text.lines().next().unwrap_or_default().trim();
-                if line.is_empty() {
-                    return Err(LocateError::File {
-                        path: path.display().to_string(),
-                        reason: "it is empty".into(),
-                    });
-                }
-                expand(line, "file").await
+                let unreadable = |reason: String| LocateError::File {
+                    path: path.display().to_string(),
+                    reason,
+                };
+                let mut content = Vec::new();
+                tokio::fs::File::open(path)
+                    .await
+                    .map_err(|e| unreadable(e.to_string()))?
+                    .take(MAX_ADDRESS_FILE_BYTES as u64 + 1)
+                    .read_to_end(&mut content)
+                    .await
+                    .map_err(|e| unreadable(e.to_string()))?;
+                expand(address_in_file(&content).map_err(unreadable)?, "file").await
             }
             Self::Multicast { watch, wait } => {
                 let addresses =
@@ -93,6 +92,25 @@ impl Locator {
             }
         }
     }
+}
+
+/// The most of an address file that is read: it holds one line, so a larger file is not one (a
+/// wrong path: a log, a device), and is not read whole.
+pub const MAX_ADDRESS_FILE_BYTES: usize = 4096;
+
+/// The address in an address file's `content`: its first line, trimmed.
+fn address_in_file(content: &[u8]) -> Result<&str, String> {
+    if content.len() > MAX_ADDRESS_FILE_BYTES {
+        return Err(format!(
+            "it is larger than {MAX_ADDRESS_FILE_BYTES} bytes: not an address file"
+        ));
+    }
+    let text = std::str::from_utf8(content).map_err(|e| format!("it is not text: {e}"))?;
+    let line = text.lines().next().unwrap_or_default().trim();
+    if line.is_empty() {
+        return Err("it is empty".into());
+    }
+    Ok(line)
 }
 
 /// An address as a list of candidates: as it is for an IP, one per resolved address for a name.
@@ -161,5 +179,67 @@ mod tests {
                 how: "file"
             }])
         );
+    }
+}
+
+/// Fuzz targets of the address file's reader: what the scheduler (or whatever else the path
+/// names) wrote there. 1024 cases each, microseconds apiece, so well under a second; the DNS
+/// lookup that follows for a name is left out (it would make the test slow and depend on the
+/// network). `PROPTEST_CASES` runs more.
+#[cfg(test)]
+mod fuzz_tests {
+    use ladle_fuzz::{arbitrary_bytes, config, mutations_of_any};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn check(content: &[u8]) -> Result<(), TestCaseError> {
+        if let Ok(line) = address_in_file(content) {
+            prop_assert!(!line.is_empty() && line.trim() == line && !line.contains('\n'));
+            // What `expand` does with it next, short of resolving a name.
+            let _ = address::normalize(line);
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_address_file_larger_than_the_limit_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("address");
+        let mut big = b"http://10.0.0.9:7070\n".to_vec();
+        big.resize(1 << 20, b'x');
+        std::fs::write(&path, &big).unwrap_or_else(|e| panic!("{e}"));
+        let err = Locator::File(path)
+            .candidates()
+            .await
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("larger than 4096 bytes")),
+            "{err:?}"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(config(1024))]
+
+        #[test]
+        fn address_file_reader_never_panics_on_arbitrary_bytes(
+            content in prop_oneof![arbitrary_bytes(MAX_ADDRESS_FILE_BYTES + 8), ".{0,64}".prop_map(String::into_bytes)],
+        ) {
+            check(&content)?;
+        }
+
+        #[test]
+        fn address_file_reader_never_panics_on_damaged_address_files(
+            content in mutations_of_any(vec![
+                b"http://10.0.0.9:7070\n".to_vec(),
+                b"  [fe80::1%eth0]:7070\r\nsecond line\n".to_vec(),
+                "https://sch\u{e9}duleur.example:443/\n".as_bytes().to_vec(),
+            ]),
+        ) {
+            check(&content)?;
+        }
     }
 }
