@@ -22,7 +22,8 @@ struct Inner {
     dir: PathBuf,
     max_bytes: u64,
     /// The scheduler the agent joined last (discovery may move it).
-    address: Mutex<String>,
+    /// And the DNS name it was found by (the name its certificate carries).
+    address: Mutex<(String, Option<String>)>,
     auth: ClientAuth,
     /// One lock per blob, so concurrent needs of the same blob fetch it once.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -41,7 +42,7 @@ impl BlobCache {
             inner: Arc::new(Inner {
                 dir,
                 max_bytes,
-                address: Mutex::new(String::new()),
+                address: Mutex::new((String::new(), None)),
                 auth,
                 locks: Mutex::new(HashMap::new()),
             }),
@@ -49,8 +50,9 @@ impl BlobCache {
     }
 
     /// Blobs come from the scheduler at `address` from now on.
-    pub fn set_scheduler(&self, address: &str) {
-        *self.inner.address.lock().unwrap_or_else(|p| p.into_inner()) = address.to_owned();
+    pub fn set_scheduler(&self, address: &str, name: Option<&str>) {
+        *self.inner.address.lock().unwrap_or_else(|p| p.into_inner()) =
+            (address.to_owned(), name.map(str::to_owned));
     }
 
     /// The local file of blob `sha256`, fetched from the scheduler if it is not here yet.
@@ -119,13 +121,14 @@ impl BlobCache {
     }
 
     async fn client(&self) -> Result<ladle_common::blobs::BlobClient, String> {
-        let address = self
+        let (address, name) = self
             .inner
             .address
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let channel = client::connect(&address, &self.inner.auth)
+        let auth = self.inner.auth.for_name(name.as_deref());
+        let channel = client::connect(&address, &auth)
             .await
             .map_err(|e| e.to_string())?;
         Ok(ladle_common::blobs::client(

@@ -136,7 +136,8 @@ impl Session {
         let mut failures = Vec::new();
         let mut connected = None;
         for candidate in candidates {
-            match client::connect(&candidate.url, &self.auth).await {
+            let auth = self.auth.for_name(candidate.name.as_deref());
+            match client::connect(&candidate.url, &auth).await {
                 Ok(channel) => {
                     connected = Some((channel, candidate));
                     break;
@@ -154,7 +155,8 @@ impl Session {
             );
         }
         self.address = found.url;
-        self.cache.set_scheduler(&self.address);
+        self.cache
+            .set_scheduler(&self.address, found.name.as_deref());
         self.hello.discovery = self
             .fixed_discovery
             .clone()

@@ -152,6 +152,21 @@ impl ClientAuth {
         TokenInterceptor::new(self.credential.as_ref())
     }
 
+    /// As this, checking the scheduler's certificate for `name` (the DNS name an address was
+    /// resolved from) unless a fixed name is set.
+    pub fn for_name(&self, name: Option<&str>) -> std::borrow::Cow<'_, Self> {
+        match (&self.tls, name) {
+            (Some(tls), Some(name)) if tls.server_name.is_none() => {
+                let mut auth = self.clone();
+                if let Some(tls) = &mut auth.tls {
+                    tls.server_name = Some(name.to_owned());
+                }
+                std::borrow::Cow::Owned(auth)
+            }
+            _ => std::borrow::Cow::Borrowed(self),
+        }
+    }
+
     /// The address of the scheduler written into the cluster file, if any.
     pub fn scheduler(&self) -> Option<&str> {
         self.file.as_ref().and_then(|f| f.scheduler.as_deref())

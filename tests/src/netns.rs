@@ -109,6 +109,23 @@ impl Lab {
         ip(&["-n", &self.switch, "link", "set", &format!("p{i}"), "down"])
     }
 
+    /// Gives hosts names every host resolves (`ip netns exec` reads /etc/netns/NS/hosts in
+    /// place of /etc/hosts), as a cluster's DNS would.
+    pub fn name_hosts(&self, names: &[(usize, &str)]) -> Result<(), String> {
+        let mut hosts = String::from("127.0.0.1 localhost\n");
+        for (i, name) in names {
+            let host = self.hosts.get(*i).ok_or("no such host")?;
+            hosts.push_str(&format!("{} {name}\n", host.ip));
+        }
+        for host in &self.hosts {
+            let dir = Path::new("/etc/netns").join(&host.ns);
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::write(dir.join("hosts"), &hosts)
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        Ok(())
+    }
+
     /// Plugs host `i` back into the switch.
     pub fn reconnect(&self, i: usize) -> Result<(), String> {
         ip(&["-n", &self.switch, "link", "set", &format!("p{i}"), "up"])
@@ -128,6 +145,7 @@ impl Drop for Lab {
     fn drop(&mut self) {
         for host in &self.hosts {
             let _ = ip(&["netns", "delete", &host.ns]);
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&host.ns));
         }
         let _ = ip(&["netns", "delete", &self.switch]);
     }

@@ -151,10 +151,7 @@ fn a_driver_cut_off_for_20_s_mid_job_gets_every_result_once_and_no_task_runs_twi
                 .arg(&runs_dir)
                 // All submitted up front: the scheduler holds the whole job through the cut.
                 .arg("submit")
-                .env(
-                    "LADLE_SCHEDULER",
-                    format!("{}:{port}", cluster_host.ip),
-                )
+                .env("LADLE_SCHEDULER", format!("{}:{port}", cluster_host.ip))
                 .env(
                     "LADLE_CLUSTER_FILE",
                     files(dir.path()).join("driver.cluster"),

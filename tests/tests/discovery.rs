@@ -172,7 +172,11 @@ fn agents_on_other_hosts_join_their_clusters_scheduler_by_multicast_and_follow_i
     );
     let (_moved, new_port) = scheduler_on(new_home, &ours, dir.path());
     wait_for("both agents to follow", Duration::from_secs(30), || {
-        alive(&agents_of(new_home, new_port, &ours), &["agent-a", "agent-b"]).map(drop)
+        alive(
+            &agents_of(new_home, new_port, &ours),
+            &["agent-a", "agent-b"],
+        )
+        .map(drop)
     });
     drop((agent_a, agent_b));
 }

@@ -16,7 +16,14 @@ fn serve(files: &Path, dir: &Path) -> (Process, String) {
     let address_file = dir.join("address");
     let mut command = clean_command(&bin("ladle-scheduler"));
     command
-        .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--no-multicast"])
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-multicast",
+        ])
         .arg("--cluster-file")
         .arg(files.join("scheduler.cluster"))
         .arg("--address-file")
@@ -94,12 +101,19 @@ fn a_cluster_from_init_is_encrypted_and_each_role_may_do_only_its_own_calls() {
     assert_eq!(status["security"], "TLS, credentials per role", "{status}");
     assert_eq!(status["cluster"], "prod", "{status}");
     let plaintext = address.replacen("https://", "http://", 1);
-    refused(&cli(&plaintext, None, &["status"]), "it most likely requires TLS");
+    refused(
+        &cli(&plaintext, None, &["status"]),
+        "it most likely requires TLS",
+    );
     // Another cluster's files: its trust anchor does not vouch for this scheduler.
     let wrong = other.join("admin.cluster");
     let out = cli(&address, Some(&wrong), &["status"]);
     refused(&out, "does not vouch");
-    assert!(stderr(&out).contains(&wrong.display().to_string()), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&wrong.display().to_string()),
+        "{}",
+        stderr(&out)
+    );
 
     // What each role may do, and what it may not.
     for role in ["view", "driver", "admin", "scheduler"] {
@@ -142,12 +156,9 @@ fn a_cluster_from_init_is_encrypted_and_each_role_may_do_only_its_own_calls() {
     };
     let out = run("driver");
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(
-        last_json(&String::from_utf8_lossy(&out.stdout))["ok"],
-        999
-    );
+    assert_eq!(last_json(&String::from_utf8_lossy(&out.stdout))["ok"], 999);
     refused(&run("agent"), "an agent credential may not run jobs");
-    refused(&run("view"), "a view credential may not run jobs");
+    refused(&run("view"), "a view credential may not");
 
     // A driver's credential does not make an agent.
     let intruder = agent(&address, &file("driver"), &dir.path().join("a2"), "a2");
@@ -184,11 +195,15 @@ fn an_agent_id_or_a_session_claimed_without_its_secret_is_refused() {
     fs::create_dir_all(&fake_state).expect("state dir");
     fs::copy(real_state.join("agent-id"), fake_state.join("agent-id")).expect("copy the id");
     let fake = agent(&address, &agent_file, &fake_state, "fake");
-    wait_for("the impostor to be refused", Duration::from_secs(30), || {
-        fake.output()
-            .contains("belongs to another connection")
-            .then_some(())
-    });
+    wait_for(
+        "the impostor to be refused",
+        Duration::from_secs(30),
+        || {
+            fake.output()
+                .contains("belongs to another connection")
+                .then_some(())
+        },
+    );
     let rows = agents(&address, &view);
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert!(alive(&rows, "real"), "{rows:?}");
@@ -230,4 +245,169 @@ fn an_agent_id_or_a_session_claimed_without_its_secret_is_refused() {
     let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert!(job.try_exit().is_none(), "{}", job.output());
+}
+
+/// The README's commands for a cluster of several machines, in order.
+fn readme_commands() -> Vec<String> {
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split("## A cluster of several machines")
+        .nth(1)
+        .expect("the README has the section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the section opens with a sh block");
+    block
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Runs a README line as written, on `host`, in `cwd`: the program named first is ours (the
+/// binaries this test suite built), and `cargo run --release` stands for the user's program.
+fn as_written(
+    host: &ladle_tests::netns::Host,
+    line: &str,
+    cwd: &Path,
+    state: &Path,
+) -> std::process::Command {
+    let mut words = line.split_whitespace().peekable();
+    let mut env = Vec::new();
+    while let Some((key, value)) = words.peek().and_then(|w| w.split_once('=')) {
+        env.push((key.to_owned(), value.to_owned()));
+        words.next();
+    }
+    let program = words.next().expect("a command");
+    let rest: Vec<&str> = words.collect();
+    let mut command = match (program, rest.as_slice()) {
+        ("cargo", ["run", "--release"]) => {
+            let mut command = host.command(&test_driver());
+            command.arg("panic");
+            command
+        }
+        (ours, args) => {
+            let mut command = host.command(&bin(ours));
+            command.args(args);
+            command
+        }
+    };
+    command
+        .current_dir(cwd)
+        .envs(env)
+        // Root's default state directories are the machine's own: keep the test's apart.
+        .env("LADLE_STATE_DIR", state)
+        .env("RUST_LOG", "info");
+    command
+}
+
+#[test]
+fn the_readmes_cluster_of_several_machines_is_encrypted_and_authenticated() {
+    let lab = match ladle_tests::netns::Lab::new(3) {
+        Ok(lab) => lab,
+        Err(why) => {
+            println!("skipped: cannot make network namespaces here ({why})");
+            return;
+        }
+    };
+    if let Err(why) = lab.name_hosts(&[(0, "head")]) {
+        println!("skipped: cannot name the test hosts ({why})");
+        return;
+    }
+    let [head, node, user] = &lab.hosts[..] else {
+        panic!("three hosts")
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cwd = |name: &str| {
+        let path = dir.path().join(name);
+        fs::create_dir_all(&path).expect("a directory per machine");
+        path
+    };
+    let (head_dir, node_dir, user_dir) = (cwd("head"), cwd("node"), cwd("user"));
+
+    let lines = readme_commands();
+    let expected = [
+        "ladle-scheduler init",
+        "ladle-scheduler serve",
+        "ladle-agent",
+        "LADLE_CLUSTER_FILE=driver.cluster cargo run",
+    ];
+    assert_eq!(lines.len(), expected.len(), "{lines:?}");
+    for (line, starts) in lines.iter().zip(expected) {
+        assert!(
+            line.starts_with(starts),
+            "{line:?} should start with {starts:?}"
+        );
+    }
+
+    let init = as_written(head, &lines[0], &head_dir, &head_dir.join("state")).output();
+    let init = init.expect("init runs");
+    assert!(init.status.success(), "{}", stderr(&init));
+    let scheduler = Process::spawn(
+        as_written(head, &lines[1], &head_dir, &head_dir.join("state")),
+        dir.path().join("scheduler.log"),
+    );
+    // "Copy ladle-cluster/agent.cluster to every agent machine", and the driver's file.
+    fs::copy(
+        head_dir.join("ladle-cluster/agent.cluster"),
+        node_dir.join("agent.cluster"),
+    )
+    .expect("copy agent.cluster");
+    fs::copy(
+        head_dir.join("ladle-cluster/driver.cluster"),
+        user_dir.join("driver.cluster"),
+    )
+    .expect("copy driver.cluster");
+    let agent = Process::spawn(
+        as_written(node, &lines[2], &node_dir, &node_dir.join("state")),
+        dir.path().join("agent.log"),
+    );
+    wait_for("the agent to join", Duration::from_secs(30), || {
+        agent.output().contains("joined cluster").then_some(())
+    });
+    assert!(
+        agent
+            .output()
+            .contains(&format!("at https://{}:7070", head.ip)),
+        "{}",
+        agent.output()
+    );
+
+    // The user's program runs on the cluster.
+    let out = as_written(user, &lines[3], &user_dir, &user_dir.join("state"))
+        .output()
+        .expect("the driver runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(last_json(&String::from_utf8_lossy(&out.stdout))["ok"], 999);
+
+    // What the scheduler's machine sees: TLS and credentials per role.
+    let status = head
+        .command(&bin("ladle-scheduler"))
+        .args(["status", "--json"])
+        .current_dir(&head_dir)
+        .env("LADLE_CLUSTER_FILE", "ladle-cluster/scheduler.cluster")
+        .output()
+        .expect("the CLI runs");
+    let status: Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    assert_eq!(status["security"], "TLS, credentials per role", "{status}");
+    assert_eq!(status["agents"]["alive"], 1, "{status}");
+
+    // From the user's machine, without the file: nothing in the clear, nothing without a
+    // credential.
+    let plain = user
+        .command(&bin("ladle-scheduler"))
+        .args(["status", "--scheduler", "http://head:7070"])
+        .output()
+        .expect("the CLI runs");
+    refused(&plain, "requires TLS");
+    let stranger = user
+        .command(&test_driver())
+        .arg("panic")
+        .env("LADLE_SCHEDULER", "head:7070")
+        .output()
+        .expect("the driver runs");
+    assert!(!stranger.status.success());
+    drop((agent, scheduler));
 }

@@ -13,6 +13,9 @@ use crate::address;
 pub struct Candidate {
     pub url: String,
     pub how: &'static str,
+    /// The DNS name the address was resolved from: the name a TLS certificate must carry when
+    /// the client checks no fixed one.
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -120,7 +123,11 @@ async fn expand(address: &str, how: &'static str) -> Result<Vec<Candidate>, Loca
     let (host, port) = authority.rsplit_once(':').unwrap_or((authority, ""));
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     if bare.parse::<IpAddr>().is_ok() {
-        return Ok(vec![Candidate { url, how }]);
+        return Ok(vec![Candidate {
+            url,
+            how,
+            name: None,
+        }]);
     }
     let port: u16 = port.parse().unwrap_or_default();
     let resolved = tokio::net::lookup_host((bare, port))
@@ -130,11 +137,16 @@ async fn expand(address: &str, how: &'static str) -> Result<Vec<Candidate>, Loca
             reason: e.to_string(),
         })?;
     let how = if how == "address" { "dns" } else { how };
+    let scheme = url.split_once("://").map_or("http", |(scheme, _)| scheme);
     let mut seen = Vec::new();
     for addr in resolved {
-        let url = format!("http://{addr}");
+        let url = format!("{scheme}://{addr}");
         if !seen.iter().any(|c: &Candidate| c.url == url) {
-            seen.push(Candidate { url, how });
+            seen.push(Candidate {
+                url,
+                how,
+                name: Some(bare.to_owned()),
+            });
         }
     }
     Ok(seen)
@@ -151,7 +163,8 @@ mod tests {
             ip.candidates().await.ok(),
             Some(vec![Candidate {
                 url: "http://10.1.2.3:7070".into(),
-                how: "address"
+                how: "address",
+                name: None,
             }])
         );
         let name = Locator::Address("localhost:7070".into());
@@ -176,7 +189,8 @@ mod tests {
             file.candidates().await.ok(),
             Some(vec![Candidate {
                 url: "http://10.0.0.9:7070".into(),
-                how: "file"
+                how: "file",
+                name: None,
             }])
         );
     }

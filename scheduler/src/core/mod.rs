@@ -14,10 +14,9 @@ mod types;
 pub use jobs::{Budget, TaskCounts};
 pub use membership::{Agent, AgentState, SelectError};
 pub use types::{
-    SecretClaim,
     AgentHello, AgentId, AgentResult, Assigned, BlobRef, Capacity, ConnId, DriverResult,
-    FailureKind, GpuInfo, GpuUse, Job, JobView, Load, Outcome, Resources, SessionOpen, TaskRef,
-    TaskSpec,
+    FailureKind, GpuInfo, GpuUse, Job, JobView, Load, Outcome, Resources, SecretClaim, SessionOpen,
+    TaskRef, TaskSpec,
 };
 
 use std::{

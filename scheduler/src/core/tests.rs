@@ -1428,7 +1428,10 @@ fn an_agent_id_claimed_without_its_secret_is_refused_and_the_agent_keeps_its_pla
         assert!(
             matches!(
                 refused.as_slice(),
-                [Command::Refuse { conn: 2, reason: crate::core::Refusal::Impersonation { .. } }]
+                [Command::Refuse {
+                    conn: 2,
+                    reason: crate::core::Refusal::Impersonation { .. }
+                }]
             ),
             "{refused:?}"
         );
@@ -1475,7 +1478,10 @@ fn a_session_claimed_without_its_secret_is_refused_and_its_driver_can_still_resu
         assert!(
             matches!(
                 refused.as_slice(),
-                [Command::Refuse { conn: 2, reason: crate::core::Refusal::Impersonation { .. } }]
+                [Command::Refuse {
+                    conn: 2,
+                    reason: crate::core::Refusal::Impersonation { .. }
+                }]
             ),
             "{refused:?}"
         );
@@ -1485,7 +1491,14 @@ fn a_session_claimed_without_its_secret_is_refused_and_its_driver_can_still_resu
         open: session("issued"),
     });
     assert!(
-        resumed.iter().any(|c| matches!(c, Command::SessionOpened { conn: 3, resumed: true, .. })),
+        resumed.iter().any(|c| matches!(
+            c,
+            Command::SessionOpened {
+                conn: 3,
+                resumed: true,
+                ..
+            }
+        )),
         "{resumed:?}"
     );
 }

@@ -6,8 +6,8 @@ use ladle_proto::v1 as pb;
 
 use crate::core::{
     Agent, AgentHello, AgentId, AgentResult, AgentState, Assigned, BlobRef, DriverResult,
-    FailureKind, GpuInfo, GpuUse, Job, JobView, Load, Outcome, OutputLine, Resources, SessionOpen,
-    SecretClaim, TaskSpec,
+    FailureKind, GpuInfo, GpuUse, Job, JobView, Load, Outcome, OutputLine, Resources, SecretClaim,
+    SessionOpen, TaskSpec,
 };
 
 use super::state::millis;

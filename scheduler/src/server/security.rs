@@ -50,7 +50,12 @@ impl Security {
             Some(path) => {
                 let file = ClusterFile::load(path)?;
                 let (tls, accepted) = file.server(path)?;
-                (Some(tls), accepted, file.discovery_key(), Some(file.cluster))
+                (
+                    Some(tls),
+                    accepted,
+                    file.discovery_key(),
+                    Some(file.cluster),
+                )
             }
             None => (None, Accepted::default(), token.clone(), None),
         };

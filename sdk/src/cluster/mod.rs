@@ -261,7 +261,7 @@ impl Cluster {
             .map_err(|e| Error::Discovery(e.to_string()))?;
         let mut failures = Vec::new();
         for candidate in candidates {
-            match client::connect(&candidate.url, &auth).await {
+            match client::connect(&candidate.url, &auth.for_name(candidate.name.as_deref())).await {
                 Ok(_) => return Self::open(&candidate.url, auth, None).await,
                 Err(err) => failures.push(err.to_string()),
             }
