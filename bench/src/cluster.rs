@@ -103,8 +103,22 @@ pub async fn interrupted() {
     }
 }
 
+/// Whether the benchmark's clusters run with TLS and credentials per role (`--tls`), as a cluster
+/// of several machines does; W8's child processes are given the flag too.
+static TLS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_tls(on: bool) {
+    TLS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn tls() -> bool {
+    TLS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub struct LocalCluster {
     pub address: String,
+    /// The cluster's files (from `ladle-scheduler init`), under `--tls`.
+    files: Option<PathBuf>,
     logs: Option<PathBuf>,
     scheduler: Child,
     pub agents: Vec<Child>,
@@ -160,9 +174,29 @@ impl LocalCluster {
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let address_file = dir.path().join("address");
-        let scheduler = Command::new(sibling("ladle-scheduler")?)
+        let files = if tls() {
+            let files = dir.path().join("cluster");
+            let made = Command::new(sibling("ladle-scheduler")?)
+                .args(["init", "--out"])
+                .arg(&files)
+                .stdout(Stdio::null())
+                .status()?;
+            if !made.success() {
+                bail!("ladle-scheduler init failed");
+            }
+            Some(files)
+        } else {
+            None
+        };
+        let mut serve = Command::new(sibling("ladle-scheduler")?);
+        if let Some(files) = &files {
+            serve.env("LADLE_CLUSTER_FILE", files.join("scheduler.cluster"));
+        }
+        let scheduler = serve
             .args([
                 "serve",
+                "--bind",
+                "127.0.0.1",
                 "--port",
                 "0",
                 "--heartbeat-timeout",
@@ -194,6 +228,7 @@ impl LocalCluster {
         let mut cluster = Self {
             logs,
             address,
+            files,
             scheduler,
             agents: Vec::new(),
             dir,
@@ -204,8 +239,13 @@ impl LocalCluster {
         let want = agents;
         let scheduler = sibling("ladle-scheduler")?;
         let address = cluster.address.clone();
+        let files = cluster.files.clone();
         wait_for("the agents to join", Duration::from_secs(20), || {
-            let out = Command::new(&scheduler)
+            let mut status = Command::new(&scheduler);
+            if let Some(files) = &files {
+                status.env("LADLE_CLUSTER_FILE", files.join("view.cluster"));
+            }
+            let out = status
                 .args(["status", "--json", "--scheduler", &address])
                 .output()
                 .ok()?;
@@ -215,8 +255,26 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// A driver's session on this cluster (with the driver's credential under `--tls`).
+    pub async fn connect(&self) -> anyhow::Result<ladle::Cluster> {
+        Ok(match &self.files {
+            Some(files) => {
+                ladle::Cluster::connect_with_file(
+                    Some(&self.address),
+                    &files.join("driver.cluster"),
+                )
+                .await?
+            }
+            None => ladle::Cluster::connect(&self.address).await?,
+        })
+    }
+
     fn add_agent(&mut self, i: usize, slots: u32) -> anyhow::Result<()> {
-        let agent = Command::new(sibling("ladle-agent")?)
+        let mut agent = Command::new(sibling("ladle-agent")?);
+        if let Some(files) = &self.files {
+            agent.arg("--cluster-file").arg(files.join("agent.cluster"));
+        }
+        let agent = agent
             .args([
                 "--scheduler",
                 &self.address,

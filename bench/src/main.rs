@@ -121,6 +121,10 @@ struct Args {
     /// benchmark runs those in a child process.
     #[arg(long, hide = true)]
     big_child: Option<String>,
+    /// Run the clusters with TLS and a credential per role (`ladle-scheduler init`), as on
+    /// several machines; without it, plaintext on loopback.
+    #[arg(long)]
+    tls: bool,
 }
 
 /// Runs blocking set-up work without stalling other tasks, whatever the runtime.
@@ -159,6 +163,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[ladle::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    cluster::set_tls(args.tls);
     tokio::spawn(async {
         cluster::interrupted().await;
         cluster::kill_all();
@@ -190,7 +195,7 @@ async fn main() -> anyhow::Result<()> {
     if ["W1a", "W1b", "W2", "W3", "W4"].into_iter().any(run) {
         let started = Instant::now();
         let local = blocking(|| LocalCluster::start(2, 1, args.logs.clone()))?;
-        let cluster = Cluster::connect(&local.address).await?;
+        let cluster = local.connect().await?;
         // The first task starts the workers: part of start-up, not of any workload.
         cluster.submit(identity, 0)?.await?;
         let startup_s = started.elapsed().as_secs_f64();
@@ -301,8 +306,8 @@ async fn main() -> anyhow::Result<()> {
         let local = blocking(|| LocalCluster::start(2, 2, args.logs.clone()))?;
         let (mut fairness, mut walls_a, mut walls_b) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..reps {
-            let a = Cluster::connect(&local.address).await?;
-            let b = Cluster::connect(&local.address).await?;
+            let a = local.connect().await?;
+            let b = local.connect().await?;
             a.submit(identity, 0)?.await?;
             b.submit(identity, 0)?.await?;
             let t = Instant::now();
@@ -338,7 +343,7 @@ async fn main() -> anyhow::Result<()> {
         let mut completed = 0;
         for _ in 0..reps {
             let mut local = blocking(|| LocalCluster::start(2, 1, args.logs.clone()))?;
-            let cluster = Cluster::connect(&local.address).await?;
+            let cluster = local.connect().await?;
             cluster.submit(identity, 0)?.await?;
             let t = Instant::now();
             let map = cluster.map(spin10ms, 0..400u64);

@@ -16,7 +16,6 @@ use std::{
 };
 
 use anyhow::{Context, bail, ensure};
-use ladle::Cluster;
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 
@@ -92,7 +91,7 @@ pub async fn child(workload: &str, logs: Option<PathBuf>) -> anyhow::Result<()> 
     // The scheduler's default heartbeat timeout, not W5's 2 s: nothing is killed here, and an
     // agent busy moving 16 MiB values on this small machine must not be taken for lost.
     let local = crate::blocking(|| LocalCluster::start_with(2, 1, logs, HEARTBEAT_TIMEOUT))?;
-    let cluster = Cluster::connect(&local.address).await?;
+    let cluster = local.connect().await?;
     // The first task starts the workers: start-up, not the workload.
     cluster.submit(crate::identity, 0)?.await?;
     let watch = Watch::start(&local);
@@ -160,6 +159,9 @@ pub async fn run(workload: &str, reps: usize, logs: Option<PathBuf>) -> anyhow::
     for _ in 0..reps {
         let mut command = tokio::process::Command::new(&exe);
         command.args(["--big-child", workload]);
+        if crate::cluster::tls() {
+            command.arg("--tls");
+        }
         if let Some(dir) = &logs {
             command.arg("--logs").arg(dir);
         }

@@ -279,6 +279,32 @@ impl Cluster {
         Self::open(address, auth_from_env()?, None).await
     }
 
+    /// The scheduler at `address` (or, with `None`, the one the file names), presenting the
+    /// credential of the cluster file at `cluster_file` (`driver.cluster` from `ladle-scheduler
+    /// init`) and checking the scheduler against its trust anchor, whatever the environment says.
+    pub async fn connect_with_file(
+        address: Option<&str>,
+        cluster_file: &std::path::Path,
+    ) -> Result<Self, Error> {
+        let auth = ClientAuth::resolve(&ClientKeys {
+            cluster_file: Some(cluster_file),
+            ..ClientKeys::default()
+        })?;
+        let address = match address.or(auth.scheduler()) {
+            Some(address) => address.to_owned(),
+            None => {
+                return Err(Error::Settings {
+                    key: "scheduler".into(),
+                    message: format!(
+                        "no address given and the cluster file {} names none",
+                        cluster_file.display()
+                    ),
+                });
+            }
+        };
+        Self::open(&address, auth, None).await
+    }
+
     /// An embedded scheduler and agent inside this process, whatever the environment says.
     /// They accept only a credential made for this process: no other local user can reach them.
     pub async fn local() -> Result<Self, Error> {
