@@ -411,3 +411,76 @@ fn the_readmes_cluster_of_several_machines_is_encrypted_and_authenticated() {
     assert!(!stranger.status.success());
     drop((agent, scheduler));
 }
+
+#[test]
+fn an_operators_own_certificate_serves_with_a_shared_token_or_inside_cluster_files() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // "Your own" certificate, key and CA: any PEM files will do; these come from another init.
+    let made = init_cluster(&dir.path().join("made"), "default", None);
+    let made = ladle_common::cluster_file::ClusterFile::load(&made.join("scheduler.cluster"))
+        .expect("the scheduler's file loads");
+    let pem = |name: &str, text: Option<&String>| {
+        let path = dir.path().join(name);
+        fs::write(&path, text.expect("PEM text")).expect("write PEM");
+        path
+    };
+    let cert = pem("cert.pem", made.tls_cert.as_ref());
+    let key = pem("key.pem", made.tls_key.as_ref());
+    let ca = pem("ca.pem", Some(&made.ca));
+
+    // Settings alone: tls_cert and tls_key, one shared token; clients give tls_ca.
+    let address_file = dir.path().join("address");
+    let mut command = clean_command(&bin("ladle-scheduler"));
+    command
+        .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--address-file"])
+        .arg(&address_file)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env("LADLE_TLS_CERT", &cert)
+        .env("LADLE_TLS_KEY", &key)
+        .env("LADLE_TOKEN", "an-operators-token");
+    let _scheduler = Process::spawn(command, dir.path().join("scheduler.log"));
+    ladle_tests::listening_port(&address_file);
+    let address = fs::read_to_string(&address_file).expect("address");
+    let status = |ca: &Path| {
+        clean_command(&bin("ladle-scheduler"))
+            .args(["status", "--json", "--scheduler", address.trim()])
+            .env("LADLE_TLS_CA", ca)
+            .env("LADLE_TLS_SERVER_NAME", "ladle-scheduler")
+            .env("LADLE_TOKEN", "an-operators-token")
+            .output()
+            .expect("the CLI runs")
+    };
+    let out = status(&ca);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    assert_eq!(json["security"], "TLS, one shared token", "{json}");
+    // A CA that did not sign it is named in the refusal.
+    let other = init_cluster(&dir.path().join("other"), "default", None);
+    let other = ladle_common::cluster_file::ClusterFile::load(&other.join("view.cluster"))
+        .expect("loads");
+    let wrong_ca = pem("wrong-ca.pem", Some(&other.ca));
+    let out = status(&wrong_ca);
+    refused(&out, "wrong-ca.pem");
+
+    // Or the same certificate inside cluster files: init writes them around it.
+    let own = dir.path().join("own");
+    let mut init = clean_command(&bin("ladle-scheduler"));
+    init.args(["init", "--out"])
+        .arg(&own)
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .arg("--tls-ca")
+        .arg(&ca)
+        .args(["--server-name", "ladle-scheduler"]);
+    let made = init.output().expect("init runs");
+    assert!(made.status.success(), "{}", stderr(&made));
+    let run_dir = dir.path().join("own-run");
+    fs::create_dir_all(&run_dir).expect("a directory");
+    let (_served, address) = serve(&own, &run_dir);
+    let out = cli(&address, Some(&own.join("view.cluster")), &["status", "--json"]);
+    let json: Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    assert_eq!(json["security"], "TLS, credentials per role", "{json}");
+}
