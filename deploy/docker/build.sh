@@ -24,6 +24,8 @@ while [[ $# -gt 0 ]]; do
     *) echo "usage: $0 [--tag TAG] [--debug] [--gpu]" >&2; exit 2 ;;
   esac
 done
+# Cargo's output, wherever CARGO_TARGET_DIR puts it.
+target_dir="${CARGO_TARGET_DIR:-target}"
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 
 if [[ "$profile" == release ]]; then
@@ -42,15 +44,15 @@ install_binary() {
 }
 
 for name in scheduler agent; do
-  binary="target/$profile/ladle-$name"
-  context="target/docker/$name"
+  binary="$target_dir/$profile/ladle-$name"
+  context="$target_dir/docker/$name"
   rm -rf "$context"
   mkdir -p "$context/rootfs/usr/local/bin" "$context/rootfs/etc" "$context/rootfs/tmp" \
     "$context/state/ladle/$name"
   install_binary "$binary" "$context/rootfs/usr/local/bin/ladle-$name"
   # The agent image carries the CLI too: operators exec into any node to look at the cluster.
   if [[ "$name" == agent ]]; then
-    install_binary "target/$profile/ladle-scheduler" "$context/rootfs/usr/local/bin/ladle-scheduler"
+    install_binary "$target_dir/$profile/ladle-scheduler" "$context/rootfs/usr/local/bin/ladle-scheduler"
   fi
   for lib in $(ldd "$binary" | grep -o '/[^ ]*' | sort -u); do
     cp --parents -L "$lib" "$context/rootfs/"
@@ -79,11 +81,11 @@ for name in scheduler agent; do
 done
 
 if [[ "$gpu" == 1 ]]; then
-  cp deploy/docker/Dockerfile.agent-gpu target/docker/agent/Dockerfile.gpu
+  cp deploy/docker/Dockerfile.agent-gpu "$target_dir/docker/agent/Dockerfile.gpu"
   build_args=()
   [[ -n "${CUDA_BASE:-}" ]] && build_args=(--build-arg "CUDA_BASE=$CUDA_BASE")
-  if ! log=$(docker build --quiet "${build_args[@]}" --file target/docker/agent/Dockerfile.gpu \
-      --tag "ladle-agent-gpu:$tag" --tag "ladle-agent-gpu:$version" target/docker/agent 2>&1); then
+  if ! log=$(docker build --quiet "${build_args[@]}" --file "$target_dir/docker/agent/Dockerfile.gpu" \
+      --tag "ladle-agent-gpu:$tag" --tag "ladle-agent-gpu:$version" "$target_dir/docker/agent" 2>&1); then
     echo "$log" >&2
     echo "the GPU agent's image needs its CUDA base image (${CUDA_BASE:-nvidia/cuda:12.8.1-runtime-ubuntu24.04}) pullable or loaded" >&2
     exit 1

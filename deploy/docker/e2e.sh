@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# End-to-end test of the container deployment, run by .ci/run: compose up a scheduler and three
-# agents; run a job of 6,000 tasks from this machine; `docker kill` an agent mid-job and check
-# every result came back exactly once; `docker network disconnect` a second agent until it is
-# listed lost, reconnect it and see it alive again. Everything is torn down however it ends.
+# End-to-end test of the container deployment, run by .ci/run: make a cluster's files with
+# `ladle-scheduler init`, compose up a scheduler and three agents with them; check that the
+# cluster speaks TLS with credentials per role and refuses plaintext and anonymous calls; run a
+# job of 6,000 tasks from this machine (with driver.cluster); `docker kill` an agent mid-job and
+# check every result came back exactly once; `docker network disconnect` a second agent until it
+# is listed lost, reconnect it and see it alive again. Everything is torn down however it ends.
 set -euo pipefail
 E2E="e2e"
 # shellcheck source=deploy/lib.sh
@@ -21,8 +23,10 @@ fi
 project="ladle-e2e-$$"
 compose() { "${compose_cmd[@]}" -p "$project" -f deploy/docker/compose.yaml "$@"; }
 
-LADLE_TOKEN="e2e-$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-export LADLE_TOKEN LADLE_TAG=e2e LADLE_PUBLISH=127.0.0.1: LADLE_HEARTBEAT_TIMEOUT=3s
+# The cluster's files, as the compose file's comment says to make them.
+LADLE_CLUSTER_DIR=$(mktemp -d /tmp/ladle-e2e-cluster-XXXXXX)
+export LADLE_CLUSTER_DIR LADLE_TAG=e2e LADLE_PUBLISH=127.0.0.1: LADLE_HEARTBEAT_TIMEOUT=3s
+unset LADLE_TOKEN LADLE_TOKEN_FILE LADLE_CONFIG
 
 cleanup() {
   local status=$?
@@ -31,20 +35,27 @@ cleanup() {
     compose logs --no-color --tail 40 >&2 || true
   fi
   compose down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+  rm -rf "$LADLE_CLUSTER_DIR"
   exit $status
 }
 trap cleanup EXIT
 
-
+target_dir="${CARGO_TARGET_DIR:-target}"
 deploy/docker/build.sh --tag e2e
 cargo build --quiet --release -p ladle-scheduler
 cargo build --quiet -p ladle-tests --bin ladle-test-driver
-cli=target/release/ladle-scheduler
-driver=target/debug/ladle-test-driver
+cli="$target_dir/release/ladle-scheduler"
+driver="$target_dir/debug/ladle-test-driver"
+
+"$cli" init --out "$LADLE_CLUSTER_DIR" >/dev/null
+# The containers' user (10001) reads its file through the bind mount; nobody else may.
+chown 10001:10001 "$LADLE_CLUSTER_DIR/scheduler.cluster" "$LADLE_CLUSTER_DIR/agent.cluster"
+chmod 0400 "$LADLE_CLUSTER_DIR/scheduler.cluster" "$LADLE_CLUSTER_DIR/agent.cluster"
 
 compose up -d --scale agent=3
 port=$(compose port scheduler 7070 | tail -1 | cut -d: -f2)
-export LADLE_SCHEDULER="http://127.0.0.1:$port"
+# This machine's CLI and the driver: an operator's file, and one for whoever runs jobs.
+export LADLE_SCHEDULER="https://127.0.0.1:$port" LADLE_CLUSTER_FILE="$LADLE_CLUSTER_DIR/admin.cluster"
 
 # How many agents are listed in STATE, or whether the agent with HOST is in STATE.
 agents_in() {
@@ -63,9 +74,19 @@ running() {
 wait_for "three agents alive" 60 three_alive
 wait_for "the containers healthy" 60 bash -c \
   "[[ \$(docker ps --filter label=com.docker.compose.project=$project --filter health=healthy -q | wc -l) -ge 4 ]]"
+assert_secured "$cli" "$LADLE_SCHEDULER" "$LADLE_CLUSTER_DIR/view.cluster"
+# Each container is handed its own file and no other.
+mounts_of() { docker inspect --format '{{range .Mounts}}{{.Source}} {{end}}' "$1"; }
+[[ $(mounts_of "$(compose ps -q scheduler)") == "$LADLE_CLUSTER_DIR/scheduler.cluster " ]] ||
+  { echo "e2e: the scheduler's container mounts $(mounts_of "$(compose ps -q scheduler)")" >&2; exit 1; }
+for agent in $(compose ps -q agent); do
+  [[ $(mounts_of "$agent") == "$LADLE_CLUSTER_DIR/agent.cluster " ]] ||
+    { echo "e2e: agent container ${agent:0:12} mounts $(mounts_of "$agent")" >&2; exit 1; }
+done
+echo "e2e: the scheduler's container holds scheduler.cluster only, each agent's agent.cluster only"
 
 log=$(mktemp)
-"$driver" exactly_once 6000 >"$log" 2>&1 &
+LADLE_CLUSTER_FILE="$LADLE_CLUSTER_DIR/driver.cluster" "$driver" exactly_once 6000 >"$log" 2>&1 &
 driver_pid=$!
 wait_for "the job running" 60 running
 # Read whole lists, never through `head`: under pipefail a writer cut short by SIGPIPE fails

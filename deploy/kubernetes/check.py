@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Checks what schema validation cannot in deploy/kubernetes/*.yaml: every pod meets the
 "restricted" Pod Security Standard, pins its image and pull policy, gives its probes time to
-answer and bounds its emptyDir volumes. Prints each problem; exits 1 if there is any."""
+answer and bounds its emptyDir volumes; mounts only the keys of a Secret it needs (a cluster file
+each), readable by nobody outside the pod's user and group; and addresses the scheduler over
+TLS. Prints each problem; exits 1 if there is any."""
 
 import sys
 
@@ -30,6 +32,16 @@ def check(name, spec):
             problems.append(f"volume {volume['name']} is of a kind the restricted profile forbids: {kinds}")
         if "emptyDir" in volume and "sizeLimit" not in (volume["emptyDir"] or {}):
             problems.append(f"emptyDir {volume['name']} has no sizeLimit")
+        if "secret" in volume:
+            secret = volume["secret"] or {}
+            if not secret.get("items"):
+                problems.append(
+                    f"secret volume {volume['name']} mounts every key of {secret.get('secretName')!r}:"
+                    " list the ones this pod needs")
+            modes = [secret.get("defaultMode", 0o644)]
+            modes += [item["mode"] for item in secret.get("items") or [] if "mode" in item]
+            if any(mode & 0o007 for mode in modes):
+                problems.append(f"secret volume {volume['name']} is readable by others (mode {max(modes):o})")
     if spec.get("hostNetwork") or spec.get("hostPID") or spec.get("hostIPC"):
         problems.append("shares a host namespace")
     for container in spec.get("containers", []) + spec.get("initContainers", []):
@@ -60,6 +72,11 @@ def check(name, spec):
             problems.append(f"{where}: image {image!r} is not pinned to a release tag")
         if "imagePullPolicy" not in container:
             problems.append(f"{where}: no imagePullPolicy (a loaded image would be pulled)")
+        for env in container.get("env") or []:
+            if env.get("name") == "LADLE_SCHEDULER" and str(env.get("value", "")).startswith("http://"):
+                problems.append(f"{where}: LADLE_SCHEDULER is plaintext ({env['value']}): use https://")
+            if env.get("name") in ("LADLE_TOKEN", "LADLE_TOKEN_FILE"):
+                problems.append(f"{where}: {env['name']}: give the pod its cluster file (LADLE_CLUSTER_FILE) instead")
         for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
             if probe in container and container[probe].get("timeoutSeconds", 1) < 3:
                 problems.append(f"{where}: {probe} times out after under 3 s")
@@ -78,7 +95,8 @@ def main(paths):
     for p in problems:
         print(p)
     if not problems:
-        print(f"{', '.join(paths)}: every pod meets the restricted profile and pins its image")
+        print(f"{', '.join(paths)}: every pod meets the restricted profile, pins its image, mounts only the"
+              " Secret keys it lists and speaks TLS to the scheduler")
     return 1 if problems else 0
 
 

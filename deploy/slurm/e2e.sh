@@ -5,11 +5,13 @@
 # second. It checks that
 #   1. a two-node job runs a real Ladle program (the pi example) on both nodes' agents, ends
 #      COMPLETED with nothing left behind (no process, no run directory, the daemons stopped by
-#      SIGTERM rather than killed);
+#      SIGTERM rather than killed); the cluster the job made for itself speaks TLS with
+#      credentials per role, refuses plaintext and anonymous calls, and the program's file
+#      (driver.cluster, in a run directory of mode 0700) may not drain an agent;
 #   2. a job whose second node's agent cannot start fails, saying which node is missing;
 #   3. a job cancelled mid-run (scancel) leaves nothing behind either.
-# Needs root; installs slurm-wlm and munge when missing. LADLE_BIN (default target/debug) holds
-# the binaries, built first if absent.
+# Needs root; installs slurm-wlm and munge when missing. LADLE_BIN (default target/debug, under
+# CARGO_TARGET_DIR when set) holds the binaries, built first if absent.
 #
 #   deploy/slurm/e2e.sh
 set -euo pipefail
@@ -27,8 +29,8 @@ if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
   apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null
 fi
-bin="${LADLE_BIN:-target/debug}"
-bin="$repo/$bin"
+bin="${LADLE_BIN:-${CARGO_TARGET_DIR:-target}/debug}"
+[[ "$bin" == /* ]] || bin="$repo/$bin"
 if [[ ! -x "$bin/ladle-scheduler" || ! -x "$bin/ladle-agent" || ! -x "$bin/examples/pi" || ! -x "$bin/ladle-test-driver" ]]; then
   cargo build --quiet -p ladle-scheduler -p ladle-agent -p ladle-tests --bins
   cargo build --quiet -p ladle --example pi
@@ -161,13 +163,36 @@ submit() {
     "$repo/deploy/slurm/ladle-job.sbatch" "$@"
 }
 
-# 1. A real job on both nodes.
+# 1. A real job on both nodes, its program first checking what the job handed it.
+secured="$lab/secured"
+cat > "$secured" <<EOF
+#!/usr/bin/env bash
+set -euo pipefail
+E2E="slurm e2e"
+source "$repo/deploy/lib.sh"
+run_dir=\$(dirname "\$LADLE_CLUSTER_FILE")
+[[ \$(stat -c %a "\$run_dir") == 700 && \$(stat -c %a "\$LADLE_CLUSTER_FILE") == 600 ]] ||
+  { echo "slurm e2e: the run directory or driver.cluster is readable by others" >&2; exit 1; }
+[[ "\$LADLE_CLUSTER_FILE" == */driver.cluster && "\$LADLE_SCHEDULER" == https://* ]] ||
+  { echo "slurm e2e: the program was handed \$LADLE_CLUSTER_FILE and \$LADLE_SCHEDULER" >&2; exit 1; }
+assert_secured "$bin/ladle-scheduler" "\$LADLE_SCHEDULER" "\$LADLE_CLUSTER_FILE"
+if "$bin/ladle-scheduler" drain node2 >/dev/null 2>&1; then
+  echo "slurm e2e: the driver's file drained an agent" >&2; exit 1
+fi
+echo "slurm e2e: the driver's file may not drain an agent"
+exec "\$@"
+EOF
+chmod +x "$secured"
 cd "$lab/work"
-job=$(submit "$bin" 60 "$bin/examples/pi" 64)
+job=$(submit "$bin" 60 "$secured" "$bin/examples/pi" 64)
 wait_for "job $job to end" 180 ended "$job"
 out="$lab/work/ladle-$job.out"
 [[ $(state_of "$job") == COMPLETED ]] || { echo "slurm e2e: job $job ended $(state_of "$job")" >&2; cat "$out" >&2; exit 1; }
 grep -q "3.14" "$out" || { echo "slurm e2e: job $job printed no pi" >&2; cat "$out" >&2; exit 1; }
+grep -q "slurm e2e: the cluster is secured: TLS, credentials per role" "$out" ||
+  { echo "slurm e2e: job $job's cluster was not shown secured" >&2; cat "$out" >&2; exit 1; }
+grep -q "^ladle: scheduler at https://" "$out" ||
+  { echo "slurm e2e: job $job's scheduler did not speak TLS" >&2; cat "$out" >&2; exit 1; }
 for node in "${nodes[@]}"; do
   grep -q "$node .*alive" "$out" || { echo "slurm e2e: $node's agent is not listed alive" >&2; cat "$out" >&2; exit 1; }
 done

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # The end-to-end test of deploy/systemd: systemd 252 as PID 1 in two containers built from a
 # Debian rootfs made by debootstrap (cached as the image ladle-systemd-base:bookworm), installed
-# as the README's systemd section says (token root's, mode 600). Machine A runs both units,
-# machine B an agent. It checks that
-#   1. both units start, the agents join, and the token, /run/ladle and the open-file limit are
-#      as the units say;
+# as the README's systemd section says (`ladle-scheduler init --out /etc/ladle` on machine A, its
+# agent.cluster copied to machine B; root's, mode 600). Machine A runs both units, machine B an
+# agent. It checks that
+#   1. both units start, the agents join (B's by multicast, checking the announcements with the
+#      cluster's discovery key), and the cluster files, /run/ladle and the open-file limit are as
+#      the units say; the cluster speaks TLS with credentials per role and refuses plaintext and
+#      anonymous calls;
 #   2. a job runs, and `systemctl stop ladle-agent` on B mid-job leaves it to finish on A, every
 #      result exactly once;
 #   3. kill -9 of each daemon is followed by its restart (and the agents rejoin);
 #   4. `systemd-analyze security` rates both units under 5.
 # Needs root and Docker; installs debootstrap when missing. LADLE_BIN (default target/debug)
-# holds the binaries, built first if absent.
+# (default target/debug under CARGO_TARGET_DIR's parent, or the repository) holds the binaries,
+# built first if absent.
 #
 #   deploy/systemd/e2e.sh
 set -euo pipefail
@@ -19,7 +23,8 @@ E2E="systemd e2e"
 source "$(dirname "$0")/../lib.sh"
 cd "$(dirname "$0")/../.."
 repo=$PWD
-bin="$repo/${LADLE_BIN:-target/debug}"
+bin="${LADLE_BIN:-${CARGO_TARGET_DIR:-target}/debug}"
+[[ "$bin" == /* ]] || bin="$repo/$bin"
 base=ladle-systemd-base:bookworm
 image=ladle-systemd-e2e
 project="ladle-systemd-$$"
@@ -77,15 +82,12 @@ cp deploy/config/scheduler.toml deploy/config/agent.toml "$context/config/"
 sed -i 's|^# address_file = "/run/ladle/scheduler.address"|address_file = "/run/ladle/scheduler.address"|' \
   "$context/config/scheduler.toml"
 grep -q '^address_file' "$context/config/scheduler.toml"
-head -c 32 /dev/urandom | base64 > "$context/token"
 cat > "$context/Dockerfile" <<EOF
 FROM $base
 COPY bin/ /usr/local/bin/
 COPY units/ /etc/systemd/system/
 COPY config/ /etc/ladle/
-COPY token /etc/ladle/token
-RUN chown root:root /etc/ladle/token && chmod 600 /etc/ladle/token \\
- && useradd --system --home-dir /var/lib/ladle --shell /usr/sbin/nologin ladle
+RUN useradd --system --home-dir /var/lib/ladle --shell /usr/sbin/nologin ladle
 EOF
 docker build --quiet --tag "$image" "$context" >/dev/null
 
@@ -117,27 +119,51 @@ wait_for "machine A to boot" 60 booted "$a"
 wait_for "machine B to boot" 60 booted "$b"
 echo "systemd e2e: both machines booted ($(docker exec "$a" systemctl --version | head -n 1))"
 
+# The cluster's files, as the README says: made on A (root's, mode 600), agent.cluster copied to B.
+docker exec "$a" ladle-scheduler init --out /etc/ladle >/dev/null
+mkdir -p "$context/from-a"
+docker cp "$a:/etc/ladle/agent.cluster" "$context/from-a/agent.cluster"
+docker cp "$context/from-a/agent.cluster" "$b:/etc/ladle/agent.cluster"
+docker exec "$b" sh -c 'chown root:root /etc/ladle/agent.cluster && chmod 600 /etc/ladle/agent.cluster'
+# For this machine's checks below: a read-only operator's file.
+docker cp "$a:/etc/ladle/view.cluster" "$context/from-a/view.cluster"
+
 docker exec "$a" systemctl enable --now ladle-scheduler ladle-agent >/dev/null 2>&1
 docker exec "$b" systemctl enable --now ladle-agent >/dev/null 2>&1
 
-cli() { docker exec "$a" env LADLE_TOKEN_FILE=/etc/ladle/token ladle-scheduler "$@" --scheduler http://127.0.0.1:7070; }
+cli() { docker exec "$a" env LADLE_CLUSTER_FILE=/etc/ladle/admin.cluster ladle-scheduler "$@" --scheduler https://127.0.0.1:7070; }
 alive() { [[ $(cli agents --json | grep -c '"state": "alive"') -eq "$1" ]]; }
 wait_for "both agents to join" 60 alive 2
 echo "systemd e2e: both units active, both agents joined"
+[[ $(cli agents --json | grep -c '"discovery": "multicast"') -eq 2 ]] ||
+  { echo "systemd e2e: the agents did not find the scheduler by multicast" >&2; cli agents >&2; exit 1; }
 
-# 1. The token is root's, mode 600, and reached the services anyway; /run/ladle exists; the
-# scheduler may open a million files.
-[[ $(docker exec "$a" stat -c '%U %a' /etc/ladle/token) == "root 600" ]]
+# 1. The cluster files are root's, mode 600, and reached the services anyway, each service's
+# copy its user's alone (0400); B holds the agent's file only; /run/ladle exists; the scheduler
+# may open a million files.
+for file in scheduler agent driver admin view; do
+  [[ $(docker exec "$a" stat -c '%U %a' "/etc/ladle/$file.cluster") == "root 600" ]]
+done
+[[ $(docker exec "$b" sh -c 'ls /etc/ladle/*.cluster') == /etc/ladle/agent.cluster ]]
+[[ $(docker exec "$a" stat -c '%U %a' /run/ladle/scheduler.cluster) == "ladle 400" ]]
+for machine in "$a" "$b"; do
+  [[ $(docker exec "$machine" stat -c '%U %a' /run/ladle-agent/agent.cluster) == "ladle 400" ]]
+done
 docker exec "$a" test -s /run/ladle/scheduler.address ||
   { echo "systemd e2e: no address file in /run/ladle" >&2; exit 1; }
+docker exec "$a" grep -q '^https://' /run/ladle/scheduler.address ||
+  { echo "systemd e2e: the address file says $(docker exec "$a" cat /run/ladle/scheduler.address)" >&2; exit 1; }
 pid=$(docker exec "$a" systemctl show -p MainPID --value ladle-scheduler)
 limit=$(docker exec "$a" awk '/Max open files/ {print $4}' "/proc/$pid/limits")
 [[ "$limit" -eq 16384 ]] || { echo "systemd e2e: the scheduler may open $limit files, not the unit's 16384" >&2; exit 1; }
-echo "systemd e2e: token root's (600) yet read by the services, /run/ladle made, open files $limit"
+echo "systemd e2e: cluster files root's (600) yet read by the services (their copies 400, the service user's), /run/ladle made, open files $limit"
+# From this machine, across the network: TLS and credentials, nothing plaintext or anonymous.
+a_ip=$(docker inspect --format "{{(index .NetworkSettings.Networks \"$network\").IPAddress}}" "$a")
+assert_secured "$bin/ladle-scheduler" "https://$a_ip:7070" "$context/from-a/view.cluster"
 
 # 2. A job; B's agent stopped mid-job; everything exactly once.
 log=$(mktemp)
-docker exec "$a" env LADLE_SCHEDULER=http://127.0.0.1:7070 LADLE_TOKEN_FILE=/etc/ladle/token \
+docker exec "$a" env LADLE_SCHEDULER=https://127.0.0.1:7070 LADLE_CLUSTER_FILE=/etc/ladle/driver.cluster \
   ladle-test-driver exactly_once 3000 >"$log" 2>&1 &
 driver=$!
 running() { [[ $(cli status --json | grep -o '"running": [0-9]*' | head -n 1 | grep -o '[0-9]*$') -gt 0 ]]; }
