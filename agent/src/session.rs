@@ -154,7 +154,7 @@ impl Session {
                 found.url, found.how
             );
         }
-        self.address = found.url;
+        self.address = self.auth.shown(&found.url);
         self.cache
             .set_scheduler(&self.address, found.name.as_deref());
         self.hello.discovery = self

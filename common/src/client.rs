@@ -167,6 +167,15 @@ impl ClientAuth {
         }
     }
 
+    /// `address` as this client reaches it: `https://` whenever it holds a trust anchor (the
+    /// connection is TLS whatever the scheme says), for logs and messages.
+    pub fn shown(&self, address: &str) -> String {
+        match (&self.tls, address.strip_prefix("http://")) {
+            (Some(_), Some(rest)) => format!("https://{rest}"),
+            _ => address.to_owned(),
+        }
+    }
+
     /// The address of the scheduler written into the cluster file, if any.
     pub fn scheduler(&self) -> Option<&str> {
         self.file.as_ref().and_then(|f| f.scheduler.as_deref())

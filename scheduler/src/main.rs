@@ -411,6 +411,7 @@ fn target_of(args: &TargetArgs, settings: &SchedulerSettings) -> anyhow::Result<
             format!("http://{host}:{}", settings.port)
         }
     };
+    let address = auth.shown(&address);
     Ok(Target { address, auth })
 }
 

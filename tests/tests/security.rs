@@ -432,7 +432,14 @@ fn an_operators_own_certificate_serves_with_a_shared_token_or_inside_cluster_fil
     let address_file = dir.path().join("address");
     let mut command = clean_command(&bin("ladle-scheduler"));
     command
-        .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--address-file"])
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--address-file",
+        ])
         .arg(&address_file)
         .arg("--state-dir")
         .arg(dir.path().join("state"))
@@ -457,8 +464,8 @@ fn an_operators_own_certificate_serves_with_a_shared_token_or_inside_cluster_fil
     assert_eq!(json["security"], "TLS, one shared token", "{json}");
     // A CA that did not sign it is named in the refusal.
     let other = init_cluster(&dir.path().join("other"), "default", None);
-    let other = ladle_common::cluster_file::ClusterFile::load(&other.join("view.cluster"))
-        .expect("loads");
+    let other =
+        ladle_common::cluster_file::ClusterFile::load(&other.join("view.cluster")).expect("loads");
     let wrong_ca = pem("wrong-ca.pem", Some(&other.ca));
     let out = status(&wrong_ca);
     refused(&out, "wrong-ca.pem");
@@ -480,7 +487,11 @@ fn an_operators_own_certificate_serves_with_a_shared_token_or_inside_cluster_fil
     let run_dir = dir.path().join("own-run");
     fs::create_dir_all(&run_dir).expect("a directory");
     let (_served, address) = serve(&own, &run_dir);
-    let out = cli(&address, Some(&own.join("view.cluster")), &["status", "--json"]);
+    let out = cli(
+        &address,
+        Some(&own.join("view.cluster")),
+        &["status", "--json"],
+    );
     let json: Value = serde_json::from_slice(&out.stdout).expect("status --json");
     assert_eq!(json["security"], "TLS, credentials per role", "{json}");
 }
