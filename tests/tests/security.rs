@@ -13,6 +13,15 @@ use serde_json::Value;
 
 /// A TLS scheduler on loopback serving the cluster in `files`; its address (`https://…`).
 fn serve(files: &Path, dir: &Path) -> (Process, String) {
+    serve_with(dir, |command| {
+        command
+            .arg("--cluster-file")
+            .arg(files.join("scheduler.cluster"));
+    })
+}
+
+/// A TLS scheduler on loopback in `dir`, its certificate set up by `secure`; its address.
+fn serve_with(dir: &Path, secure: impl FnOnce(&mut std::process::Command)) -> (Process, String) {
     let address_file = dir.join("address");
     let mut command = clean_command(&bin("ladle-scheduler"));
     command
@@ -24,13 +33,12 @@ fn serve(files: &Path, dir: &Path) -> (Process, String) {
             "0",
             "--no-multicast",
         ])
-        .arg("--cluster-file")
-        .arg(files.join("scheduler.cluster"))
         .arg("--address-file")
         .arg(&address_file)
         .arg("--state-dir")
         .arg(dir.join("scheduler-state"))
         .env("LADLE_HEARTBEAT_INTERVAL", "250ms");
+    secure(&mut command);
     let process = Process::spawn(command, dir.join("scheduler.log"));
     let port = ladle_tests::listening_port(&address_file);
     let address = fs::read_to_string(&address_file)
@@ -429,29 +437,15 @@ fn an_operators_own_certificate_serves_with_a_shared_token_or_inside_cluster_fil
     let ca = pem("ca.pem", Some(&made.ca));
 
     // Settings alone: tls_cert and tls_key, one shared token; clients give tls_ca.
-    let address_file = dir.path().join("address");
-    let mut command = clean_command(&bin("ladle-scheduler"));
-    command
-        .args([
-            "serve",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--address-file",
-        ])
-        .arg(&address_file)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .env("LADLE_TLS_CERT", &cert)
-        .env("LADLE_TLS_KEY", &key)
-        .env("LADLE_TOKEN", "an-operators-token");
-    let _scheduler = Process::spawn(command, dir.path().join("scheduler.log"));
-    ladle_tests::listening_port(&address_file);
-    let address = fs::read_to_string(&address_file).expect("address");
+    let (_scheduler, address) = serve_with(dir.path(), |command| {
+        command
+            .env("LADLE_TLS_CERT", &cert)
+            .env("LADLE_TLS_KEY", &key)
+            .env("LADLE_TOKEN", "an-operators-token");
+    });
     let status = |ca: &Path| {
         clean_command(&bin("ladle-scheduler"))
-            .args(["status", "--json", "--scheduler", address.trim()])
+            .args(["status", "--json", "--scheduler", &address])
             .env("LADLE_TLS_CA", ca)
             .env("LADLE_TLS_SERVER_NAME", "ladle-scheduler")
             .env("LADLE_TOKEN", "an-operators-token")
