@@ -211,7 +211,7 @@ pub enum Refusal {
     InvalidHello(String),
     /// Somebody claimed an agent's or a session's identity without its secret.
     #[error(
-        "{what} is already known here and belongs to another connection: a returning {kind} must present the secret the scheduler gave it"
+        "{what} is already known here and belongs to another connection: a returning {kind} must present the secret the scheduler gave it (an agent whose state directory lost its agent-secret joins as a new agent once its agent-id is removed too)"
     )]
     Impersonation { what: String, kind: &'static str },
 }
