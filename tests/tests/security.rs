@@ -489,3 +489,114 @@ fn an_operators_own_certificate_serves_with_a_shared_token_or_inside_cluster_fil
     let json: Value = serde_json::from_slice(&out.stdout).expect("status --json");
     assert_eq!(json["security"], "TLS, credentials per role", "{json}");
 }
+
+/// An operator's own PKI: a CA, a certificate for the scheduler and one for a client.
+struct Pki {
+    ca: PathBuf,
+    server: (PathBuf, PathBuf),
+    client: (PathBuf, PathBuf),
+}
+
+fn pki(dir: &Path) -> Pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose,
+    };
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        fs::write(&path, text).expect("write PEM");
+        path
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let ca_key = KeyPair::generate().expect("key");
+    let ca_cert = ca.self_signed(&ca_key).expect("CA");
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = |name: &str, usage: ExtendedKeyUsagePurpose| {
+        let mut params = CertificateParams::new(vec![name.to_owned()]).expect("params");
+        params.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &issuer).expect("signed");
+        (
+            write(&format!("{name}.pem"), cert.pem()),
+            write(&format!("{name}.key"), key.serialize_pem()),
+        )
+    };
+    let server = leaf("scheduler.example", ExtendedKeyUsagePurpose::ServerAuth);
+    let client = leaf("operator.example", ExtendedKeyUsagePurpose::ClientAuth);
+    Pki {
+        ca: write("ca.pem", ca_cert.pem()),
+        server,
+        client,
+    }
+}
+
+#[test]
+fn with_mutual_tls_a_client_without_a_certificate_of_the_ca_is_turned_away() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = pki(dir.path());
+    let (_scheduler, address) = serve_with(dir.path(), |command| {
+        command
+            .env("LADLE_TLS_CERT", &pki.server.0)
+            .env("LADLE_TLS_KEY", &pki.server.1)
+            .env("LADLE_TLS_CLIENT_CA", &pki.ca)
+            .env("LADLE_TOKEN", "mtls-token");
+    });
+    let status = |client: Option<&(PathBuf, PathBuf)>| {
+        let mut command = clean_command(&bin("ladle-scheduler"));
+        command
+            .args(["status", "--json", "--scheduler", &address])
+            .env("LADLE_TLS_CA", &pki.ca)
+            .env("LADLE_TLS_SERVER_NAME", "scheduler.example")
+            .env("LADLE_TOKEN", "mtls-token");
+        if let Some((cert, key)) = client {
+            command
+                .env("LADLE_TLS_CLIENT_CERT", cert)
+                .env("LADLE_TLS_CLIENT_KEY", key);
+        }
+        command.output().expect("the CLI runs")
+    };
+    let out = status(Some(&pki.client));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    assert_eq!(json["security"], "TLS, one shared token", "{json}");
+    // The right token over TLS, but no client certificate: the handshake fails.
+    let out = status(None);
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // An agent and a driver present theirs too.
+    let state = dir.path().join("agent");
+    let mut command = clean_command(&bin("ladle-agent"));
+    command
+        .args(["--hostname", "mtls", "--cpu-slots", "1", "--no-multicast"])
+        .args(["--scheduler", &address])
+        .arg("--state-dir")
+        .arg(&state)
+        .env("LADLE_TLS_CA", &pki.ca)
+        .env("LADLE_TLS_SERVER_NAME", "scheduler.example")
+        .env("LADLE_TLS_CLIENT_CERT", &pki.client.0)
+        .env("LADLE_TLS_CLIENT_KEY", &pki.client.1)
+        .env("LADLE_TOKEN", "mtls-token");
+    let agent = Process::spawn(command, dir.path().join("agent.log"));
+    wait_for("the agent to join", Duration::from_secs(30), || {
+        agent.output().contains("joined cluster").then_some(())
+    });
+    let out = clean_command(&test_driver())
+        .arg("panic")
+        .env("LADLE_SCHEDULER", &address)
+        .env("LADLE_TLS_CA", &pki.ca)
+        .env("LADLE_TLS_SERVER_NAME", "scheduler.example")
+        .env("LADLE_TLS_CLIENT_CERT", &pki.client.0)
+        .env("LADLE_TLS_CLIENT_KEY", &pki.client.1)
+        .env("LADLE_TOKEN", "mtls-token")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the driver runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(last_json(&String::from_utf8_lossy(&out.stdout))["ok"], 999);
+}
