@@ -9,13 +9,15 @@ mod embedded {
 
     pub(crate) struct Embedded {
         pub address: String,
+        pub credential: ladle_common::token::Token,
     }
 
     impl Embedded {
         pub(crate) async fn start() -> Result<Self, Error> {
             Err(Error::Embedded(
                 "this program was built without the embedded cluster (the `embedded` feature of \
-                 ladle): set LADLE_SCHEDULER to a scheduler's address"
+                 ladle): set LADLE_CLUSTER_FILE to a cluster's driver.cluster, or LADLE_SCHEDULER \
+                 to a scheduler's address"
                     .into(),
             ))
         }
