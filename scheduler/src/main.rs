@@ -253,6 +253,7 @@ async fn run(command: Command, settings: SchedulerSettings) -> anyhow::Result<()
                     "token_required": status.token_required,
                     "security": status.security,
                     "calls_refused": status.calls_refused,
+                    "foreign_output_lines": status.foreign_output_lines,
                     "agents": { "alive": status.agents_alive, "draining": status.agents_draining, "lost": status.agents_lost },
                     "cpu_slots": { "busy": status.cpu_slots_busy, "total": status.cpu_slots_total },
                     "gpu_slots": { "busy": status.gpu_slots_busy, "total": status.gpu_slots_total },

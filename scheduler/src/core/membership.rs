@@ -131,8 +131,7 @@ impl Membership {
                 if !agent.secret_digest.is_empty()
                     && agent.secret_digest != hello.secret.presented_digest =>
             {
-                tracing::warn!(agent = %hello.agent_id, peer = %hello.peer,
-                               "refused an agent claiming a known agent's id without its secret");
+                // Logged (at a bounded rate) and counted by the shell, with the other refusals.
                 Err(super::Refusal::Impersonation {
                     what: format!("agent {}", hello.agent_id),
                     kind: "agent",

@@ -1502,3 +1502,23 @@ fn a_session_claimed_without_its_secret_is_refused_and_its_driver_can_still_resu
         "{resumed:?}"
     );
 }
+
+#[test]
+fn a_hostname_or_label_with_control_characters_is_refused() {
+    let mut sim = Sim::new();
+    let mut evil = hello("a");
+    evil.hostname = "node\u{1b}[2J".into();
+    let refused = sim.attach(1, evil);
+    assert!(
+        matches!(refused.as_slice(), [Command::Refuse { reason: crate::core::Refusal::InvalidHello(why), .. }] if why.contains("control")),
+        "{refused:?}"
+    );
+    let mut evil = hello("b");
+    evil.labels.insert("zone".into(), "a\rb".into());
+    let refused = sim.attach(2, evil);
+    assert!(
+        matches!(refused.as_slice(), [Command::Refuse { .. }]),
+        "{refused:?}"
+    );
+    assert_eq!(sim.core.agents().count(), 0);
+}

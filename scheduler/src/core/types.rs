@@ -86,6 +86,13 @@ impl AgentHello {
         if self.hostname.len() > MAX_TEXT {
             return Err("the hostname is longer than 256 bytes".into());
         }
+        // Operators read these in tables and logs: no escape sequence reaches their terminal.
+        if self.hostname.chars().any(char::is_control) {
+            return Err(format!(
+                "the hostname {:?} holds control characters",
+                self.hostname
+            ));
+        }
         if self.resources.cpu_slots == 0 && self.resources.gpus.is_empty() {
             return Err("the agent offers no CPU slot and no GPU".into());
         }
@@ -95,6 +102,13 @@ impl AgentHello {
             .find(|(k, v)| k.len() > MAX_TEXT || v.len() > MAX_TEXT)
         {
             return Err(format!("label {k:?} is longer than 256 bytes"));
+        }
+        if let Some((k, _)) = self
+            .labels
+            .iter()
+            .find(|(k, v)| k.chars().chain(v.chars()).any(char::is_control))
+        {
+            return Err(format!("label {k:?} holds control characters"));
         }
         Ok(())
     }

@@ -66,6 +66,7 @@ impl admin_service_server::AdminService for AdminService {
             status.gpu_tasks_queued = counts.gpu_queued as u64;
             status.session_unfinished_peak = counts.unfinished_peak;
             status.tasks_refused = counts.refused;
+            status.foreign_output_lines = counts.foreign_output;
             for agent in core.agents() {
                 let state = agent.state();
                 match state {

@@ -118,7 +118,7 @@ impl Shared {
         let mut inner = self.lock();
         let mut commands = Vec::new();
         inner.core.handle(now, event, &mut commands);
-        inner.execute(commands, &self.settings, &self.blobs);
+        inner.execute(commands, &self.settings, &self.blobs, &self.refusals);
     }
 
     /// Runs `f` on the core (queries and operator actions) and carries out any commands.
@@ -126,7 +126,7 @@ impl Shared {
         let mut inner = self.lock();
         let mut commands = Vec::new();
         let result = f(&mut inner.core, &mut commands);
-        inner.execute(commands, &self.settings, &self.blobs);
+        inner.execute(commands, &self.settings, &self.blobs, &self.refusals);
         result
     }
 
@@ -147,7 +147,7 @@ impl Shared {
         inner.outboxes.remove(&conn);
         let mut commands = Vec::new();
         inner.core.handle(now, event, &mut commands);
-        inner.execute(commands, &self.settings, &self.blobs);
+        inner.execute(commands, &self.settings, &self.blobs, &self.refusals);
     }
 }
 
@@ -157,7 +157,13 @@ impl Inner {
     // bounded by what feeds them: an agent's by the tasks placed on it (its slots and prefetch),
     // a driver's by its session's budget of unfinished tasks (each result is sent once) and
     // by the agents' caps on output.
-    fn execute(&mut self, commands: Vec<Command>, settings: &SchedulerSettings, blobs: &BlobStore) {
+    fn execute(
+        &mut self,
+        commands: Vec<Command>,
+        settings: &SchedulerSettings,
+        blobs: &BlobStore,
+        refusals: &super::auth::RefusalLog,
+    ) {
         for command in commands {
             match command {
                 Command::Welcome {
@@ -270,6 +276,7 @@ impl Inner {
                 Command::Refuse { conn, reason } => {
                     let status = match reason {
                         crate::core::Refusal::Impersonation { .. } => {
+                            refusals.note(&format!("stream {conn}"), &reason.to_string());
                             Status::permission_denied(reason.to_string())
                         }
                         _ => Status::failed_precondition(reason.to_string()),

@@ -215,8 +215,7 @@ impl Jobs {
             && let Some(session) = self.sessions.get_mut(&no)
         {
             if session.secret_digest != open.secret.presented_digest {
-                tracing::warn!(session = %session.job.id, driver = %open.driver_host,
-                               "refused a driver claiming a session without its secret");
+                // Logged (at a bounded rate) and counted by the shell, with the other refusals.
                 return Err(super::Refusal::Impersonation {
                     what: format!("session {}", session.job.id),
                     kind: "driver",
