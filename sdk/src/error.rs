@@ -36,6 +36,12 @@ pub enum Error {
     Encode { task: String, message: String },
     #[error("the session with the scheduler has ended")]
     Closed,
+    #[error(
+        "a task cannot open a cluster of its own (it would start a private scheduler inside the \
+         worker, or join as another job and wait for slots its own job holds): tasks that submit \
+         tasks are not supported yet; return the work to the driver and submit it from there"
+    )]
+    InsideTask,
     #[error("invalid setting {key}: {message}")]
     Settings { key: String, message: String },
     #[error("cannot find a scheduler: {0}")]

@@ -19,6 +19,24 @@ fn looks_like_a_credential(name: &str) -> bool {
 }
 
 #[test]
+fn a_task_cannot_open_a_cluster_of_its_own() {
+    let scheduler = Scheduler::start(SchedulerOptions::default());
+    let _agents = two_slot_agents(&scheduler, 1);
+    let found = last_json(&scheduler.run_driver(&test_driver(), &["open_inside"]));
+    let got = found["got"].as_array().expect("one answer per try");
+    assert_eq!(got.len(), 2, "{}", show(&found));
+    for answer in got {
+        assert!(
+            answer
+                .as_str()
+                .is_some_and(|a| a.contains("a task cannot open a cluster of its own")),
+            "{}",
+            show(&found)
+        );
+    }
+}
+
+#[test]
 fn a_worker_sees_none_of_its_agents_credentials() {
     let scheduler = Scheduler::start(SchedulerOptions {
         token: Some(TOKEN.into()),

@@ -107,6 +107,15 @@ fn auth_from_env() -> Result<ClientAuth, Error> {
     })?)
 }
 
+/// A worker (a process an agent started to run tasks) never opens a cluster: see
+/// [`Error::InsideTask`].
+fn refuse_inside_task() -> Result<(), Error> {
+    match std::env::var_os(ladle_common::worker_protocol::SOCKET_ENV) {
+        Some(_) => Err(Error::InsideTask),
+        None => Ok(()),
+    }
+}
+
 /// Per-call options of `submit_with`, `map_with` and `map_reduce_with`.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -310,6 +319,7 @@ impl Cluster {
     /// An embedded scheduler and agent inside this process, whatever the environment says.
     /// They accept only a credential made for this process: no other local user can reach them.
     pub async fn local() -> Result<Self, Error> {
+        refuse_inside_task()?;
         let embedded = embedded::Embedded::start().await?;
         let address = embedded.address.clone();
         let auth = ClientAuth::token(Some(embedded.credential.clone()));
@@ -321,6 +331,7 @@ impl Cluster {
         auth: ClientAuth,
         embedded: Option<embedded::Embedded>,
     ) -> Result<Self, Error> {
+        refuse_inside_task()?;
         let io = io_thread::IoThread::start().await?;
         let to = address.to_owned();
         let connect_auth = auth.clone();

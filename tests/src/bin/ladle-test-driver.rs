@@ -155,6 +155,30 @@ fn ladle_vars(_: u64) -> (String, Vec<String>) {
     (ladle::current_agent().unwrap_or_default(), names)
 }
 
+/// Tries to open a cluster from inside a task, with `LADLE_SCHEDULER` pointing at `address`
+/// (and, with an empty one, none: the embedded default): what it got.
+#[ladle::task]
+fn open_inside(address: String) -> String {
+    let opened = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async {
+                if address.is_empty() {
+                    Cluster::local().await
+                } else {
+                    Cluster::connect(&address).await
+                }
+            })
+            .map_err(|e| e.to_string())
+        });
+    match opened {
+        Ok(_) => "opened a cluster".into(),
+        Err(message) => message,
+    }
+}
+
 /// Where and when a task ran, as the worker saw it.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Seen {
@@ -617,6 +641,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             while !std::path::Path::new(&path).exists() && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+        }
+        "open_inside" => {
+            let address = cluster.address().to_owned();
+            let got = cluster.map(open_inside, [String::new(), address]).await?;
+            out(json!({ "got": got }));
         }
         "worker_env" => {
             // Single tasks, which placement spreads over the agents (the test checks it did).
