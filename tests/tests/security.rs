@@ -600,3 +600,35 @@ fn with_mutual_tls_a_client_without_a_certificate_of_the_ca_is_turned_away() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(last_json(&String::from_utf8_lossy(&out.stdout))["ok"], 999);
 }
+
+#[test]
+fn a_scheduler_refuses_to_listen_beyond_loopback_without_tls_and_credentials() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (token, says) in [
+        (None, "without credentials"),
+        (Some("only-a-token"), "without TLS"),
+    ] {
+        let mut command = clean_command(&bin("ladle-scheduler"));
+        command
+            .args([
+                "serve",
+                "--bind",
+                "0.0.0.0",
+                "--port",
+                "0",
+                "--no-multicast",
+            ])
+            .arg("--state-dir")
+            .arg(dir.path().join("state"));
+        if let Some(token) = token {
+            command.env("LADLE_TOKEN", token);
+        }
+        let out = command.output().expect("the scheduler runs");
+        refused(&out, says);
+        assert!(
+            stderr(&out).contains("ladle-scheduler init"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
