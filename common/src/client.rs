@@ -42,6 +42,12 @@ pub enum ConnectError {
         reason: String,
     },
     #[error(
+        "refusing to send a credential in the clear to {address}: beyond this machine every \
+         connection must be TLS. Give this client the cluster's file (LADLE_CLUSTER_FILE, \
+         `cluster_file`) or the scheduler's CA (`tls_ca`)"
+    )]
+    CredentialInTheClear { address: String },
+    #[error(
         "{address} asks for TLS (https://) but this client holds no trust anchor: give it the \
          cluster's file (LADLE_CLUSTER_FILE, `cluster_file`) or its CA (`tls_ca`)"
     )]
@@ -190,6 +196,17 @@ pub async fn connect(address: &str, auth: &ClientAuth) -> Result<Channel, Connec
     let endpoint = endpoint(address, auth.tls.as_ref())?;
     let url = endpoint.uri().to_string();
     let url = url.trim_end_matches('/').to_owned();
+    // Whoever is on the path would read it: a secret goes in the clear to this machine only.
+    let loopback = endpoint.uri().host().is_some_and(|host| {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    if auth.tls.is_none() && auth.credential.is_some() && !loopback {
+        return Err(ConnectError::CredentialInTheClear { address: url });
+    }
     endpoint
         .connect()
         .await
@@ -333,4 +350,32 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_credential_never_goes_in_the_clear_beyond_loopback() {
+        let auth = ClientAuth::token(Some(Token::new("secret").unwrap()));
+        for address in [
+            "10.0.0.1:7070",
+            "http://sched.example:7070",
+            "[2001:db8::1]:7070",
+        ] {
+            assert!(
+                matches!(
+                    connect(address, &auth).await,
+                    Err(ConnectError::CredentialInTheClear { .. })
+                ),
+                "{address}"
+            );
+        }
+        // On loopback it may (nothing listens on port 1: the attempt itself is the point).
+        assert!(matches!(
+            connect("127.0.0.1:1", &auth).await,
+            Err(ConnectError::Unreachable { .. })
+        ));
+    }
 }
