@@ -247,8 +247,6 @@ impl Session {
         );
     }
 
-    /// Keeps the drain state the scheduler gave, on disk for a restarted agent and in the hello
-    /// for the next scheduler.
     /// A scheduler new to this agent gave it a secret: the proof that it is this agent when it
     /// comes back, so that nobody else can take its place.
     fn remember_secret(&mut self, secret: String) {
@@ -261,6 +259,8 @@ impl Session {
         self.hello.agent_secret = secret;
     }
 
+    /// Keeps the drain state the scheduler gave, on disk for a restarted agent and in the hello
+    /// for the next scheduler.
     fn remember_drain(&mut self, draining: bool) {
         self.hello.draining = draining;
         let kept = if draining {
@@ -309,6 +309,15 @@ impl Session {
 
 fn classify(status: &Status, joined: bool) -> Ended {
     match status.code() {
+        // The scheduler holds this agent's id under another secret (its first Welcome was
+        // lost, or the secret is another scheduler's): retried, with backoff, until the
+        // scheduler forgets the old holder or it comes back as itself.
+        Code::PermissionDenied if status.message().contains("belongs to another connection") => {
+            Ended::Broken {
+                reason: status.message().to_owned(),
+                joined,
+            }
+        }
         Code::Unauthenticated | Code::PermissionDenied | Code::FailedPrecondition => {
             Ended::Refused(status.message().to_owned())
         }

@@ -130,6 +130,9 @@ impl ClientAuth {
             });
         }
         let credential = Token::resolve(keys.token, keys.token_file)?;
+        if identity.is_some() && keys.tls_ca.is_none() {
+            return Err(TlsError::Half("tls_client_cert", "tls_ca").into());
+        }
         let tls = match keys.tls_ca {
             Some(ca) => Some(ClientTls {
                 ca_pem: read_pem("the CA", ca, "CERTIFICATE")?,

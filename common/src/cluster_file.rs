@@ -53,7 +53,7 @@ pub struct AcceptedDigests {
     pub view: Vec<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterFile {
     /// The cluster's name.
@@ -79,6 +79,18 @@ pub struct ClusterFile {
     /// Only in the scheduler's file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accept: Option<AcceptedDigests>,
+}
+
+/// Secrets never show in logs or `Debug` output.
+impl std::fmt::Debug for ClusterFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterFile")
+            .field("cluster", &self.cluster)
+            .field("role", &self.role)
+            .field("scheduler", &self.scheduler)
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Error)]
@@ -312,25 +324,41 @@ pub fn write_all(
         path: path.display().to_string(),
         source,
     };
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)
+        .map_err(|e| write_err(dir, e))?;
+    #[cfg(not(unix))]
     std::fs::create_dir_all(dir).map_err(|e| write_err(dir, e))?;
     let paths: Vec<PathBuf> = files.iter().map(|(name, _)| dir.join(name)).collect();
     if !force && let Some(existing) = paths.iter().find(|p| p.exists()) {
         return Err(ClusterFileError::Exists(existing.clone()));
     }
     for ((_, file), path) in files.iter().zip(&paths) {
-        let text = render(file);
+        let text = render(file).map_err(|e| write_err(path, e))?;
+        // Written whole under a new name of our own (never through a link someone left in the
+        // directory), readable by its owner only, then renamed over the old file if any.
+        let tmp = path.with_extension("cluster.tmp");
+        let _ = std::fs::remove_file(&tmp);
         let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        options.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut out = options.open(path).map_err(|e| write_err(path, e))?;
-        out.write_all(text.as_bytes())
-            .map_err(|e| write_err(path, e))?;
+        let written = options.open(&tmp).and_then(|mut out| {
+            out.write_all(text.as_bytes())?;
+            out.sync_all()
+        });
+        written
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                write_err(path, e)
+            })?;
     }
     Ok(paths)
 }
 
-fn render(file: &ClusterFile) -> String {
+fn render(file: &ClusterFile) -> std::io::Result<String> {
     let who = match file.role {
         FileRole::Scheduler => {
             "the scheduler's machine: `ladle-scheduler serve` and its CLI read it (LADLE_CLUSTER_FILE).\n\
@@ -349,11 +377,11 @@ fn render(file: &ClusterFile) -> String {
             "dashboards and read-only operators (LADLE_CLUSTER_FILE).\n# It lets its holder read the cluster's status"
         }
     };
-    let body = toml::to_string(file).unwrap_or_default();
-    format!(
+    let body = toml::to_string(file).map_err(std::io::Error::other)?;
+    Ok(format!(
         "# Ladle cluster {:?}: the file for {who}.\n# Keep it secret (mode 0600). Made by `ladle-scheduler init`.\n\n{body}",
         file.cluster
-    )
+    ))
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ pub fn install_crypto() {
 }
 
 /// What a client trusts, and how it proves itself when the scheduler asks (mutual TLS).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClientTls {
     pub ca_pem: String,
     /// The name the scheduler's certificate must carry.
@@ -66,6 +66,17 @@ pub struct ClientTls {
     pub identity: Option<(String, String)>,
     /// Where the trust anchor came from, for error messages ("the cluster file /etc/…").
     pub anchor: String,
+}
+
+/// The client key never shows in logs or `Debug` output.
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("server_name", &self.server_name)
+            .field("anchor", &self.anchor)
+            .field("client_certificate", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientTls {
@@ -83,12 +94,21 @@ impl ClientTls {
 }
 
 /// What a scheduler presents, and whom it asks for a client certificate.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerTls {
     pub cert_pem: String,
     pub key_pem: String,
     /// Clients must present a certificate signed by this CA (mutual TLS).
     pub client_ca_pem: Option<String>,
+}
+
+/// The key never shows in logs or `Debug` output.
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("mutual", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerTls {

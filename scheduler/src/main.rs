@@ -99,11 +99,11 @@ struct InitArgs {
     /// the name clients check in the certificate.
     #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca", "server_name"])]
     tls_cert: Option<PathBuf>,
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_ca: Option<PathBuf>,
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", requires = "tls_cert")]
     server_name: Option<String>,
     /// Replace files that exist.
     #[arg(long)]

@@ -148,6 +148,8 @@ impl Membership {
         hello: AgentHello,
         out: &mut Vec<Command>,
     ) {
+        let mut hello = hello;
+        let claim = std::mem::take(&mut hello.secret);
         let id = hello.agent_id.clone();
         let mut secret = String::new();
         let draining = match self.agents.get_mut(&id) {
@@ -162,8 +164,8 @@ impl Membership {
                 }
                 info!(agent = %id, host = %hello.hostname, "agent rejoined");
                 if agent.secret_digest.is_empty() {
-                    agent.secret_digest = hello.secret.issued_digest.clone();
-                    secret = hello.secret.issued.clone();
+                    agent.secret_digest = claim.issued_digest.clone();
+                    secret = claim.issued.clone();
                 }
                 agent.host = hello.hostname.as_str().into();
                 agent.hello = hello;
@@ -178,11 +180,11 @@ impl Membership {
                 // A scheduler that knows the agent goes by what it was told last (above); one
                 // meeting it for the first time (restarted, say) by what the agent remembers.
                 let draining = hello.draining;
-                secret = hello.secret.issued.clone();
+                secret = claim.issued.clone();
                 self.agents.insert(
                     id.clone(),
                     Agent {
-                        secret_digest: hello.secret.issued_digest.clone(),
+                        secret_digest: claim.issued_digest.clone(),
                         task_ns: None,
                         host: hello.hostname.as_str().into(),
                         assigned: HashSet::default(),

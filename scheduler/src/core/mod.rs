@@ -298,19 +298,20 @@ impl Core {
                     });
                     return;
                 }
-                // An agent that comes back has dropped whatever it held: place that again.
-                self.jobs
-                    .requeue_from(&hello.agent_id, &mut self.membership);
-                let has_gpus = !hello.resources.gpus.is_empty();
-                if has_gpus {
-                    self.jobs.gpus_came();
-                }
+                // Before anything changes: a refused claim must not disturb the agent it names.
                 if let Err(refusal) = self.membership.check_claim(&hello) {
                     out.push(Command::Refuse {
                         conn,
                         reason: refusal,
                     });
                     return;
+                }
+                // An agent that comes back has dropped whatever it held: place that again.
+                self.jobs
+                    .requeue_from(&hello.agent_id, &mut self.membership);
+                let has_gpus = !hello.resources.gpus.is_empty();
+                if has_gpus {
+                    self.jobs.gpus_came();
                 }
                 self.membership.attach(now, conn, hello, out);
                 self.tell_capacity(out);

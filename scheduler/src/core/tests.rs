@@ -1522,3 +1522,35 @@ fn a_hostname_or_label_with_control_characters_is_refused() {
     );
     assert_eq!(sim.core.agents().count(), 0);
 }
+
+#[test]
+fn a_refused_claim_leaves_the_real_agents_tasks_where_they_run() {
+    let mut sim = Sim::new();
+    sim.send(Event::AgentAttached {
+        conn: 1,
+        hello: AgentHello {
+            secret: claim("", "first"),
+            ..hello("a")
+        },
+    });
+    open(&mut sim, 10);
+    sim.send(Event::TasksSubmitted {
+        conn: 10,
+        acked: 0,
+        tasks: vec![spec(1)],
+    });
+    assert_eq!(counts(&sim), (1, 0, 1));
+    let refused = sim.send(Event::AgentAttached {
+        conn: 2,
+        hello: AgentHello {
+            secret: claim("", "other"),
+            ..hello("a")
+        },
+    });
+    assert!(
+        matches!(refused.as_slice(), [Command::Refuse { conn: 2, .. }]),
+        "{refused:?}"
+    );
+    // Still running on the real agent: not requeued, not placed again.
+    assert_eq!(counts(&sim), (1, 0, 1));
+}

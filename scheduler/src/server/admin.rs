@@ -43,8 +43,11 @@ impl admin_service_server::AdminService for AdminService {
 
     async fn cluster_status(
         &self,
-        _: Request<ClusterStatusRequest>,
+        request: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
+        // The hashes name every job's values: a reader who could fetch blobs by hash (a driver)
+        // must not learn another job's.
+        let sees_blobs = auth::grant_of(&request).allows(Permission::Manage);
         let settings = &self.shared.settings;
         let mut status = ClusterStatusResponse {
             cluster: settings.cluster.clone(),
@@ -56,7 +59,9 @@ impl admin_service_server::AdminService for AdminService {
             calls_refused: self.shared.refusals.total(),
             ..Default::default()
         };
-        status.blob_fetches = self.shared.blobs.fetch_counts().into_iter().collect();
+        if sees_blobs {
+            status.blob_fetches = self.shared.blobs.fetch_counts().into_iter().collect();
+        }
         (status.job_blobs, status.job_blob_bytes) = self.shared.blobs.job_usage();
         self.shared.with_core(|core, _| {
             let counts = core.task_counts();

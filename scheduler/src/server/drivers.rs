@@ -59,6 +59,18 @@ impl driver_service_server::DriverService for DriverService {
                 "the session id must be 1 to 128 characters",
             ));
         }
+        // Operators read these in tables and logs: no escape sequence reaches their terminal.
+        for (what, text) in [
+            ("session id", &open.session_id),
+            ("job name", &open.job_name),
+            ("driver host", &open.driver_host),
+        ] {
+            if text.len() > 256 || text.chars().any(char::is_control) {
+                return Err(Status::invalid_argument(format!(
+                    "the {what} {text:?} is longer than 256 bytes or holds control characters"
+                )));
+            }
+        }
 
         let job_id = open.session_id.clone();
         let secret = convert::claim(&open.resume_secret)?;

@@ -21,6 +21,14 @@ pub enum SecurityError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(
+        "both `cluster_file` and `{0}` are set: the cluster file holds the credentials, by role; a shared token beside them would grant every role. Keep one"
+    )]
+    TokenBesideFile(&'static str),
+    #[error(
+        "`tls_client_ca` is set but the scheduler has no TLS: give `cluster_file`, or `tls_cert` and `tls_key`"
+    )]
+    ClientCaWithoutTls,
+    #[error(
         "refusing to listen on {ip} without TLS: anyone on the network could read the credentials \
          and the data. Run `ladle-scheduler init` and serve with its `scheduler.cluster` \
          (LADLE_CLUSTER_FILE), or give `tls_cert` and `tls_key`; or bind to 127.0.0.1"
@@ -46,6 +54,15 @@ pub struct Security {
 impl Security {
     pub fn from_settings(settings: &SchedulerSettings) -> Result<Self, SecurityError> {
         let token = Token::resolve(settings.token.as_deref(), settings.token_file.as_deref())?;
+        if settings.cluster_file.is_some() && token.is_some() {
+            return Err(SecurityError::TokenBesideFile(
+                if settings.token.is_some() {
+                    "token"
+                } else {
+                    "token_file"
+                },
+            ));
+        }
         let (mut tls, accepted, discovery_key, cluster) = match &settings.cluster_file {
             Some(path) => {
                 let file = ClusterFile::load(path)?;
@@ -71,8 +88,12 @@ impl Security {
             (None, Some(_)) => return Err(TlsError::Half("tls_key", "tls_cert").into()),
             (None, None) => {}
         }
-        if let (Some(tls), Some(ca)) = (&mut tls, &settings.tls_client_ca) {
-            tls.client_ca_pem = Some(read_pem("the client CA", ca, "CERTIFICATE")?);
+        match (&mut tls, &settings.tls_client_ca) {
+            (Some(tls), Some(ca)) => {
+                tls.client_ca_pem = Some(read_pem("the client CA", ca, "CERTIFICATE")?);
+            }
+            (None, Some(_)) => return Err(SecurityError::ClientCaWithoutTls),
+            _ => {}
         }
         Ok(Self {
             accepted: Arc::new(accepted.with_token(token)),
