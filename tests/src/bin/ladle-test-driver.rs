@@ -373,6 +373,15 @@ impl Tally {
     }
 }
 
+/// Keeps the program (and its session) alive until the test writes `path`, for at most a
+/// minute: a driver cannot see its own output, the test can.
+async fn stay_until_written(path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::path::Path::new(path).exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn out(value: serde_json::Value) {
     println!("{value}");
 }
@@ -637,10 +646,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let path = std::env::args().nth(2).ok_or("escapes needs a path")?;
             let value = cluster.submit(garish, 0)?.await?;
             out(json!({ "value": value }));
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !std::path::Path::new(&path).exists() && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            stay_until_written(&path).await;
         }
         "open_inside" => {
             let address = cluster.address().to_owned();
@@ -881,10 +887,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let path = std::env::args().nth(2).ok_or("flood needs a path")?;
             let printed = cluster.submit(flood, 20_000)?.await?;
             out(json!({ "printed": printed }));
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !std::path::Path::new(&path).exists() && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            stay_until_written(&path).await;
         }
         "budget" => {
             // Far more single submissions than the session's budget (20 in the test), then a map.
