@@ -45,6 +45,8 @@ pub struct Agent {
     pub assigned: HashSet<TaskRef>,
     /// Those of them that hold one of its GPU slots.
     pub gpu_assigned: HashSet<TaskRef>,
+    /// CPU tasks of `assigned` that wait for their children: their slots are free meanwhile.
+    pub waiting: HashSet<TaskRef>,
     /// Its last revoke got nothing back (every task had started): not asked again until it
     /// is given more.
     pub revoke_futile: bool,
@@ -78,6 +80,7 @@ impl Agent {
     /// CPU slots not holding a task; below zero when tasks wait on the agent.
     pub fn free_cpus(&self) -> i64 {
         let cpu_tasks = self.assigned.len() - self.gpu_assigned.len().min(self.assigned.len());
+        let cpu_tasks = cpu_tasks - self.waiting.len().min(cpu_tasks);
         i64::from(self.hello.resources.cpu_slots) - cpu_tasks as i64
     }
 
@@ -189,6 +192,7 @@ impl Membership {
                         host: hello.hostname.as_str().into(),
                         assigned: HashSet::default(),
                         gpu_assigned: HashSet::default(),
+                        waiting: HashSet::default(),
                         revoke_futile: false,
                         hello,
                         load: Load::default(),
@@ -318,6 +322,11 @@ impl Membership {
     pub(super) fn current(&mut self, conn: ConnId) -> Option<&mut Agent> {
         let id = self.by_conn.get(&conn)?;
         self.agents.get_mut(id)
+    }
+
+    /// The agent on stream `conn`, to read.
+    pub(super) fn on(&self, conn: ConnId) -> Option<&Agent> {
+        self.agents.get(self.by_conn.get(&conn)?)
     }
 
     pub(super) fn get_mut(&mut self, id: &AgentId) -> Option<&mut Agent> {

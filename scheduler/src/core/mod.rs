@@ -14,7 +14,7 @@ mod types;
 pub use jobs::{Budget, TaskCounts};
 pub use membership::{Agent, AgentState, SelectError};
 pub use types::{
-    AgentHello, AgentId, AgentResult, Assigned, BlobRef, Capacity, ConnId, DriverResult,
+    AgentHello, AgentId, AgentResult, Assigned, BlobRef, Capacity, ChildSpec, ConnId, DriverResult,
     FailureKind, GpuInfo, GpuUse, Job, JobView, Load, Outcome, Resources, SecretClaim, SessionOpen,
     TaskRef, TaskSpec,
 };
@@ -99,6 +99,27 @@ pub enum Event {
         released: Vec<(TaskRef, u32)>,
         kept: Vec<(TaskRef, u32)>,
     },
+    /// Tasks that the task `parent` (at `attempt`), running on the agent, submitted.
+    ChildrenSubmitted {
+        conn: ConnId,
+        parent: TaskRef,
+        attempt: u32,
+        children: Vec<ChildSpec>,
+    },
+    /// The parent no longer wants these children's results.
+    ChildrenCancelled {
+        conn: ConnId,
+        parent: TaskRef,
+        attempt: u32,
+        ordinals: Vec<u32>,
+    },
+    /// A running task waits for its children (its slot is free meanwhile), or resumed.
+    TaskWaiting {
+        conn: ConnId,
+        task_ref: TaskRef,
+        attempt: u32,
+        waiting: bool,
+    },
     /// Lines a job's tasks printed on an agent.
     AgentOutput {
         conn: ConnId,
@@ -176,6 +197,13 @@ pub enum Command {
     /// Results for a driver (session stream).
     Deliver {
         conn: ConnId,
+        results: Vec<DriverResult>,
+    },
+    /// Results of children for their parent's worker (agent stream); `task_id` is the ordinal.
+    ChildResults {
+        conn: ConnId,
+        parent: TaskRef,
+        attempt: u32,
         results: Vec<DriverResult>,
     },
     /// Something the driver's user should know (session stream).
@@ -442,6 +470,39 @@ impl Core {
                 self.jobs
                     .revoked(conn, &released, &kept, &mut self.membership);
                 self.jobs.place(&mut self.membership, out);
+            }
+            Event::ChildrenSubmitted {
+                conn,
+                parent,
+                attempt,
+                children,
+            } => {
+                self.jobs
+                    .submit_children(conn, parent, attempt, children, &self.membership, out);
+                self.jobs.place(&mut self.membership, out);
+            }
+            Event::ChildrenCancelled {
+                conn,
+                parent,
+                attempt,
+                ordinals,
+            } => {
+                self.jobs
+                    .cancel_children(conn, parent, attempt, &ordinals, &self.membership, out);
+                self.jobs.place(&mut self.membership, out);
+            }
+            Event::TaskWaiting {
+                conn,
+                task_ref,
+                attempt,
+                waiting,
+            } => {
+                let freed =
+                    self.jobs
+                        .set_waiting(conn, task_ref, attempt, waiting, &mut self.membership);
+                if let Some(agent) = freed {
+                    self.jobs.place_on(&mut self.membership, &agent, out);
+                }
             }
             Event::AgentOutput {
                 conn,

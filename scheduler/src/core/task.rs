@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use super::{AgentId, FailureKind, Outcome, TaskSpec};
+use rustc_hash::FxHashMap as HashMap;
+
+use super::{AgentId, DriverResult, FailureKind, Outcome, TaskRef, TaskSpec};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum TaskState {
@@ -31,6 +33,46 @@ pub(super) struct Task {
     pub on_gpu: bool,
     /// Its agent was asked to give it back, and has not answered yet.
     pub revoking: bool,
+    /// Its place in a tree of nested tasks: none for a driver's task without children (boxed:
+    /// most tasks have none, and a million queued tasks each pay for the field).
+    pub nest: Option<Box<Nest>>,
+}
+
+/// A task's parent and children (nested futures).
+#[derive(Default)]
+pub(super) struct Nest {
+    /// The task that submitted this one, and this one's ordinal there; none for a driver's task.
+    pub parent: Option<(TaskRef, u32)>,
+    /// How many parents above it: deeper tasks are placed first, so that a recursion finishes
+    /// its branches before it opens new ones (and holds few waiting tasks).
+    pub depth: u32,
+    /// The children it submitted, by ordinal: kept until it has its own result, so that a run
+    /// of it after its agent was lost gets the results of the children that finished.
+    pub children: HashMap<u32, Child>,
+}
+
+pub(super) struct Child {
+    /// What the child is (function and argument), as its parent's worker described it.
+    pub digest: u64,
+    /// The parent's attempt that last submitted it: its result goes to that attempt only.
+    pub claimed: u32,
+    pub state: ChildState,
+}
+
+pub(super) enum ChildState {
+    Live(TaskRef),
+    /// Its result (`task_id` is the ordinal).
+    Done(DriverResult),
+}
+
+impl Nest {
+    /// Children with a result, kept here.
+    pub(super) fn results_held(&self) -> u64 {
+        self.children
+            .values()
+            .filter(|c| matches!(c.state, ChildState::Done(_)))
+            .count() as u64
+    }
 }
 
 /// What an attempt's end means.
@@ -57,7 +99,17 @@ impl Task {
             state: TaskState::Queued,
             on_gpu: false,
             revoking: false,
+            nest: None,
         }
+    }
+
+    /// Its ordinal and parent, if a task submitted it.
+    pub(super) fn parent(&self) -> Option<(TaskRef, u32)> {
+        self.nest.as_ref().and_then(|n| n.parent)
+    }
+
+    pub(super) fn depth(&self) -> u32 {
+        self.nest.as_ref().map_or(0, |n| n.depth)
     }
 
     pub(super) fn runs_on(&self, agent: &AgentId) -> bool {

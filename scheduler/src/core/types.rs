@@ -173,6 +173,16 @@ pub struct TaskSpec {
     pub payload_blob: Option<BlobRef>,
 }
 
+/// A task that a running task submitted (nested futures): identified by its parent and its
+/// ordinal (the order of submission in the parent's run), and described by a digest of what it
+/// is, so that a parent that runs again gets the result of the same child, not of another.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChildSpec {
+    pub ordinal: u32,
+    pub digest: u64,
+    pub spec: TaskSpec,
+}
+
 /// Whether a task runs on a GPU slot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum GpuUse {

@@ -104,6 +104,34 @@ impl agent_service_server::AgentService for AgentService {
                         });
                     }
                     Ok(Some(AgentMessage {
+                        body: Some(Body::Children(children)),
+                    })) => shared.apply(Event::ChildrenSubmitted {
+                        conn,
+                        parent: children.parent_ref,
+                        attempt: children.parent_attempt,
+                        children: children
+                            .tasks
+                            .into_iter()
+                            .map(convert::child_spec)
+                            .collect(),
+                    }),
+                    Ok(Some(AgentMessage {
+                        body: Some(Body::ChildCancel(cancel)),
+                    })) => shared.apply(Event::ChildrenCancelled {
+                        conn,
+                        parent: cancel.parent_ref,
+                        attempt: cancel.parent_attempt,
+                        ordinals: cancel.ordinals,
+                    }),
+                    Ok(Some(AgentMessage {
+                        body: Some(Body::Waiting(waiting)),
+                    })) => shared.apply(Event::TaskWaiting {
+                        conn,
+                        task_ref: waiting.task_ref,
+                        attempt: waiting.attempt,
+                        waiting: waiting.waiting,
+                    }),
+                    Ok(Some(AgentMessage {
                         body: Some(Body::Hello(_)),
                     })) => {
                         debug!(conn, "ignoring a second hello on one stream");

@@ -5,9 +5,9 @@ use std::time::Instant;
 use ladle_proto::v1 as pb;
 
 use crate::core::{
-    Agent, AgentHello, AgentId, AgentResult, AgentState, Assigned, BlobRef, DriverResult,
-    FailureKind, GpuInfo, GpuUse, Job, JobView, Load, Outcome, OutputLine, Resources, SecretClaim,
-    SessionOpen, TaskSpec,
+    Agent, AgentHello, AgentId, AgentResult, AgentState, Assigned, BlobRef, ChildSpec,
+    DriverResult, FailureKind, GpuInfo, GpuUse, Job, JobView, Load, Outcome, OutputLine, Resources,
+    SecretClaim, SessionOpen, TaskSpec,
 };
 
 use super::state::millis;
@@ -288,6 +288,14 @@ pub fn task_spec(t: pb::TaskSpec) -> TaskSpec {
             Err(_) => GpuUse::Required,
         },
         payload_blob: t.payload_blob.map(blob),
+    }
+}
+
+pub fn child_spec(c: pb::ChildTask) -> ChildSpec {
+    ChildSpec {
+        ordinal: c.ordinal,
+        digest: c.digest,
+        spec: task_spec(c.spec.unwrap_or_default()),
     }
 }
 

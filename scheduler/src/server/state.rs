@@ -20,7 +20,7 @@ use ladle_common::limits;
 
 use super::{blobs::BlobStore, convert};
 use crate::{
-    core::{Command, ConnId, Core, CoreConfig, Event, Outcome},
+    core::{Command, ConnId, Core, CoreConfig, DriverResult, Event, Outcome},
     settings::SchedulerSettings,
 };
 
@@ -241,14 +241,27 @@ impl Inner {
                     self.send_driver(conn, driver_event::Body::Capacity(capacity));
                 }
                 Command::Deliver { conn, results } => {
-                    for results in limits::batches(results, usize::MAX, |r| match &r.outcome {
-                        Outcome::Output(bytes) => bytes.len(),
-                        Outcome::Failed { message, .. } => message.len(),
-                        Outcome::Stored(_) => 0,
-                    }) {
+                    for results in limits::batches(results, usize::MAX, result_bytes) {
                         self.send_driver(
                             conn,
                             driver_event::Body::Results(convert::results(results)),
+                        );
+                    }
+                }
+                Command::ChildResults {
+                    conn,
+                    parent,
+                    attempt,
+                    results,
+                } => {
+                    for results in limits::batches(results, usize::MAX, result_bytes) {
+                        self.send_agent(
+                            conn,
+                            Body::ChildResults(pb::ChildResults {
+                                parent_ref: parent,
+                                parent_attempt: attempt,
+                                results: convert::results(results).results,
+                            }),
                         );
                     }
                 }
@@ -355,5 +368,14 @@ pub async fn tick_forever(shared: Arc<Shared>, open_files: Option<u64>) {
                 shared.blobs.release_job(&job);
             }
         }
+    }
+}
+
+/// What a result weighs in a message.
+fn result_bytes(r: &DriverResult) -> usize {
+    match &r.outcome {
+        Outcome::Output(bytes) => bytes.len(),
+        Outcome::Failed { message, .. } => message.len(),
+        Outcome::Stored(_) => 0,
     }
 }

@@ -22,12 +22,15 @@ use super::{
     Job, JobView, Outcome, SelectError, SessionOpen, TaskRef, TaskSpec,
     delivery::Ledger,
     membership::Membership,
-    task::{Task, TaskState, Verdict},
+    task::{Nest, Task, TaskState, Verdict},
     task_map::TaskMap,
 };
 
+mod nested;
 mod operator;
 mod placement;
+
+pub(super) use nested::CHILD_ID;
 
 use operator::OPERATOR_CANCEL;
 
@@ -50,8 +53,19 @@ fn lane(gpu: GpuUse) -> usize {
     }
 }
 
-/// Highest priority first, then oldest first.
-type Queue = BinaryHeap<(i32, Reverse<u64>, TaskRef)>;
+/// Highest priority first, then deepest (nested tasks before their parents' peers), then
+/// oldest first.
+type Queue = BinaryHeap<(i32, u32, Reverse<u64>, TaskRef)>;
+
+/// Where a task stands in its session's queue.
+fn queue_key(task_ref: TaskRef, task: &Task) -> (i32, u32, Reverse<u64>, TaskRef) {
+    (
+        task.spec.priority,
+        task.depth(),
+        Reverse(task.seq),
+        task_ref,
+    )
+}
 
 struct Session {
     job: Arc<Job>,
@@ -83,6 +97,11 @@ struct Session {
     queued: u64,
     running: u64,
     bytes: u64,
+    /// Nested tasks without a result, and results of nested tasks kept for parents that have
+    /// not finished: they count against the budget apart from the driver's own tasks (whose
+    /// sending the driver paces itself).
+    children: u64,
+    child_results: u64,
 }
 
 pub(super) struct Jobs {
@@ -157,6 +176,12 @@ impl Jobs {
         self.tally(&task, -1);
         if let Some(session) = self.sessions.get_mut(&task.session) {
             session.bytes = session.bytes.saturating_sub(task.spec.payload.len() as u64);
+            if let Some(nest) = &task.nest {
+                if nest.parent.is_some() {
+                    session.children = session.children.saturating_sub(1);
+                }
+                session.child_results = session.child_results.saturating_sub(nest.results_held());
+            }
         }
         Some(task)
     }
@@ -274,6 +299,8 @@ impl Jobs {
                 queued: 0,
                 running: 0,
                 bytes: 0,
+                children: 0,
+                child_results: 0,
             },
         );
         self.by_conn.insert(conn, no);
@@ -390,6 +417,9 @@ impl Jobs {
         let mut duplicates = Vec::new();
         let mut refused = Vec::new();
         for spec in specs {
+            let Some(session) = self.sessions.get_mut(&no) else {
+                return;
+            };
             if session.by_task_id.contains_key(&spec.task_id) || session.ledger.holds(spec.task_id)
             {
                 // A resubmission of a task the scheduler holds, or whose result is on its way
@@ -398,25 +428,38 @@ impl Jobs {
                 continue;
             }
             let bytes = spec.payload.len() as u64;
-            // Results not acknowledged are held for the session too.
-            let held = (session.by_task_id.len() + session.ledger.unacked()) as u64;
-            if held >= self.budget.tasks
-                || (session.bytes + bytes > self.budget.bytes && !session.by_task_id.is_empty())
+            // Results not acknowledged are held for the session too; nested tasks have a
+            // budget of their own.
+            let held =
+                (session.by_task_id.len() + session.ledger.unacked()) as u64 - session.children;
+            let why = if spec.task_id & CHILD_ID != 0 {
+                Some(format!(
+                    "the scheduler refused the task: task ids with the top bit set are the \
+                     scheduler's own (nested tasks), and {} is one",
+                    spec.task_id
+                ))
+            } else if held >= self.budget.tasks
+                || (session.bytes + bytes > self.budget.bytes && held > 0)
             {
                 // The driver sent past the budget it was given: this task is not admitted, and
                 // the scheduler does not grow for it.
+                Some(format!(
+                    "the scheduler refused the task: its session already holds {} tasks and {} \
+                     bytes of arguments, its budget (session_max_tasks = {}, session_max_bytes \
+                     = {}); the driver sent more than it was granted",
+                    held, session.bytes, self.budget.tasks, self.budget.bytes
+                ))
+            } else {
+                None
+            };
+            if let Some(message) = why {
                 refused.push(DriverResult {
                     task_id: spec.task_id,
                     attempt: 0,
                     agent: "".into(),
                     outcome: Outcome::Failed {
                         kind: FailureKind::Refused,
-                        message: format!(
-                            "the scheduler refused the task: its session already holds {} tasks \
-                             and {} bytes of arguments, its budget (session_max_tasks = {}, \
-                             session_max_bytes = {}); the driver sent more than it was granted",
-                            held, session.bytes, self.budget.tasks, self.budget.bytes
-                        ),
+                        message,
                     },
                     run_ns: 0,
                     gpu: false,
@@ -424,21 +467,11 @@ impl Jobs {
                 });
                 continue;
             }
-            session.bytes += bytes;
-            session.queued += 1;
-            self.totals.queued += 1;
-            if spec.gpu == GpuUse::Required {
-                self.totals.gpu_queued += 1;
-            }
-            let task_ref = self.next_ref;
-            self.next_ref += 1;
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            session.by_task_id.insert(spec.task_id, task_ref);
-            session.queues[lane(spec.gpu)].push((spec.priority, Reverse(seq), task_ref));
-            list(&mut self.ready, no, session, spec.gpu);
-            self.tasks.insert(task_ref, Task::new(no, spec, seq));
+            self.enqueue(no, spec, None);
         }
+        let Some(session) = self.sessions.get(&no) else {
+            return;
+        };
         self.unfinished_peak = self
             .unfinished_peak
             .max((session.by_task_id.len() + session.ledger.unacked()) as u64);
@@ -453,6 +486,36 @@ impl Jobs {
                 results: refused,
             });
         }
+    }
+
+    /// Admits a task to session `no`'s queue (a driver's, or with `nest` a nested one); returns
+    /// its number. The nested task's id is then the scheduler's: [`CHILD_ID`] and its number.
+    fn enqueue(&mut self, no: u64, mut spec: TaskSpec, nest: Option<Box<Nest>>) -> TaskRef {
+        let task_ref = self.next_ref;
+        self.next_ref += 1;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let Some(session) = self.sessions.get_mut(&no) else {
+            return task_ref;
+        };
+        if nest.as_ref().is_some_and(|n| n.parent.is_some()) {
+            spec.task_id = CHILD_ID | task_ref;
+            session.children += 1;
+        }
+        session.bytes += spec.payload.len() as u64;
+        session.queued += 1;
+        self.totals.queued += 1;
+        if spec.gpu == GpuUse::Required {
+            self.totals.gpu_queued += 1;
+        }
+        session.by_task_id.insert(spec.task_id, task_ref);
+        let gpu = spec.gpu;
+        let mut task = Task::new(no, spec, seq);
+        task.nest = nest;
+        session.queues[lane(gpu)].push(queue_key(task_ref, &task));
+        list(&mut self.ready, no, session, gpu);
+        self.tasks.insert(task_ref, task);
+        task_ref
     }
 
     /// Tells the drivers whose GPU tasks wait that no agent has a GPU, once each, so that they
@@ -471,7 +534,7 @@ impl Jobs {
             let Some(conn) = session.conn else { continue };
             let waiting = session.queues[REQUIRED]
                 .iter()
-                .filter(|(_, _, r)| {
+                .filter(|(_, _, _, r)| {
                     self.tasks
                         .get(r)
                         .is_some_and(|t| t.state == TaskState::Queued)
@@ -602,6 +665,7 @@ impl Jobs {
         };
         let held: Vec<TaskRef> = a.assigned.drain().collect();
         a.gpu_assigned.clear();
+        a.waiting.clear();
         let mut requeued = 0usize;
         for task_ref in held {
             let Some(task) = self.tasks.get_mut(&task_ref) else {
@@ -633,11 +697,7 @@ impl Jobs {
             return;
         };
         if let Some(session) = self.sessions.get_mut(&task.session) {
-            session.queues[lane(task.spec.gpu)].push((
-                task.spec.priority,
-                Reverse(task.seq),
-                task_ref,
-            ));
+            session.queues[lane(task.spec.gpu)].push(queue_key(task_ref, task));
             list(&mut self.ready, task.session, session, task.spec.gpu);
         }
     }
@@ -656,6 +716,8 @@ impl Jobs {
         let agent_id = agent.id().clone();
         let host = agent.host.clone();
         let mut deliveries: HashMap<u64, Vec<DriverResult>> = HashMap::default();
+        let mut child_results = Vec::new();
+        let mut families = Vec::new();
         for result in results {
             // The fence first: an old attempt of a task this agent runs again must not take
             // the new attempt's place in its assignments.
@@ -667,6 +729,7 @@ impl Jobs {
                 continue;
             }
             agent.gpu_assigned.remove(&result.task_ref);
+            agent.waiting.remove(&result.task_ref);
             agent.observe(result.run_ns);
             let Some(task) = self.tasks.get_mut(&result.task_ref) else {
                 continue; // cancelled, or its driver went away
@@ -694,8 +757,10 @@ impl Jobs {
             };
             let (session, task_id, attempt) = (task.session, task.spec.task_id, task.attempt);
             let gpu = task.on_gpu;
-            self.forget(result.task_ref);
-            deliveries.entry(session).or_default().push(DriverResult {
+            let Some(task) = self.forget(result.task_ref) else {
+                continue;
+            };
+            let done = DriverResult {
                 task_id,
                 attempt,
                 agent: host.clone(),
@@ -703,8 +768,26 @@ impl Jobs {
                 run_ns: result.run_ns,
                 gpu,
                 seq: 0,
-            });
+            };
+            // Its children that have not finished are not wanted any more.
+            let parent = task.parent();
+            if let Some(nest) = task.nest {
+                families.push(nest.children);
+            }
+            match parent {
+                Some((parent, ordinal)) => {
+                    if let Some(s) = self.sessions.get_mut(&session) {
+                        s.by_task_id.remove(&task_id);
+                    }
+                    child_results.push((parent, ordinal, done));
+                }
+                None => deliveries.entry(session).or_default().push(done),
+            }
         }
+        for family in families {
+            self.drop_family(family, members, out);
+        }
+        self.children_done(child_results, members, out);
         for (no, results) in deliveries {
             if let Some(session) = self.sessions.get_mut(&no) {
                 for r in &results {

@@ -28,15 +28,24 @@ impl Jobs {
             let Some(task_ref) = session.by_task_id.remove(&task_id) else {
                 continue;
             };
-            let Some(task) = self.forget(task_ref) else {
+            let Some(mut task) = self.forget(task_ref) else {
                 continue;
             };
-            items += u64::from(task.spec.items.max(1));
             if let TaskState::Running(agent) = &task.state
                 && let Some(agent_conn) = members.get(agent).and_then(|a| a.conn)
             {
                 on_agents.entry(agent_conn).or_default().push(task_ref);
             }
+            // Its children go with it; a nested task's result would go to its parent, which is
+            // cancelled with it (a driver cancels only its own tasks).
+            let nested = task.parent().is_some();
+            if let Some(nest) = task.nest.take() {
+                self.drop_family(nest.children, members, out);
+            }
+            if nested {
+                continue;
+            }
+            items += u64::from(task.spec.items.max(1));
             results.push(DriverResult {
                 task_id,
                 attempt: task.attempt,
@@ -71,7 +80,13 @@ impl Jobs {
         out: &mut Vec<Command>,
     ) {
         if let Some(&no) = self.by_conn.get(&conn) {
-            self.cancel(no, ids, "cancelled by the driver", members, out);
+            // Nested tasks are their parents' to cancel.
+            let ids: Vec<u64> = ids
+                .iter()
+                .copied()
+                .filter(|id| id & CHILD_ID == 0)
+                .collect();
+            self.cancel(no, &ids, "cancelled by the driver", members, out);
         }
     }
 

@@ -342,7 +342,7 @@ pub(super) fn pop_queued(
                 .copied()
                 .find(|&l| !session.queues[l].is_empty())
         }?;
-        let (_, _, task_ref) = session.queues[pick].pop()?;
+        let (_, _, _, task_ref) = session.queues[pick].pop()?;
         if tasks
             .get(&task_ref)
             .is_some_and(|t| t.state == TaskState::Queued)
