@@ -218,6 +218,9 @@ impl Session {
                         Outgoing::Results(results) => agent_message::Body::Results(results),
                         Outgoing::Output(output) => agent_message::Body::Output(output),
                         Outgoing::Revoked(revoked) => agent_message::Body::Revoked(revoked),
+                        Outgoing::Children(children) => agent_message::Body::Children(children),
+                        Outgoing::ChildCancel(cancel) => agent_message::Body::ChildCancel(cancel),
+                        Outgoing::Waiting(waiting) => agent_message::Body::Waiting(waiting),
                     };
                     if tx.send(AgentMessage { body: Some(body) }).await.is_err() {
                         return Ended::Broken { reason: "the outgoing stream closed".into(), joined: true };
@@ -296,6 +299,9 @@ impl Session {
             }
             Some(scheduler_message::Body::Revoke(revoke)) => {
                 self.executor.send(Input::Revoke(revoke.tasks))
+            }
+            Some(scheduler_message::Body::ChildResults(results)) => {
+                self.executor.send(Input::ChildResults(results))
             }
             Some(scheduler_message::Body::EndJob(end)) => {
                 self.executor.send(Input::EndJob(end.job_id))

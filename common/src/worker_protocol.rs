@@ -45,6 +45,33 @@ pub enum ToWorker {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
+    /// Results of children of the running task `parent`: each a protobuf `ladle.v1.TaskResult`
+    /// whose `task_id` is the child's ordinal, with its output inline.
+    ChildResults {
+        parent: u64,
+        results: Vec<ByteBlock>,
+    },
+    /// The answer to [`FromWorker::Upload`]: the value's hash, or why it could not be stored.
+    Uploaded {
+        request: u64,
+        result: Result<String, String>,
+    },
+}
+
+/// Bytes that travel as one block (serde's default for a `Vec<u8>` is element by element).
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
+pub struct ByteBlock(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+/// A task that a running task submitted.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WorkerChild {
+    /// Its order of submission in its parent's run.
+    pub ordinal: u32,
+    /// What it is (function and argument), to tell it from another child at that ordinal.
+    pub digest: u64,
+    /// A protobuf `ladle.v1.TaskSpec`, its argument inline however big (the agent stores a big
+    /// one in the blob store).
+    pub spec: ByteBlock,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -61,6 +88,27 @@ pub enum FromWorker {
         task: u64,
         outcome: WorkerOutcome,
         run_ns: u64,
+    },
+    /// The running task `parent` submitted these tasks (nested futures).
+    Submit {
+        parent: u64,
+        children: Vec<WorkerChild>,
+    },
+    /// The running task `parent` no longer wants these children.
+    CancelChildren {
+        parent: u64,
+        ordinals: Vec<u32>,
+    },
+    /// The running task waits for its children (its slot may take other work), or resumed.
+    Waiting {
+        task: u64,
+        waiting: bool,
+    },
+    /// Store this value in the scheduler's blob store for the job (a task's `share`).
+    Upload {
+        request: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
     },
 }
 

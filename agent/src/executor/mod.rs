@@ -17,11 +17,11 @@ use std::{
 
 use ladle_common::{
     limits,
-    worker_protocol::{WorkerFailure, WorkerOutcome},
+    worker_protocol::{self as wp, ToWorker, WorkerFailure, WorkerOutcome},
 };
 use ladle_proto::v1::{self as pb, agent_task_result::Outcome};
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use worker::{Dispatch, JobInfo, Stamped, WorkerCmd, WorkerContext, WorkerEvent};
 
@@ -32,6 +32,8 @@ pub enum Input {
     /// Give back these tasks (this attempt of each) if they have not been handed to a worker yet.
     Revoke(Vec<pb::TaskAttempt>),
     EndJob(String),
+    /// Results of a running task's children.
+    ChildResults(pb::ChildResults),
     /// A new stream to the scheduler: whatever was held belongs to the old one.
     Reset,
 }
@@ -41,6 +43,9 @@ pub enum Outgoing {
     Results(pb::AgentResults),
     Output(pb::JobOutput),
     Revoked(pb::Revoked),
+    Children(pb::ChildTasks),
+    ChildCancel(pb::ChildCancel),
+    Waiting(pb::TaskWaiting),
 }
 
 #[derive(Clone)]
@@ -107,6 +112,8 @@ struct Running {
     deadline: Option<tokio::time::Instant>,
     /// Its worker was stopped because the task outlived its timeout.
     timed_out: bool,
+    /// It waits for its children: its slot runs other tasks meanwhile.
+    waiting: bool,
 }
 
 type WorkerKey = (Arc<str>, Lane);
@@ -343,6 +350,7 @@ impl Executor {
                 self.output_caps.remove(&job);
                 debug!(job = %job_id, "job ended");
             }
+            Input::ChildResults(results) => self.child_results(results),
             Input::Reset => {
                 self.generation += 1;
                 self.queue.clear();
@@ -453,6 +461,29 @@ impl Executor {
                     running.deadline = Some(tokio::time::Instant::now() + timeout);
                 }
             }
+            WorkerEvent::Children { parent, children } => self.children(parent, children),
+            WorkerEvent::CancelChildren { parent, ordinals } => {
+                if let Some(running) = self.running.get(&parent) {
+                    let _ = self.out.send(Outgoing::ChildCancel(pb::ChildCancel {
+                        parent_ref: parent,
+                        parent_attempt: running.attempt,
+                        ordinals,
+                    }));
+                }
+            }
+            WorkerEvent::Waiting { task_ref, waiting } => {
+                if let Some(running) = self.running.get_mut(&task_ref)
+                    && running.waiting != waiting
+                    && !matches!(running.lane, Lane::Gpu(_))
+                {
+                    running.waiting = waiting;
+                    let _ = self.out.send(Outgoing::Waiting(pb::TaskWaiting {
+                        task_ref,
+                        attempt: running.attempt,
+                        waiting,
+                    }));
+                }
+            }
             WorkerEvent::Output { job, stderr, line } => {
                 let cap = self.output_caps.entry(job.clone()).or_default();
                 if cap.admit(line.len(), tokio::time::Instant::now()) {
@@ -536,7 +567,7 @@ impl Executor {
     fn cpu_running(&self) -> usize {
         self.running
             .values()
-            .filter(|r| !matches!(r.lane, Lane::Gpu(_)))
+            .filter(|r| !matches!(r.lane, Lane::Gpu(_)) && !r.waiting)
             .count()
     }
 
@@ -655,6 +686,7 @@ impl Executor {
                 timeout,
                 deadline: None,
                 timed_out: false,
+                waiting: false,
             },
         );
         let _ = worker.send(WorkerCmd::Run(Dispatch {
@@ -666,6 +698,114 @@ impl Executor {
             shared: task.shared,
             timeout,
         }));
+    }
+
+    /// A running task's children go to the scheduler; a big argument is stored in the blob
+    /// store first (off the executor's loop), and the batch follows once all are.
+    fn children(&mut self, parent: u64, children: Vec<wp::WorkerChild>) {
+        let Some(running) = self.running.get(&parent) else {
+            return; // the parent is over (cancelled, or its worker gone): so are its children
+        };
+        let (attempt, job) = (running.attempt, running.job.clone());
+        let mut tasks = Vec::with_capacity(children.len());
+        let mut big = false;
+        for child in children {
+            let spec = match <pb::TaskSpec as prost::Message>::decode(child.spec.0.as_slice()) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    warn!(parent, "a worker sent a child that does not decode: {e}");
+                    continue;
+                }
+            };
+            big |= spec.payload.len() > limits::INLINE_VALUE_BYTES;
+            tasks.push(pb::ChildTask {
+                ordinal: child.ordinal,
+                digest: child.digest,
+                spec: Some(spec),
+            });
+        }
+        let out = self.out.clone();
+        let send = move |tasks: Vec<pb::ChildTask>| {
+            let weight = |t: &pb::ChildTask| t.spec.as_ref().map_or(0, |s| s.payload.len());
+            for tasks in limits::batches(tasks, usize::MAX, weight) {
+                let _ = out.send(Outgoing::Children(pb::ChildTasks {
+                    parent_ref: parent,
+                    parent_attempt: attempt,
+                    tasks,
+                }));
+            }
+        };
+        if !big {
+            send(tasks);
+            return;
+        }
+        let cache = self.ctx.cache.clone();
+        tokio::spawn(async move {
+            for task in &mut tasks {
+                let Some(spec) = task.spec.as_mut() else {
+                    continue;
+                };
+                if spec.payload.len() <= limits::INLINE_VALUE_BYTES {
+                    continue;
+                }
+                match cache.upload(std::mem::take(&mut spec.payload), &job).await {
+                    Ok(blob) => spec.payload_blob = Some(blob),
+                    // The scheduler fails a child whose argument it cannot find, naming it.
+                    Err(reason) => warn!(parent, "cannot store a child's argument: {reason}"),
+                }
+            }
+            send(tasks);
+        });
+    }
+
+    /// Results of a running task's children, to its worker; a big one is fetched from the blob
+    /// store first.
+    fn child_results(&mut self, mut results: pb::ChildResults) {
+        let Some(running) = self.running.get(&results.parent_ref) else {
+            return;
+        };
+        if running.attempt != results.parent_attempt {
+            return;
+        }
+        let Some(worker) = self
+            .workers
+            .get(&(running.job.clone(), running.lane))
+            .cloned()
+        else {
+            return;
+        };
+        let parent = results.parent_ref;
+        let deliver = move |results: Vec<pb::TaskResult>| {
+            let results = results
+                .iter()
+                .map(|r| wp::ByteBlock(prost::Message::encode_to_vec(r)))
+                .collect();
+            let _ = worker.send(WorkerCmd::Send(ToWorker::ChildResults { parent, results }));
+        };
+        let stored =
+            |r: &pb::TaskResult| matches!(r.outcome, Some(pb::task_result::Outcome::OutputBlob(_)));
+        if !results.results.iter().any(stored) {
+            deliver(results.results);
+            return;
+        }
+        let cache = self.ctx.cache.clone();
+        tokio::spawn(async move {
+            for r in &mut results.results {
+                if let Some(pb::task_result::Outcome::OutputBlob(blob)) = &r.outcome {
+                    r.outcome = Some(match cache.fetch_value(&blob.sha256).await {
+                        Ok(data) => pb::task_result::Outcome::Output(data),
+                        Err(reason) => pb::task_result::Outcome::Failure(pb::TaskFailure {
+                            kind: pb::FailureKind::TaskError.into(),
+                            message: format!(
+                                "the child's result {} could not be fetched: {reason}",
+                                blob.sha256
+                            ),
+                        }),
+                    });
+                }
+            }
+            deliver(results.results);
+        });
     }
 
     /// Stops the workers of tasks that outlived their timeout; the tasks fail as timed out (the
@@ -690,7 +830,7 @@ impl Executor {
     /// Tasks running now: those waiting inside a worker behind another do not hold a slot.
     fn publish_busy(&self) {
         let (mut cpu, mut gpu) = (0u32, 0u32);
-        for r in self.running.values().filter(|r| !r.cancelled) {
+        for r in self.running.values().filter(|r| !r.cancelled && !r.waiting) {
             match r.lane {
                 Lane::Gpu(_) => gpu += 1,
                 _ => cpu += 1,

@@ -30,6 +30,8 @@ use crate::blobs::BlobCache;
 /// What the executor asks of a worker.
 pub enum WorkerCmd {
     Run(Dispatch),
+    /// Pass this on to the process (results of a running task's children).
+    Send(ToWorker),
     /// Stop the process now; its tasks are reported as crashed (the executor knows why).
     Kill,
 }
@@ -73,6 +75,15 @@ pub enum WorkerEvent {
     },
     /// A timed task started.
     Started { task_ref: u64 },
+    /// A running task submitted tasks (nested futures).
+    Children {
+        parent: u64,
+        children: Vec<wp::WorkerChild>,
+    },
+    /// A running task no longer wants these children.
+    CancelChildren { parent: u64, ordinals: Vec<u32> },
+    /// A running task waits for its children, or resumed.
+    Waiting { task_ref: u64, waiting: bool },
     /// A big result was stored in the scheduler's blob store (or could not be).
     Stored {
         task_ref: u64,
@@ -146,8 +157,17 @@ pub async fn run(
         generation,
     };
     let mut process: Option<Process> = None;
+    // Answers to the process's own requests (uploads of the values its tasks share).
+    let (answers_tx, mut answers) = mpsc::unbounded_channel::<ToWorker>();
     loop {
         tokio::select! {
+            Some(answer) = answers.recv() => {
+                if let Some(p) = process.as_mut()
+                    && (write(p, &answer).await.is_err() || p.writer.flush().await.is_err())
+                {
+                    debug!(job = %job.name, "the worker's socket is closed");
+                }
+            }
             command = commands.recv() => match command {
                 None => {
                     if let Some(p) = process.take() {
@@ -158,6 +178,13 @@ pub async fn run(
                 Some(WorkerCmd::Kill) => {
                     if let Some(p) = process.take() {
                         stop(p, &events, "stopped by the agent").await;
+                    }
+                }
+                Some(WorkerCmd::Send(message)) => {
+                    if let Some(p) = process.as_mut()
+                        && (write(p, &message).await.is_err() || p.writer.flush().await.is_err())
+                    {
+                        debug!(job = %job.name, "the worker's socket is closed");
                     }
                 }
                 Some(WorkerCmd::Run(dispatch)) => {
@@ -193,6 +220,24 @@ pub async fn run(
                 }
                 Some(FromWorker::Ready { pid, tasks }) => debug!(pid, tasks, job = %job.name, "worker ready"),
                 Some(FromWorker::Started { task }) => events.send(WorkerEvent::Started { task_ref: task }),
+                Some(FromWorker::Submit { parent, children }) => {
+                    events.send(WorkerEvent::Children { parent, children });
+                }
+                Some(FromWorker::CancelChildren { parent, ordinals }) => {
+                    events.send(WorkerEvent::CancelChildren { parent, ordinals });
+                }
+                Some(FromWorker::Waiting { task, waiting }) => {
+                    events.send(WorkerEvent::Waiting { task_ref: task, waiting });
+                }
+                Some(FromWorker::Upload { request, data }) => {
+                    // A task's `share`: stored for the job, with the agent's credential (the
+                    // worker holds none).
+                    let (cache, job_id, answers) = (ctx.cache.clone(), job.id.clone(), answers_tx.clone());
+                    tokio::spawn(async move {
+                        let result = cache.upload(data.into(), &job_id).await.map(|blob| blob.sha256);
+                        let _ = answers.send(ToWorker::Uploaded { request, result });
+                    });
+                }
                 None => {
                     if let Some(p) = process.take() {
                         stop(p, &events, "").await;
