@@ -38,10 +38,15 @@ pub enum Error {
     Closed,
     #[error(
         "a task cannot open a cluster of its own (it would start a private scheduler inside the \
-         worker, or join as another job and wait for slots its own job holds): tasks that submit \
-         tasks are not supported yet; return the work to the driver and submit it from there"
+         worker, or join as another job and wait for slots its own job holds): inside a task, \
+         ladle::cluster() is the handle on its job (call it on the task's own thread)"
     )]
     InsideTask,
+    #[error(
+        "ladle::cluster() is the handle of code running inside a task, on the task's own thread; \
+         a driver opens its cluster with Cluster::from_env()"
+    )]
+    NotInTask,
     #[error("invalid setting {key}: {message}")]
     Settings { key: String, message: String },
     #[error("cannot find a scheduler: {0}")]

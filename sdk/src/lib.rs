@@ -32,7 +32,9 @@ mod fuzz_support;
 pub mod gpu;
 mod lone_wait;
 mod map;
+mod nested;
 mod output;
+mod pool;
 mod registry;
 mod shared;
 mod task;
@@ -47,6 +49,7 @@ pub use futures::{ReturnWhen, TaskFuture, Waited, as_completed, gather, gather_a
 pub use gpu::GpuUse;
 pub use ladle_macros::{main, task};
 pub use map::{AsCompleted, MapCancel, MapStream};
+pub use nested::{block_on, cluster};
 pub use shared::Shared;
 pub use task::{ErrorKind, Reducer, Task, TaskError};
 

@@ -270,7 +270,7 @@ fn start<T: Task>(
         cancel.clone(),
     ))
     .catch_unwind();
-    tokio::spawn(async move {
+    cluster.runtime().spawn(async move {
         if let Err(panic) = driving.await {
             let error = TaskError {
                 kind: ErrorKind::Failed,
@@ -302,8 +302,7 @@ pub(crate) fn map<T: Task>(
         next: 0,
         total,
         cancel,
-        // `start` spawned the map's task: a runtime is current.
-        runtime: tokio::runtime::Handle::current(),
+        runtime: cluster.runtime(),
         task: T::NAME,
     }
 }

@@ -1,11 +1,10 @@
 //! Worker mode: when an agent starts the program, it connects to the agent's socket and runs
-//! the tasks it is sent on a rayon pool, instead of running `main`'s body.
+//! the tasks it is sent on its pool of threads, instead of running `main`'s body.
 
 use std::{
-    io::{self, BufReader, BufWriter, Write},
+    io::{self, BufReader},
     os::{fd::AsRawFd, unix::net::UnixStream},
-    sync::mpsc,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use ladle_common::worker_protocol::{
@@ -13,6 +12,8 @@ use ladle_common::worker_protocol::{
 };
 
 use crate::{
+    nested::{self, Link},
+    pool::Pool,
     registry::{self, Executed},
     shared,
 };
@@ -50,72 +51,35 @@ fn serve(socket: &std::ffi::OsStr) -> io::Result<()> {
         .unwrap_or(1);
     let stream = UnixStream::connect(socket)?;
     let count = u32::try_from(registry::count()).unwrap_or(u32::MAX);
-    if threads == 1 {
-        return serve_inline(stream, count);
-    }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("ladle-task-{i}"))
-        .build()
-        .map_err(io::Error::other)?;
-
-    let (tx, rx) = mpsc::channel::<FromWorker>();
-    let writer_stream = stream.try_clone()?;
-    let writer = std::thread::Builder::new()
-        .name("ladle-results".into())
-        .spawn(move || write_results(writer_stream, rx))?;
-    let _ = tx.send(FromWorker::Ready {
-        pid: std::process::id(),
-        tasks: count,
-    });
-
-    let mut input = BufReader::with_capacity(1 << 16, ReadableFirst(stream));
-    while let Some(message) = wp::read_frame::<ToWorker>(&mut input)? {
-        match message {
-            ToWorker::Shared { sha256, data } => shared::receive(sha256, data),
-            ToWorker::Run {
-                task,
-                function,
-                reducer,
-                payload,
-                report_start,
-            } => {
-                let tx = tx.clone();
-                pool.spawn(move || {
-                    if report_start {
-                        let _ = tx.send(FromWorker::Started { task });
-                    }
-                    let _ = tx.send(run_task(task, &function, reducer.as_deref(), &payload));
-                });
-            }
-        }
-    }
-    // The agent closed the socket: it wants this worker gone.
-    drop(tx);
-    let _ = writer.join();
-    Ok(())
+    serve_stream(stream, count, threads)
 }
 
-/// One slot: each task runs on this thread as it is read, and its result is written at once. A
-/// pool and a writer thread would only pass every task and result from thread to thread.
-fn serve_inline(stream: UnixStream, count: u32) -> io::Result<()> {
-    let mut out = BufWriter::with_capacity(1 << 16, stream.try_clone()?);
-    wp::write_frame(
-        &mut out,
+/// Serves the agent on `stream`: tasks run on a [`Pool`] of `threads` slots (a task waiting
+/// for its children gives its slot back), each writing its own result; this thread reads what
+/// the agent sends (tasks, shared values, children's results) until it closes the socket, then
+/// waits for the tasks running to finish.
+fn serve_stream(stream: UnixStream, count: u32, threads: usize) -> io::Result<()> {
+    let pool = Pool::new(threads);
+    let limit = max_value().and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
+    let link = Link::new(
+        stream.try_clone()?,
+        pool.clone(),
+        u32::try_from(threads).unwrap_or(u32::MAX),
+        limit,
+    );
+    link.send(
         &FromWorker::Ready {
             pid: std::process::id(),
             tasks: count,
         },
+        true,
     )?;
-    out.flush()?;
     let mut input = BufReader::with_capacity(1 << 16, ReadableFirst(stream));
-    // When the oldest result not yet sent was written; the last task run, and how long it took.
-    let mut held_since: Option<Instant> = None;
-    let mut last: Option<(String, Duration)> = None;
-    let mut next = wp::read_frame::<ToWorker>(&mut input)?;
-    while let Some(message) = next.take() {
+    while let Some(message) = wp::read_frame::<ToWorker>(&mut input)? {
         match message {
             ToWorker::Shared { sha256, data } => shared::receive(sha256, data),
+            ToWorker::ChildResults { parent, results } => link.child_results(parent, results),
+            ToWorker::Uploaded { request, result } => link.uploaded(request, result),
             ToWorker::Run {
                 task,
                 function,
@@ -123,35 +87,24 @@ fn serve_inline(stream: UnixStream, count: u32) -> io::Result<()> {
                 payload,
                 report_start,
             } => {
-                if report_start {
-                    wp::write_frame(&mut out, &FromWorker::Started { task })?;
-                    out.flush()?;
-                }
-                let started = Instant::now();
-                wp::write_frame(
-                    &mut out,
-                    &run_task(task, &function, reducer.as_deref(), &payload),
-                )?;
-                last = Some((function, started.elapsed()));
-                held_since.get_or_insert_with(Instant::now);
+                let link = link.clone();
+                pool.push(Box::new(move || {
+                    if report_start {
+                        let _ = link.send(&FromWorker::Started { task }, true);
+                    }
+                    let done = nested::run_as(task, &link, || {
+                        run_task(task, &function, reducer.as_deref(), &payload)
+                    });
+                    // Results travel together while more tasks wait to run behind this one.
+                    let _ = link.send(&done, link.pool.nothing_queued());
+                }));
             }
         }
-        // The next task, if it is already here whole.
-        let ahead = if frame_ready(input.buffer()) {
-            wp::read_frame::<ToWorker>(&mut input)?
-        } else {
-            None
-        };
-        if !worth_holding(held_since, last.as_ref(), ahead.as_ref()) {
-            out.flush()?;
-            held_since = None;
-        }
-        next = match ahead {
-            Some(message) => Some(message),
-            None => wp::read_frame::<ToWorker>(&mut input)?,
-        };
     }
-    out.flush()
+    // The agent closed the socket: it wants this worker gone, once what runs has finished.
+    pool.wait_idle();
+    pool.close();
+    Ok(())
 }
 
 /// The agent's socket, read only once `poll` says it is readable. A thread asleep in `read` on a
@@ -183,42 +136,6 @@ impl io::Read for ReadableFirst {
         }
         // Whatever poll reported (input, hang-up, error), `read` now returns at once and says it.
         self.0.read(buf)
-    }
-}
-
-/// The longest a finished task's result waits in the worker for others to travel with it.
-const RESULT_HOLD: Duration = Duration::from_micros(200);
-
-/// Whether results may wait for the task `ahead` to run, to travel with its result: only when it
-/// is the same function as the last task, which ran short enough that, judged by it, the oldest
-/// result waits less than [`RESULT_HOLD`]. Tiny tasks' results then travel in batches; a lone
-/// task's result leaves at once; and a result is not kept back for the length of a long task
-/// behind it (the agent refills this worker from its results), nor of a different task whose
-/// length the last one says nothing about.
-fn worth_holding(
-    held_since: Option<Instant>,
-    last: Option<&(String, Duration)>,
-    ahead: Option<&ToWorker>,
-) -> bool {
-    let (Some(since), Some((last_function, last_run))) = (held_since, last) else {
-        return false;
-    };
-    match ahead {
-        Some(ToWorker::Run { function, .. }) if function == last_function => {
-            since.elapsed() + *last_run < RESULT_HOLD
-        }
-        _ => false,
-    }
-}
-
-/// Whether `buffer` holds at least one whole frame.
-fn frame_ready(buffer: &[u8]) -> bool {
-    match buffer.get(..4) {
-        Some(len) => {
-            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-            buffer.len() >= 4 + len
-        }
-        None => false,
     }
 }
 
@@ -267,24 +184,6 @@ fn run_task(task: u64, function: &str, reducer: Option<&str>, payload: &[u8]) ->
         task,
         outcome,
         run_ns,
-    }
-}
-
-/// Sends results as they come, flushing whenever no more are waiting.
-fn write_results(stream: UnixStream, rx: mpsc::Receiver<FromWorker>) {
-    let mut out = BufWriter::with_capacity(1 << 16, stream);
-    while let Ok(first) = rx.recv() {
-        if wp::write_frame(&mut out, &first).is_err() {
-            return;
-        }
-        while let Ok(more) = rx.try_recv() {
-            if wp::write_frame(&mut out, &more).is_err() {
-                return;
-            }
-        }
-        if out.flush().is_err() {
-            return;
-        }
     }
 }
 
@@ -342,7 +241,7 @@ mod fuzz_tests {
     use ladle_fuzz::{arbitrary_bytes, config, mutations_of_any};
     use proptest::prelude::*;
 
-    use super::{frame_ready, serve_inline};
+    use super::serve_stream;
     use crate::{
         Task,
         fuzz_support::{Add, Describe, describe_payloads},
@@ -359,7 +258,7 @@ mod fuzz_tests {
         agent
             .set_read_timeout(Some(Duration::from_secs(10)))
             .map_err(fail)?;
-        let serving = std::thread::spawn(move || serve_inline(worker, 3));
+        let serving = std::thread::spawn(move || serve_stream(worker, 3, 2));
         let mut output = Vec::new();
         agent.read_to_end(&mut output).map_err(fail)?;
         let served = serving.join();
@@ -411,7 +310,7 @@ mod fuzz_tests {
         let (mut agent, worker) = UnixStream::pair().expect("a socket pair");
         agent.write_all(&input).expect("write");
         agent.shutdown(Shutdown::Write).expect("shutdown");
-        let serving = std::thread::spawn(move || serve_inline(worker, 3));
+        let serving = std::thread::spawn(move || serve_stream(worker, 3, 2));
         let mut output = Vec::new();
         agent.read_to_end(&mut output).expect("read");
         assert!(serving.join().expect("no panic").is_ok());
@@ -436,21 +335,6 @@ mod fuzz_tests {
             input in mutations_of_any(valid_streams()),
         ) {
             serve(&input)?;
-        }
-    }
-
-    proptest! {
-        #![proptest_config(config(1024))]
-
-        /// The worker reads ahead only a frame that is whole: one said ready never ends early.
-        #[test]
-        fn a_frame_said_ready_is_whole(
-            buffer in prop_oneof![arbitrary_bytes(64), mutations_of_any(valid_streams())],
-        ) {
-            if frame_ready(&buffer) {
-                let read = wp::read_frame::<ToWorker>(&mut buffer.as_slice());
-                prop_assert!(!read.is_err_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof));
-            }
         }
     }
 }

@@ -107,8 +107,8 @@ fn auth_from_env() -> Result<ClientAuth, Error> {
     })?)
 }
 
-/// A worker (a process an agent started to run tasks) never opens a cluster: see
-/// [`Error::InsideTask`].
+/// A worker (a process an agent started to run tasks) never opens a cluster of its own: inside
+/// a task, the job's handle is [`crate::cluster`] (see [`Error::InsideTask`]).
 fn refuse_inside_task() -> Result<(), Error> {
     match std::env::var_os(ladle_common::worker_protocol::SOCKET_ENV) {
         Some(_) => Err(Error::InsideTask),
@@ -171,7 +171,13 @@ struct Inner {
     uploads: Arc<tokio::sync::Semaphore>,
     address: String,
     auth: ClientAuth,
-    channel: tonic::transport::Channel,
+    /// The scheduler's blob service, for `share`; none inside a task, whose values the agent
+    /// stores.
+    channel: Option<tonic::transport::Channel>,
+    /// Where maps run: the driver's runtime, or inside a task the worker's.
+    runtime: Option<tokio::runtime::Handle>,
+    /// Inside a task: the worker's link to its agent (which stores shared values).
+    link: Option<Arc<crate::nested::Link>>,
     lone_wait: Arc<LoneWait>,
     /// The session's id: the job its stored values belong to.
     session_id: String,
@@ -197,6 +203,10 @@ impl Cluster {
     /// the scheduler that announces itself on multicast ([`Cluster::discover`]), as does a
     /// cluster file that names none; `LADLE_SCHEDULER_FILE` names a file holding its address.
     pub async fn from_env() -> Result<Self, Error> {
+        // Inside a task: the job's handle, as `ladle::cluster()` gives it.
+        if crate::nested::inside_task() {
+            return crate::nested::cluster();
+        }
         let auth = auth_from_env()?;
         match std::env::var(SCHEDULER_ENV) {
             Ok(address) if address.trim() == "discover" => Self::discover().await,
@@ -391,12 +401,61 @@ impl Cluster {
                 uploads: Arc::new(tokio::sync::Semaphore::new(1)),
                 address: address.to_owned(),
                 auth,
-                channel,
+                channel: Some(channel),
+                runtime: None,
+                link: None,
                 lone_wait,
                 session_id,
                 _embedded: embedded,
             }),
         })
+    }
+
+    /// Inside a task: a handle whose tasks are the running task's children (see
+    /// [`crate::cluster`]); `requests` go to the nested session that sends them to the agent.
+    pub(crate) fn nested(
+        requests: mpsc::UnboundedSender<Request>,
+        runtime: tokio::runtime::Handle,
+        link: Arc<crate::nested::Link>,
+        slots: u32,
+        max_value_bytes: u64,
+    ) -> Self {
+        let capacity = Arc::new(session::Capacity::default());
+        // The cluster's capacity is the driver's to follow; a task's maps size their window
+        // by its worker's slots.
+        capacity.set(slots.max(1), 0, 1);
+        Self {
+            inner: Arc::new(Inner {
+                requests,
+                next_id: AtomicU64::new(1),
+                opened: SessionOpened {
+                    max_value_bytes,
+                    cpu_slots: slots,
+                    ..SessionOpened::default()
+                },
+                capacity,
+                uploads: Arc::new(tokio::sync::Semaphore::new(1)),
+                address: String::new(),
+                auth: ClientAuth::token(None),
+                channel: None,
+                runtime: Some(runtime),
+                link: Some(link),
+                // A waiting parent gives its slot back: it must not spin on it.
+                lone_wait: Arc::new(LoneWait::with_limit(Duration::ZERO)),
+                session_id: String::new(),
+                _embedded: None,
+            }),
+        }
+    }
+
+    /// Where the cluster's maps run.
+    pub(crate) fn runtime(&self) -> tokio::runtime::Handle {
+        match (&self.inner.runtime, tokio::runtime::Handle::try_current()) {
+            (Some(nested), _) => nested.clone(),
+            (None, Ok(current)) => current,
+            // A driver's handle is used from async code, on a runtime.
+            (None, Err(_)) => panic!("ladle: a map was started outside of a tokio runtime"),
+        }
     }
 
     /// The scheduler's address.
@@ -587,8 +646,16 @@ impl Cluster {
         if self.inner.requests.is_closed() {
             return Err(Error::Closed);
         }
-        let mut blobs =
-            ladle_common::blobs::client(self.inner.channel.clone(), self.inner.auth.interceptor());
+        let Some(channel) = self.inner.channel.clone() else {
+            // Inside a task: the agent stores it for the job.
+            let link = self.inner.link.clone().ok_or(Error::Closed)?;
+            let sha256 = link.upload(bytes).await.map_err(|message| Error::Upload {
+                what: "a shared constant".into(),
+                message,
+            })?;
+            return Ok(Shared::new(sha256, value));
+        };
+        let mut blobs = ladle_common::blobs::client(channel, self.inner.auth.interceptor());
         // Stored for this job: the scheduler deletes it when the job ends.
         ladle_common::blobs::upload(
             &mut blobs,

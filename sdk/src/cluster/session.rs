@@ -743,7 +743,7 @@ fn deliver(body: driver_event::Body, state: &mut State, blobs: &BlobClient) {
     }
 }
 
-fn kind(kind: i32) -> ErrorKind {
+pub(crate) fn kind(kind: i32) -> ErrorKind {
     match pb::FailureKind::try_from(kind) {
         Ok(pb::FailureKind::UnknownTask) => ErrorKind::UnknownTask,
         Ok(pb::FailureKind::WorkerCrashed) => ErrorKind::WorkerCrashed,
