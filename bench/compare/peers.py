@@ -3,7 +3,7 @@ own benchmark: one JSON line per workload. Run by bench/compare/run.sh, which ma
 environment; each system gets one scheduler and two single-threaded worker processes, on
 loopback, as Ladle's benchmark has one scheduler and two one-slot agents.
 
-    python peers.py dask|ray [--reps 3]
+    python peers.py dask|ray [--reps 3] [--only W8,W8r,W10]
 
 W8 and W8r run each repetition in a child process (this script again, with --big-child) on a
 system of its own, so that the driver's peak RSS is theirs alone, as Ladle's benchmark does.
@@ -28,6 +28,49 @@ def spin10ms(i):
     while time.perf_counter() < until:
         pass
     return i
+
+
+# W10: nested futures. A task at depth d > 0 submits two tasks at depth d - 1, waits for both and
+# returns the sum of their results; a task at depth 0 spins 1 ms and returns 1. The root is at
+# depth 11: 2,048 leaves, 4,095 tasks in all (WORKLOADS.md's "depth 12" counts the levels).
+W10_ROOT_DEPTH = 11
+W10_LEAVES = 1 << W10_ROOT_DEPTH
+W10_TASKS = (1 << (W10_ROOT_DEPTH + 1)) - 1
+W10_LEAF_S = 0.001
+W10_LIMIT_S = 300
+
+
+def spin_leaf():
+    until = time.perf_counter() + W10_LEAF_S
+    while time.perf_counter() < until:
+        pass
+    return 1
+
+
+def dask_node(d):
+    """W10's task on Dask: the children are submitted through worker_client, which secedes this
+    task's thread from the worker's pool while it waits (and rejoins after), so that the waiting
+    parents do not hold the two slots."""
+    if d == 0:
+        return spin_leaf()
+    from distributed import worker_client
+
+    with worker_client() as client:
+        # pure=False: the two children have the same arguments, and would otherwise share a key.
+        children = [client.submit(dask_node, d - 1, pure=False) for _ in range(2)]
+        return sum(client.gather(children))
+
+
+RAY_NODE = None  # ray.remote(ray_node), made by Ray() (ray is imported only when it runs)
+
+
+def ray_node(d):
+    """W10's task on Ray: nested remote calls; Ray releases the CPU of a task blocked in ray.get."""
+    if d == 0:
+        return spin_leaf()
+    import ray
+
+    return sum(ray.get([RAY_NODE.remote(d - 1), RAY_NODE.remote(d - 1)]))
 
 
 def sum_of_squares(items):
@@ -96,6 +139,15 @@ class Dask:
         parts = self.client.map(sum_of_squares, W3_CHUNKS, pure=False)
         return self.client.submit(sum, parts).result()
 
+    def nested(self, depth, limit):
+        """W10: the root's result, or TimeoutError after `limit` seconds (the tree is cancelled)."""
+        root = self.client.submit(dask_node, depth, pure=False)
+        try:
+            return root.result(timeout=limit)
+        except TimeoutError:
+            self.client.cancel([root])
+            raise
+
     def close(self):
         self.client.close()
         self.cluster.close()
@@ -113,6 +165,8 @@ class Ray:
         self.spin = ray.remote(spin10ms)
         self.squares = ray.remote(sum_of_squares)
         self.remotes = {spin10ms: self.spin, byte_sum: ray.remote(byte_sum), pattern: ray.remote(pattern)}
+        global RAY_NODE
+        RAY_NODE = ray.remote(ray_node)
 
     def submit_many(self, n):
         return self.ray.get([self.identity.remote(i) for i in range(n)])
@@ -126,6 +180,15 @@ class Ray:
 
     def map_reduce(self):
         return sum(self.ray.get([self.squares.remote(c) for c in W3_CHUNKS]))
+
+    def nested(self, depth, limit):
+        """W10: the root's result, or TimeoutError after `limit` seconds (the tree is cancelled)."""
+        root = RAY_NODE.remote(depth)
+        try:
+            return self.ray.get(root, timeout=limit)
+        except self.ray.exceptions.GetTimeoutError as e:
+            self.ray.cancel(root, force=True, recursive=True)
+            raise TimeoutError(str(e)) from e
 
     def close(self):
         self.ray.shutdown()
@@ -239,21 +302,52 @@ def big(name, workload, reps):
           "spread": wall})
 
 
+def nested(system, reps):
+    """W10 on a running system; one JSON line. A repetition past W10_LIMIT_S is reported (with
+    the repetitions before it) instead of waited on, and ends the workload."""
+    params = {"depth": 12, "tasks": W10_TASKS, "leaf_ms": 1, "slots": 2,
+              "how": "worker_client (secede/rejoin) in each inner task" if system.name == "dask"
+              else "nested remote calls, ray.get in each inner task"}
+    walls = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        try:
+            result = system.nested(W10_ROOT_DEPTH, W10_LIMIT_S)
+        except TimeoutError:
+            emit(system.name, "W10", params,
+                 {"error": f"repetition {len(walls) + 1} had no result after {W10_LIMIT_S} s; cancelled",
+                  "completed_walls_s": walls})
+            return
+        walls.append(time.perf_counter() - t)
+        assert result == W10_LEAVES, f"W10: the root returned {result}, not {W10_LEAVES}"
+    s = summary(walls)
+    emit(system.name, "W10", params,
+         {"wall_s": s["median"], "efficiency": (W10_LEAVES * W10_LEAF_S / 2) / s["median"], "spread": s})
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("system", choices=["dask", "ray"])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--big-child", choices=["W8", "W8r"], help=argparse.SUPPRESS)
-    parser.add_argument("--only", help="run only W8 and/or W8r (comma-separated), e.g. --only W8,W8r")
+    parser.add_argument("--only", help="run only W8, W8r and/or W10 (comma-separated), e.g. --only W8,W8r")
     args = parser.parse_args()
     if args.big_child:
         big_child(args.system, args.big_child)
         return
     if args.only:
-        for workload in args.only.split(","):
-            if workload not in ("W8", "W8r"):
-                parser.error(f"--only takes W8 and W8r, not {workload}")
-            big(args.system, workload, args.reps)
+        workloads = args.only.split(",")
+        for workload in workloads:
+            if workload not in ("W8", "W8r", "W10"):
+                parser.error(f"--only takes W8, W8r and W10, not {workload}")
+        for workload in workloads:
+            if workload == "W10":
+                system = make(args.system)
+                system.one(0)  # the first task starts the workers
+                nested(system, args.reps)
+                system.close()
+            else:
+                big(args.system, workload, args.reps)
         return
 
     started = time.perf_counter()
@@ -307,6 +401,8 @@ def main():
     s = summary(walls)
     emit(system.name, "W4", {"tasks": 200, "task_ms": 10, "slots": 2},
          {"wall_s": s["median"], "efficiency": (200 * 0.010 / 2) / s["median"], "spread": s})
+
+    nested(system, args.reps)
     system.close()
 
     for workload in ["W8", "W8r"]:

@@ -19,7 +19,7 @@ fi
 
 cargo build --release --bins --quiet
 echo "== ladle" >&2
-target/release/ladle-bench --reps "$reps" --only W1a,W1b,W2,W3,W4,W6,W7,W8,W8r | tee "$out/ladle.jsonl" >&2
+target/release/ladle-bench --reps "$reps" --only W1a,W1b,W2,W3,W4,W6,W7,W8,W8r,W10 | tee "$out/ladle.jsonl" >&2
 for system in dask ray; do
   echo "== $system" >&2
   "$venv/bin/python" bench/compare/peers.py "$system" --reps "$reps" | tee "$out/$system.jsonl" >&2

@@ -16,6 +16,8 @@ ROWS = [
     ("W8r", "gb_per_s", "GiB/s", True),
     ("W8r", "driver_peak_rss_bytes", "driver peak RSS bytes", False),
     ("W8r", "cluster_peak_rss_bytes", "cluster peak RSS bytes", False),
+    ("W10", "efficiency", "efficiency", True),
+    ("W10", "wall_s", "wall s", False),
     ("startup", "startup_s", "start-up s", False),
 ]
 

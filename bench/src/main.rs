@@ -84,6 +84,27 @@ fn boundary_gaps(spans: &[(u32, u64, u64)]) -> Vec<f64> {
     gaps
 }
 
+/// W10's task: a node of a binary recursion. An inner node submits its two children and waits
+/// for them (its slot is free meanwhile); a leaf spins 1 ms. Returns the leaves below it.
+#[ladle::task]
+fn w10_node(depth: u32) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+    if depth == 0 {
+        let until = Instant::now() + Duration::from_millis(1);
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        return Ok(1);
+    }
+    let cluster = ladle::cluster()?;
+    let left = cluster.submit(w10_node, depth - 1)?;
+    let right = cluster.submit(w10_node, depth - 1)?;
+    let (left, right) = ladle::block_on(async { (left.await, right.await) });
+    Ok(left? + right?)
+}
+
+/// W10's depth below the root: 2^11 = 2,048 leaves, 4,095 tasks.
+const W10_DEPTH: u32 = 11;
+
 /// Sleeps 10 ms (W7: four slots on this 2-core machine could not all spin at once).
 #[ladle::task]
 fn sleep10ms(i: u64) -> u64 {
@@ -104,7 +125,7 @@ struct Args {
     /// Repetitions of each workload (the median and spread are reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
-    /// Comma-separated workloads to run (W1a,W1b,W2,W3,W4,W5,W5w,W6,W7,W8,W8r,W9,W9s); all
+    /// Comma-separated workloads to run (W1a,W1b,W2,W3,W4,W5,W5w,W6,W7,W8,W8r,W9,W9s,W10); all
     /// when omitted.
     #[arg(long)]
     only: Option<String>,
@@ -192,7 +213,7 @@ async fn main() -> anyhow::Result<()> {
             json!({ "placements_per_s": r["median"], "bytes_per_queued_task": b["median"], "placements": placements, "spread": r }),
         );
     }
-    if ["W1a", "W1b", "W2", "W3", "W4"].into_iter().any(run) {
+    if ["W1a", "W1b", "W2", "W3", "W4", "W10"].into_iter().any(run) {
         let started = Instant::now();
         let local = blocking(|| LocalCluster::start(2, 1, args.logs.clone()))?;
         let cluster = local.connect().await?;
@@ -296,6 +317,23 @@ async fn main() -> anyhow::Result<()> {
                 "W4",
                 json!({ "tasks": 200, "task_ms": 10, "slots": 2 }),
                 json!({ "wall_s": wall, "efficiency": ideal_w4_s() / wall, "boundary_gap_us": gap, "spread": s }),
+            );
+        }
+        if run("W10") {
+            let mut walls = Vec::new();
+            for _ in 0..reps {
+                let t = Instant::now();
+                let leaves = cluster.submit(w10_node, W10_DEPTH)?.await?;
+                anyhow::ensure!(leaves == 1 << W10_DEPTH, "W10: {leaves} leaves");
+                walls.push(t.elapsed().as_secs_f64());
+            }
+            let s = summary(&mut walls);
+            let wall = s["median"].as_f64().unwrap_or(f64::NAN);
+            let ideal = f64::from(1u32 << W10_DEPTH) * 0.001 / 2.0;
+            emit(
+                "W10",
+                json!({ "depth": 12, "tasks": (1u32 << (W10_DEPTH + 1)) - 1, "leaf_ms": 1, "slots": 2 }),
+                json!({ "wall_s": wall, "efficiency": ideal / wall, "spread": s }),
             );
         }
         drop(cluster);
