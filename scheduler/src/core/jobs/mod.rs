@@ -102,6 +102,9 @@ struct Session {
     /// sending the driver paces itself).
     children: u64,
     child_results: u64,
+    /// The inline bytes of those nested tasks (counted in `bytes` too): the driver's byte
+    /// budget leaves them out, as its task budget leaves out `children`.
+    child_bytes: u64,
 }
 
 pub(super) struct Jobs {
@@ -179,6 +182,9 @@ impl Jobs {
             if let Some(nest) = &task.nest {
                 if nest.parent.is_some() {
                     session.children = session.children.saturating_sub(1);
+                    session.child_bytes = session
+                        .child_bytes
+                        .saturating_sub(task.spec.payload.len() as u64);
                 }
                 session.child_results = session.child_results.saturating_sub(nest.results_held());
             }
@@ -301,6 +307,7 @@ impl Jobs {
                 bytes: 0,
                 children: 0,
                 child_results: 0,
+                child_bytes: 0,
             },
         );
         self.by_conn.insert(conn, no);
@@ -432,6 +439,7 @@ impl Jobs {
             // budget of their own.
             let held =
                 (session.by_task_id.len() + session.ledger.unacked()) as u64 - session.children;
+            let held_bytes = session.bytes.saturating_sub(session.child_bytes);
             let why = if spec.task_id & CHILD_ID != 0 {
                 Some(format!(
                     "the scheduler refused the task: task ids with the top bit set are the \
@@ -439,7 +447,7 @@ impl Jobs {
                     spec.task_id
                 ))
             } else if held >= self.budget.tasks
-                || (session.bytes + bytes > self.budget.bytes && held > 0)
+                || (held_bytes + bytes > self.budget.bytes && held > 0)
             {
                 // The driver sent past the budget it was given: this task is not admitted, and
                 // the scheduler does not grow for it.
@@ -447,7 +455,7 @@ impl Jobs {
                     "the scheduler refused the task: its session already holds {} tasks and {} \
                      bytes of arguments, its budget (session_max_tasks = {}, session_max_bytes \
                      = {}); the driver sent more than it was granted",
-                    held, session.bytes, self.budget.tasks, self.budget.bytes
+                    held, held_bytes, self.budget.tasks, self.budget.bytes
                 ))
             } else {
                 None
@@ -501,6 +509,7 @@ impl Jobs {
         if nest.as_ref().is_some_and(|n| n.parent.is_some()) {
             spec.task_id = CHILD_ID | task_ref;
             session.children += 1;
+            session.child_bytes += spec.payload.len() as u64;
         }
         session.bytes += spec.payload.len() as u64;
         session.queued += 1;
@@ -858,7 +867,38 @@ impl Jobs {
             foreign_output: self.foreign_output,
             ..TaskCounts::default()
         };
-        for task in self.tasks.values() {
+        for (task_ref, task) in &self.tasks {
+            // Every task is its session's, and a nested one is listed live in its parent.
+            let session = self.sessions.get(&task.session);
+            assert_eq!(
+                session.and_then(|s| s.by_task_id.get(&task.spec.task_id)),
+                Some(task_ref),
+                "task {task_ref} is not its session's"
+            );
+            if let Some((parent, ordinal)) = task.parent() {
+                let listed = self
+                    .tasks
+                    .get(&parent)
+                    .and_then(|p| p.nest.as_ref())
+                    .and_then(|n| n.children.get(&ordinal));
+                assert!(
+                    listed.is_some_and(
+                        |c| matches!(c.state, super::task::ChildState::Live(r) if r == *task_ref)
+                    ),
+                    "nested task {task_ref} is not its parent {parent}'s child {ordinal}"
+                );
+            }
+            // A child listed live is a task here: a parent's run waiting on it gets its result.
+            for (ordinal, child) in task.nest.iter().flat_map(|n| n.children.iter()) {
+                if let super::task::ChildState::Live(r) = child.state {
+                    assert!(
+                        self.tasks
+                            .get(&r)
+                            .is_some_and(|c| c.parent() == Some((*task_ref, *ordinal))),
+                        "task {task_ref}'s child {ordinal} ({r}) is gone"
+                    );
+                }
+            }
             match task.state {
                 TaskState::Running(_) => counts.running += 1,
                 TaskState::Queued => {
@@ -871,6 +911,7 @@ impl Jobs {
         }
         for session in self.sessions.values() {
             let (mut queued, mut running, mut bytes) = (0, 0, 0);
+            let (mut children, mut child_results, mut child_bytes) = (0, 0, 0);
             for r in session.by_task_id.values() {
                 if let Some(t) = self.tasks.get(r) {
                     bytes += t.spec.payload.len() as u64;
@@ -878,12 +919,23 @@ impl Jobs {
                         TaskState::Queued => queued += 1,
                         TaskState::Running(_) => running += 1,
                     }
+                    if t.parent().is_some() {
+                        children += 1;
+                        child_bytes += t.spec.payload.len() as u64;
+                    }
+                    child_results += t.nest.as_ref().map_or(0, |n| n.results_held());
                 }
             }
             assert_eq!(
                 (session.queued, session.running, session.bytes),
                 (queued, running, bytes),
                 "session {} counters",
+                session.job.id
+            );
+            assert_eq!(
+                (session.children, session.child_results, session.child_bytes),
+                (children, child_results, child_bytes),
+                "session {} nested counters",
                 session.job.id
             );
         }
