@@ -1,14 +1,19 @@
 //! Property tests of the core: random interleavings of submissions, agent losses and returns,
 //! driver disconnects (clean or silent) and resumptions, results, crashes, task errors, steals,
-//! cancels, and operators' cancels and drains, checked against a model of the agents and drivers
-//! around it.
+//! cancels, operators' cancels and drains, and nested tasks (running tasks that submit children,
+//! wait for them, resume and drop them, and runs of a parent again after its agent was lost),
+//! checked against a model of the agents and drivers around it.
 //!
 //! Invariants, checked after every event:
 //! - a task's result is decided once: every delivery of it carries the same delivery number;
 //! - no task is placed while an earlier placement of it stands (one ends only by a result, a
 //!   crash, a cancel, a release after a steal, or the loss of its agent);
 //! - a task's attempts only grow, and no task goes to a drained agent;
-//! - the core's counters equal a count of its tasks.
+//! - the core's counters equal a count of its tasks;
+//! - a nested task's result never reaches the driver; it reaches its parent's worker only at
+//!   the placement of the parent's attempt that asked for that ordinal, at most once per
+//!   attempt;
+//! - an agent's waiting tasks are tasks it holds.
 //!
 //! And at the end, once every agent and driver is back and every placement has finished: every
 //! task a driver submitted has its result there, and once the drivers say goodbye the core
@@ -52,6 +57,15 @@ enum Op {
     OperatorCancel(usize),
     /// An operator drains (true) or undrains an agent.
     Drain(usize, bool),
+    /// The k-th standing placement submits children: the next ordinals of its run, each the
+    /// same child as an earlier run of it submitted there (or, with `true`, another one).
+    Spawn(usize, u8, bool),
+    /// The k-th standing placement waits for its children (true) or resumes.
+    Wait(usize, bool),
+    /// The k-th standing placement drops the future of one of the children it asked for.
+    Abandon(usize, usize),
+    /// An agent reports the tasks it was told to stop.
+    Stopped(usize),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -81,7 +95,12 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Tick),
         1 => agent.clone().prop_map(Op::Release),
         1 => (0..DRIVERS).prop_map(Op::OperatorCancel),
-        1 => (agent, any::<bool>()).prop_map(|(a, on)| Op::Drain(a, on)),
+        1 => (agent.clone(), any::<bool>()).prop_map(|(a, on)| Op::Drain(a, on)),
+        3 => (0usize..64, 1u8..4, prop::bool::weighted(0.15))
+            .prop_map(|(k, n, other)| Op::Spawn(k, n, other)),
+        2 => (0usize..64, any::<bool>()).prop_map(|(k, on)| Op::Wait(k, on)),
+        1 => (0usize..64, 0usize..8).prop_map(|(k, i)| Op::Abandon(k, i)),
+        1 => agent.prop_map(Op::Stopped),
     ]
 }
 
@@ -90,6 +109,19 @@ struct AgentModel {
     conn: Option<ConnId>,
     revoked: Vec<(TaskRef, u32)>,
     drained: bool,
+    /// Placements it was told to stop, not reported yet.
+    stopping: Vec<(TaskRef, u32)>,
+}
+
+/// What the runs of a task submitted (nested tasks), and what they got back.
+#[derive(Default)]
+struct ParentModel {
+    /// The child each ordinal named when last submitted (its digest), by any run.
+    digests: BTreeMap<u32, u64>,
+    /// The ordinals each attempt asked for, in order.
+    asked: HashMap<u32, Vec<u32>>,
+    /// (attempt, ordinal) of the results its runs received.
+    got: BTreeSet<(u32, u64)>,
 }
 
 #[derive(Default)]
@@ -117,6 +149,11 @@ struct World {
     /// Standing placements: task -> (agent, attempt).
     placed: BTreeMap<TaskRef, (usize, u32)>,
     attempts: HashMap<TaskRef, u32>,
+    /// Placements that have started (they submitted children or waited): an agent asked to
+    /// give them back keeps them.
+    started: BTreeSet<(TaskRef, u32)>,
+    parents: HashMap<TaskRef, ParentModel>,
+    next_digest: u64,
 }
 
 impl World {
@@ -139,6 +176,9 @@ impl World {
             drivers: (0..DRIVERS).map(|_| DriverModel::default()).collect(),
             placed: BTreeMap::new(),
             attempts: HashMap::new(),
+            started: BTreeSet::new(),
+            parents: HashMap::new(),
+            next_digest: 0,
         }
     }
 
@@ -150,11 +190,35 @@ impl World {
     fn send(&mut self, event: Event) -> Result<(), TestCaseError> {
         let mut out = Vec::new();
         self.core.handle(self.now, event, &mut out);
-        prop_assert_eq!(self.core.jobs.counts(), self.core.jobs.counts_by_scan());
+        self.check()?;
         for command in out {
             self.absorb(command)?;
         }
         Ok(())
+    }
+
+    /// What must hold of the core after every event.
+    fn check(&self) -> Result<(), TestCaseError> {
+        prop_assert_eq!(self.core.jobs.counts(), self.core.jobs.counts_by_scan());
+        for agent in self.core.agents() {
+            prop_assert!(
+                agent.waiting.is_subset(&agent.assigned),
+                "agent {} waits on tasks it does not hold: {:?} of {:?}",
+                agent.id(),
+                agent.waiting,
+                agent.assigned
+            );
+        }
+        Ok(())
+    }
+
+    /// The k-th standing placement, on an agent that is connected: (task, attempt, stream).
+    fn nth_placed(&self, k: usize) -> Option<(TaskRef, u32, ConnId)> {
+        if self.placed.is_empty() {
+            return None;
+        }
+        let (&task_ref, &(a, attempt)) = self.placed.iter().nth(k % self.placed.len())?;
+        Some((task_ref, attempt, self.agents[a].conn?))
     }
 
     fn agent_of(&self, conn: ConnId) -> Option<usize> {
@@ -200,6 +264,10 @@ impl World {
                     return Ok(());
                 }
                 for result in results {
+                    prop_assert!(
+                        result.task_id & jobs::CHILD_ID == 0,
+                        "a nested task's result reached the driver: {result:?}"
+                    );
                     prop_assert!(result.seq > 0, "a result not kept: {result:?}");
                     if let Some(&seq) = driver.results.get(&result.task_id) {
                         prop_assert_eq!(seq, result.seq, "task {} decided twice", result.task_id);
@@ -230,7 +298,37 @@ impl World {
             }
             Command::CancelOnAgent { refs, .. } => {
                 for task_ref in refs {
-                    self.placed.remove(&task_ref);
+                    if let Some((a, attempt)) = self.placed.remove(&task_ref) {
+                        self.agents[a].stopping.push((task_ref, attempt));
+                    }
+                }
+            }
+            Command::ChildResults {
+                conn,
+                parent,
+                attempt,
+                results,
+            } => {
+                let at = self.placed.get(&parent).copied();
+                prop_assert!(
+                    at.is_some_and(|(a, at)| at == attempt && self.agents[a].conn == Some(conn)),
+                    "results for task {parent} at attempt {attempt} sent to stream {conn}, \
+                     where it is not placed ({at:?})"
+                );
+                let model = self.parents.entry(parent).or_default();
+                for result in results {
+                    let ordinal = result.task_id;
+                    prop_assert!(
+                        model
+                            .asked
+                            .get(&attempt)
+                            .is_some_and(|asked| asked.iter().any(|&o| u64::from(o) == ordinal)),
+                        "task {parent} attempt {attempt} got child {ordinal}, never asked for"
+                    );
+                    prop_assert!(
+                        model.got.insert((attempt, ordinal)),
+                        "task {parent} attempt {attempt} got child {ordinal} twice"
+                    );
                 }
             }
             _ => {}
@@ -249,6 +347,7 @@ impl World {
                 let conn = self.conn();
                 self.agents[a].conn = Some(conn);
                 self.agents[a].revoked.clear();
+                self.agents[a].stopping.clear();
                 self.send(Event::AgentAttached {
                     conn,
                     hello: AgentHello {
@@ -271,6 +370,7 @@ impl World {
                     return Ok(());
                 };
                 self.placed.retain(|_, (agent, _)| *agent != a);
+                self.agents[a].stopping.clear();
                 self.send(Event::AgentDetached { conn })?;
             }
             Op::Submit(d, n) => {
@@ -358,6 +458,7 @@ impl World {
             Op::OperatorCancel(d) => {
                 let mut out = Vec::new();
                 let _ = self.core.cancel_job(&format!("s{d}"), &mut out);
+                self.check()?;
                 for command in out {
                     self.absorb(command)?;
                 }
@@ -367,6 +468,7 @@ impl World {
                 if self.core.set_drain(&format!("a{a}"), on, &mut out).is_ok() {
                     self.agents[a].drained = on;
                 }
+                self.check()?;
                 for command in out {
                     self.absorb(command)?;
                 }
@@ -376,17 +478,106 @@ impl World {
                     return Ok(());
                 };
                 let asked = std::mem::take(&mut self.agents[a].revoked);
-                let released: Vec<(TaskRef, u32)> = asked
+                let (kept, released): (Vec<_>, Vec<_>) = asked
                     .into_iter()
                     .filter(|(r, at)| self.placed.get(r) == Some(&(a, *at)))
-                    .collect();
+                    .partition(|p| self.started.contains(p));
                 for (task_ref, _) in &released {
                     self.placed.remove(task_ref);
                 }
                 self.send(Event::AgentRevoked {
                     conn,
                     released,
-                    kept: Vec::new(),
+                    kept,
+                })?;
+            }
+            Op::Spawn(k, n, other) => {
+                let Some((task_ref, attempt, conn)) = self.nth_placed(k) else {
+                    return Ok(());
+                };
+                let model = self.parents.entry(task_ref).or_default();
+                let asked = model.asked.entry(attempt).or_default();
+                let first = asked.len() as u32;
+                let mut children = Vec::new();
+                for ordinal in first..first + u32::from(n) {
+                    let digest = match model.digests.get(&ordinal) {
+                        Some(&digest) if !other => digest,
+                        _ => {
+                            self.next_digest += 1;
+                            self.next_digest
+                        }
+                    };
+                    model.digests.insert(ordinal, digest);
+                    asked.push(ordinal);
+                    children.push(ChildSpec {
+                        ordinal,
+                        digest,
+                        spec: spec(0),
+                    });
+                }
+                self.started.insert((task_ref, attempt));
+                self.send(Event::ChildrenSubmitted {
+                    conn,
+                    parent: task_ref,
+                    attempt,
+                    children,
+                })?;
+            }
+            Op::Wait(k, waiting) => {
+                let Some((task_ref, attempt, conn)) = self.nth_placed(k) else {
+                    return Ok(());
+                };
+                self.started.insert((task_ref, attempt));
+                self.send(Event::TaskWaiting {
+                    conn,
+                    task_ref,
+                    attempt,
+                    waiting,
+                })?;
+            }
+            Op::Abandon(k, i) => {
+                let Some((task_ref, attempt, conn)) = self.nth_placed(k) else {
+                    return Ok(());
+                };
+                let Some(asked) = self
+                    .parents
+                    .get(&task_ref)
+                    .and_then(|m| m.asked.get(&attempt))
+                    .filter(|asked| !asked.is_empty())
+                else {
+                    return Ok(());
+                };
+                let ordinal = asked[i % asked.len()];
+                self.send(Event::ChildrenCancelled {
+                    conn,
+                    parent: task_ref,
+                    attempt,
+                    ordinals: vec![ordinal],
+                })?;
+            }
+            Op::Stopped(a) => {
+                let Some(conn) = self.agents[a].conn else {
+                    return Ok(());
+                };
+                let stopped = std::mem::take(&mut self.agents[a].stopping);
+                if stopped.is_empty() {
+                    return Ok(());
+                }
+                self.send(Event::AgentResults {
+                    conn,
+                    results: stopped
+                        .into_iter()
+                        .map(|(task_ref, attempt)| AgentResult {
+                            task_ref,
+                            attempt,
+                            outcome: Outcome::Failed {
+                                kind: FailureKind::Cancelled,
+                                message: "stopped".into(),
+                            },
+                            run_ns: 0,
+                            crashed_with: 0,
+                        })
+                        .collect(),
                 })?;
             }
         }
@@ -462,11 +653,13 @@ impl World {
             }
             for a in 0..AGENTS {
                 self.apply(Op::Release(a))?;
+                self.apply(Op::Stopped(a))?;
             }
             if self.placed.is_empty() {
                 self.apply(Op::Tick)?;
             } else {
-                self.apply(Op::Finish(0, Ending::Done))?;
+                // The newest first: children before their parents, as a recursion unwinds.
+                self.apply(Op::Finish(self.placed.len() - 1, Ending::Done))?;
             }
         }
         let counts = self.core.task_counts();

@@ -1544,3 +1544,893 @@ fn a_refused_claim_leaves_the_real_agents_tasks_where_they_run() {
     // Still running on the real agent: not requeued, not placed again.
     assert_eq!(counts(&sim), (1, 0, 1));
 }
+
+// ---- nested tasks ----
+
+/// A child at `ordinal` described by `digest` (what it is, as the parent's worker saw it).
+fn child(ordinal: u32, digest: u64) -> ChildSpec {
+    ChildSpec {
+        ordinal,
+        digest,
+        spec: spec(0),
+    }
+}
+
+/// The task `parent` (at `attempt`), running on the agent of `conn`, submits `children`.
+fn spawn(
+    sim: &mut Sim,
+    conn: ConnId,
+    parent: TaskRef,
+    attempt: u32,
+    children: Vec<ChildSpec>,
+) -> Vec<Command> {
+    sim.send(Event::ChildrenSubmitted {
+        conn,
+        parent,
+        attempt,
+        children,
+    })
+}
+
+fn wait(
+    sim: &mut Sim,
+    conn: ConnId,
+    task_ref: TaskRef,
+    attempt: u32,
+    waiting: bool,
+) -> Vec<Command> {
+    sim.send(Event::TaskWaiting {
+        conn,
+        task_ref,
+        attempt,
+        waiting,
+    })
+}
+
+/// (agent conn, parent, parent's attempt, ordinal, outcome) of every child result sent to a
+/// parent's worker.
+fn child_results(cmds: &[Command]) -> Vec<(ConnId, TaskRef, u32, u64, Outcome)> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::ChildResults {
+                conn,
+                parent,
+                attempt,
+                results,
+            } => Some(
+                results
+                    .iter()
+                    .map(|r| (*conn, *parent, *attempt, r.task_id, r.outcome.clone()))
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// (agent conn, task) of every cancel sent to agents, sorted.
+fn cancelled_on_agents(cmds: &[Command]) -> Vec<(ConnId, TaskRef)> {
+    let mut all: Vec<(ConnId, TaskRef)> = cmds
+        .iter()
+        .filter_map(|c| match c {
+            Command::CancelOnAgent { conn, refs } => {
+                Some(refs.iter().map(|r| (*conn, *r)).collect::<Vec<_>>())
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    all.sort_unstable();
+    all
+}
+
+/// (agent conn, task_ref, attempt) of every nested task assigned (its id is the scheduler's).
+fn assigned_children(cmds: &[Command]) -> Vec<(ConnId, TaskRef, u32)> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Assign { conn, tasks, .. } => Some(
+                tasks
+                    .iter()
+                    .filter(|t| t.spec.task_id & jobs::CHILD_ID != 0)
+                    .map(|t| (*conn, t.task_ref, t.attempt))
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn output_ok() -> Outcome {
+    Outcome::Output(bytes::Bytes::from_static(b"ok"))
+}
+
+fn one_slot(id: &str) -> AgentHello {
+    let mut h = hello(id);
+    h.resources.cpu_slots = 1;
+    h
+}
+
+fn cancelled_result(task_ref: TaskRef, attempt: u32) -> AgentResult {
+    AgentResult {
+        outcome: Outcome::Failed {
+            kind: FailureKind::Cancelled,
+            message: "cancelled".into(),
+        },
+        run_ns: 0,
+        ..ok(task_ref, attempt)
+    }
+}
+
+#[test]
+fn childrens_results_go_to_their_parents_agent_and_never_to_the_driver() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    open(&mut sim, 10);
+    let [(_, p, 1)] = assignments(&submit(&mut sim, 10, 0..1))[..] else {
+        panic!("the parent is placed")
+    };
+    let cmds = spawn(&mut sim, 1, p, 1, vec![child(0, 100), child(1, 101)]);
+    let kids = assigned_children(&cmds);
+    assert_eq!(kids.len(), 2, "{cmds:?}");
+    assert_eq!(assignments(&cmds), kids, "only the children are placed");
+    assert!(delivered(&cmds).is_empty() && child_results(&cmds).is_empty());
+    assert_eq!(counts(&sim), (1, 0, 3));
+    // Their results go to the parent's worker, by ordinal, and to the driver never.
+    for (i, &(conn, c, attempt)) in kids.iter().enumerate() {
+        let cmds = sim.send(Event::AgentResults {
+            conn,
+            results: vec![ok(c, attempt)],
+        });
+        assert!(delivered(&cmds).is_empty(), "{cmds:?}");
+        assert_eq!(
+            child_results(&cmds),
+            vec![(1, p, 1, i as u64, output_ok())],
+            "{cmds:?}"
+        );
+    }
+    assert_eq!(counts(&sim), (1, 0, 1));
+    // The parent's own result goes to the driver, and takes its children's results with it.
+    let cmds = sim.send(Event::AgentResults {
+        conn: 1,
+        results: vec![ok(p, 1)],
+    });
+    assert_eq!(delivered(&cmds), vec![(0, output_ok())]);
+    assert!(child_results(&cmds).is_empty() && cancelled_on_agents(&cmds).is_empty());
+    assert_eq!(counts(&sim), (1, 0, 0));
+    let [view] = &sim.core.jobs()[..] else {
+        panic!("one job")
+    };
+    assert_eq!((view.unfinished, view.delivered), (0, 1));
+}
+
+#[test]
+fn a_waiting_parent_lends_its_slot_to_its_child_on_a_one_slot_agent() {
+    let mut sim = Sim::new();
+    sim.attach(1, one_slot("a"));
+    open(&mut sim, 10);
+    // The parent runs and another task waits there (the agent's prefetch): the agent is full.
+    let placed = assignments(&submit(&mut sim, 10, 0..2));
+    assert_eq!(placed.len(), 2, "{placed:?}");
+    let (_, p, _) = placed[0];
+    let free = |sim: &Sim| sim.core.agent(&AgentId("a".into())).unwrap().free_cpus();
+    assert_eq!(free(&sim), -1);
+    let cmds = spawn(&mut sim, 1, p, 1, vec![child(0, 7)]);
+    assert!(assignments(&cmds).is_empty(), "no room: {cmds:?}");
+    assert_eq!(counts(&sim), (1, 1, 2));
+    // A wait of another attempt, or from another stream, frees nothing.
+    assert!(assignments(&wait(&mut sim, 1, p, 2, true)).is_empty());
+    assert!(assignments(&wait(&mut sim, 9, p, 1, true)).is_empty());
+    assert_eq!(free(&sim), -1);
+    // The parent waits for its child: its slot takes the child, there.
+    let cmds = wait(&mut sim, 1, p, 1, true);
+    let kids = assigned_children(&cmds);
+    assert_eq!(assignments(&cmds), kids);
+    let [(1, c, 1)] = kids[..] else {
+        panic!("the child goes to the parent's slot: {cmds:?}")
+    };
+    assert_eq!(counts(&sim), (1, 0, 3));
+    assert_eq!(free(&sim), -1, "the child holds the slot the parent lent");
+    // Saying it again changes nothing.
+    assert!(wait(&mut sim, 1, p, 1, true).is_empty());
+    assert_eq!(free(&sim), -1);
+    // The child's result goes to the waiting parent, which resumes and takes its slot back.
+    let cmds = sim.send(Event::AgentResults {
+        conn: 1,
+        results: vec![ok(c, 1)],
+    });
+    assert_eq!(child_results(&cmds), vec![(1, p, 1, 0, output_ok())]);
+    assert_eq!(free(&sim), 0, "the parent still lends its slot");
+    assert!(wait(&mut sim, 1, p, 1, false).is_empty());
+    assert_eq!(free(&sim), -1);
+    let cmds = sim.send(Event::AgentResults {
+        conn: 1,
+        results: vec![ok(p, 1)],
+    });
+    assert_eq!(delivered(&cmds), vec![(0, output_ok())]);
+    assert_eq!(free(&sim), 0);
+}
+
+#[test]
+fn a_waiting_parents_result_ends_its_wait() {
+    let mut sim = Sim::new();
+    sim.attach(1, one_slot("a"));
+    open(&mut sim, 10);
+    let placed = assignments(&submit(&mut sim, 10, 0..2));
+    let (_, p, _) = placed[0];
+    wait(&mut sim, 1, p, 1, true);
+    let free = |sim: &Sim| sim.core.agent(&AgentId("a".into())).unwrap().free_cpus();
+    assert_eq!(free(&sim), 0);
+    // The parent ends while it waits (its worker crashed, say): it runs again, and its new
+    // attempt holds a slot like any task.
+    let cmds = sim.send(Event::AgentResults {
+        conn: 1,
+        results: vec![crash(p, 1, 1)],
+    });
+    assert_eq!(assignments(&cmds), vec![(1, p, 2)]);
+    assert_eq!(free(&sim), -1);
+    // The old attempt's resumption, late, changes nothing.
+    wait(&mut sim, 1, p, 1, false);
+    wait(&mut sim, 1, p, 1, true);
+    assert_eq!(free(&sim), -1);
+}
+
+#[test]
+fn a_rerun_parent_gets_its_finished_childrens_results_at_once_and_no_child_runs_twice() {
+    let mut sim = Sim::new();
+    let mut assigned: Vec<(ConnId, TaskRef, u32)> = Vec::new();
+    let mut track = |cmds: &[Command]| assigned.extend(assignments(cmds));
+    sim.attach(1, one_slot("a"));
+    open(&mut sim, 10);
+    let cmds = submit(&mut sim, 10, 0..1);
+    track(&cmds);
+    let [(1, p, 1)] = assignments(&cmds)[..] else {
+        panic!("{cmds:?}")
+    };
+    sim.join(2, "b");
+    let cmds = spawn(&mut sim, 1, p, 1, vec![child(0, 10), child(1, 11)]);
+    track(&cmds);
+    let [(2, c0, 1), (2, c1, 1)] = assigned_children(&cmds)[..] else {
+        panic!("both children go to the agent with room: {cmds:?}")
+    };
+    // c0 finishes: its result goes to the parent's first run.
+    let cmds = sim.send(Event::AgentResults {
+        conn: 2,
+        results: vec![ok(c0, 1)],
+    });
+    track(&cmds);
+    assert_eq!(child_results(&cmds), vec![(1, p, 1, 0, output_ok())]);
+    // The parent's agent is lost: the parent runs again on b; its children go on.
+    let cmds = sim.send(Event::AgentDetached { conn: 1 });
+    track(&cmds);
+    assert_eq!(assignments(&cmds), vec![(2, p, 2)], "{cmds:?}");
+    assert!(cancelled_on_agents(&cmds).is_empty(), "{cmds:?}");
+    assert_eq!(counts(&sim), (1, 0, 2));
+    // The re-run submits the same children: c0's result comes back at once, c1 is not
+    // created again.
+    let cmds = spawn(&mut sim, 2, p, 2, vec![child(0, 10), child(1, 11)]);
+    track(&cmds);
+    assert_eq!(child_results(&cmds), vec![(2, p, 2, 0, output_ok())]);
+    assert!(assignments(&cmds).is_empty(), "{cmds:?}");
+    assert_eq!(counts(&sim), (1, 0, 2));
+    // c1's result goes to the new run.
+    let cmds = sim.send(Event::AgentResults {
+        conn: 2,
+        results: vec![ok(c1, 1)],
+    });
+    track(&cmds);
+    assert_eq!(child_results(&cmds), vec![(2, p, 2, 1, output_ok())]);
+    assert!(delivered(&cmds).is_empty());
+    let cmds = sim.send(Event::AgentResults {
+        conn: 2,
+        results: vec![ok(p, 2)],
+    });
+    track(&cmds);
+    assert_eq!(delivered(&cmds), vec![(0, output_ok())]);
+    assert_eq!(counts(&sim), (1, 0, 0));
+    // Every child was placed once; only the parent twice (its agent was lost).
+    assert_eq!(assigned, vec![(1, p, 1), (2, c0, 1), (2, c1, 1), (2, p, 2)]);
+}
+
+#[test]
+fn a_child_finishing_while_its_parent_waits_to_run_again_is_kept_for_the_rerun() {
+    let mut sim = Sim::new();
+    sim.attach(1, one_slot("a"));
+    open(&mut sim, 10);
+    let [(1, p, 1)] = assignments(&submit(&mut sim, 10, 0..1))[..] else {
+        panic!()
+    };
+    sim.join(2, "b");
+    let cmds = spawn(&mut sim, 1, p, 1, vec![child(0, 10), child(1, 11)]);
+    let kids = assigned_children(&cmds);
+    assert!(kids.len() == 2 && kids.iter().all(|k| k.0 == 2), "{kids:?}");
+    // b is drained (its children run on) and a is lost: the parent waits in the queue.
+    sim.core.set_drain("b", true, &mut Vec::new()).unwrap();
+    let cmds = sim.send(Event::AgentDetached { conn: 1 });
+    assert!(assignments(&cmds).is_empty(), "{cmds:?}");
+    assert_eq!(counts(&sim), (1, 1, 2));
+    // Both children finish meanwhile: their results are kept, sent to no worker (the first run
+    // is gone, the second has not asked).
+    let cmds = sim.send(Event::AgentResults {
+        conn: 2,
+        results: kids.iter().map(|&(_, c, at)| ok(c, at)).collect(),
+    });
+    assert!(
+        child_results(&cmds).is_empty() && delivered(&cmds).is_empty(),
+        "{cmds:?}"
+    );
+    // The parent runs again on a new agent and submits them again: both results at once,
+    // nothing placed.
+    let cmds = sim.join(3, "c");
+    assert_eq!(assignments(&cmds), vec![(3, p, 2)], "{cmds:?}");
+    let cmds = spawn(&mut sim, 3, p, 2, vec![child(0, 10), child(1, 11)]);
+    let mut got = child_results(&cmds);
+    got.sort_by_key(|r| r.3);
+    assert_eq!(
+        got,
+        vec![(3, p, 2, 0, output_ok()), (3, p, 2, 1, output_ok())]
+    );
+    assert!(assignments(&cmds).is_empty());
+}
+
+#[test]
+fn a_lost_childs_next_run_reports_to_the_same_parent_run() {
+    let mut sim = Sim::new();
+    sim.attach(1, one_slot("a"));
+    open(&mut sim, 10);
+    let [(1, p, 1)] = assignments(&submit(&mut sim, 10, 0..1))[..] else {
+        panic!()
+    };
+    sim.join(2, "b");
+    let [(2, c, 1)] = assigned_children(&spawn(&mut sim, 1, p, 1, vec![child(0, 5)]))[..] else {
+        panic!()
+    };
+    // The child's agent is lost: the child runs again (the parent's agent has room for it
+    // as prefetch), the parent is not disturbed.
+    let cmds = sim.send(Event::AgentDetached { conn: 2 });
+    assert_eq!(assignments(&cmds), vec![(1, c, 2)], "{cmds:?}");
+    // The lost run's late result is dropped; the new one goes to the parent's run, once.
+    assert!(
+        child_results(&sim.send(Event::AgentResults {
+            conn: 2,
+            results: vec![ok(c, 1)],
+        }))
+        .is_empty()
+    );
+    let cmds = sim.send(Event::AgentResults {
+        conn: 1,
+        results: vec![ok(c, 2)],
+    });
+    assert_eq!(child_results(&cmds), vec![(1, p, 1, 0, output_ok())]);
+    let twice = sim.send(Event::AgentResults {
+        conn: 1,
+        results: vec![ok(c, 2)],
+    });
+    assert!(child_results(&twice).is_empty());
+}
+
+#[test]
+fn another_digest_at_a_known_ordinal_cancels_the_old_child_and_runs_the_new_one() {
+    let mut sim = Sim::new();
+    sim.attach(1, one_slot("a"));
+    open(&mut sim, 10);
+    let [(1, p, 1)] = assignments(&submit(&mut sim, 10, 0..1))[..] else {
+        panic!()
+    };
+    sim.join(2, "b");
+    let cmds = spawn(
+        &mut sim,
+        1,
+        p,
+        1,
+        vec![child(0, 10), child(1, 11), child(2, 12)],
+    );
+    let [(2, c0, 1), (2, c1, 1), (2, c2, 1)] = assigned_children(&cmds)[..] else {
+        panic!("{cmds:?}")
+    };
+    // c0 finishes; then the parent's agent is lost and it runs again on b.
+    sim.send(Event::AgentResults {
+        conn: 2,
+        results: vec![ok(c0, 1)],
+    });
+    assert_eq!(
+        assignments(&sim.send(Event::AgentDetached { conn: 1 })),
+        vec![(2, p, 2)]
+    );
+    // This run went another way: other children at ordinals 0 and 1 (the finished c0's
+    // result is released, the running c1 cancelled), the same at 2.
+    let cmds = spawn(
+        &mut sim,
+        2,
+        p,
+        2,
+        vec![child(0, 20), child(1, 21), child(2, 12)],
+    );
+    assert!(child_results(&cmds).is_empty(), "{cmds:?}");
+    assert_eq!(cancelled_on_agents(&cmds), vec![(2, c1)], "{cmds:?}");
+    let new = assigned_children(&cmds);
+    assert_eq!(new.len(), 2, "{cmds:?}");
+    assert!(new.iter().all(|&(_, r, _)| ![c0, c1, c2].contains(&r)));
+    assert_eq!(counts(&sim), (1, 0, 4), "p, c2 and the two new ones");
+    // The cancelled child's result, whatever it is, reaches nobody.
+    let cmds = sim.send(Event::AgentResults {
+        conn: 2,
+        results: vec![ok(c1, 1)],
+    });
+    assert!(child_results(&cmds).is_empty() && delivered(&cmds).is_empty());
+    // The new children and c2 report to the new run, each under its ordinal.
+    let cmds = sim.send(Event::AgentResults {
+        conn: 2,
+        results: new
+            .iter()
+            .chain(&[(2, c2, 1)])
+            .map(|&(_, r, at)| ok(r, at))
+            .collect(),
+    });
+    let mut got: Vec<u64> = child_results(&cmds)
+        .into_iter()
+        .map(|(conn, parent, attempt, ordinal, _)| {
+            assert_eq!((conn, parent, attempt), (2, p, 2));
+            ordinal
+        })
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, vec![0, 1, 2]);
+}
+
+#[test]
+fn a_parent_that_finishes_cancels_its_unfinished_children_and_grandchildren() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    open(&mut sim, 10);
+    let [(1, p, 1)] = assignments(&submit(&mut sim, 10, 0..1))[..] else {
+        panic!()
+    };
+    let cmds = spawn(&mut sim, 1, p, 1, vec![child(0, 10), child(1, 11)]);
+    let [(1, c0, 1), (1, c1, 1)] = assigned_children(&cmds)[..] else {
+        panic!("{cmds:?}")
+    };
+    // c0 submits ten: five fit on the agent (4 slots and 4 of prefetch), five wait.
+    let cmds = spawn(
+        &mut sim,
+        1,
+        c0,
+        1,
+        (0..10).map(|i| child(i, 100 + u64::from(i))).collect(),
+    );
+    let grandchildren = assigned_children(&cmds);
+    assert_eq!(grandchildren.len(), 5, "{cmds:?}");
+    assert_eq!(counts(&sim), (1, 5, 8));
+    // One grandchild finishes: its result is kept in c0 for c0's run.
+    let (_, g0, _) = grandchildren[0];
+    let cmds = sim.send(Event::AgentResults {
+        conn: 1,
+        results: vec![ok(g0, 1)],
+    });
+    assert_eq!(child_results(&cmds).len(), 1);
+    let placed_after_g0 = assigned_children(&cmds);
+    // The parent has its result: every unfinished descendant is cancelled, the running ones on
+    // the agent, and nothing of theirs is placed.
+    let cmds = sim.send(Event::AgentResults {
+        conn: 1,
+        results: vec![ok(p, 1)],
+    });
+    assert_eq!(delivered(&cmds), vec![(0, output_ok())]);
+    assert!(assignments(&cmds).is_empty(), "{cmds:?}");
+    let mut running: Vec<(ConnId, TaskRef)> = [(1, c0, 1), (1, c1, 1)]
+        .iter()
+        .chain(&grandchildren[1..])
+        .chain(&placed_after_g0)
+        .map(|&(conn, r, _)| (conn, r))
+        .collect();
+    running.sort_unstable();
+    assert_eq!(cancelled_on_agents(&cmds), running);
+    assert_eq!(counts(&sim), (1, 0, 0));
+    // Their ends (a cancel, a result that crossed it) reach nobody and place nothing.
+    let cmds = sim.send(Event::AgentResults {
+        conn: 1,
+        results: running
+            .iter()
+            .enumerate()
+            .map(|(i, &(_, r))| {
+                if i % 2 == 0 {
+                    cancelled_result(r, 1)
+                } else {
+                    ok(r, 1)
+                }
+            })
+            .collect(),
+    });
+    assert!(cmds.is_empty(), "{cmds:?}");
+    // A late submission by a cancelled child creates nothing.
+    assert!(spawn(&mut sim, 1, c0, 1, vec![child(10, 1)]).is_empty());
+    assert_eq!(counts(&sim), (1, 0, 0));
+    // The agent is all free again.
+    assert_eq!(assignments(&submit(&mut sim, 10, 1..9)).len(), 8);
+}
+
+#[test]
+fn a_driver_cancelling_a_parent_cancels_its_descendants_without_results_for_them() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    open(&mut sim, 10);
+    let [(1, p, 1)] = assignments(&submit(&mut sim, 10, 0..1))[..] else {
+        panic!()
+    };
+    let [(1, c, 1)] = assigned_children(&spawn(&mut sim, 1, p, 1, vec![child(0, 1)]))[..] else {
+        panic!()
+    };
+    let [(1, g, 1)] = assigned_children(&spawn(&mut sim, 1, c, 1, vec![child(0, 2)]))[..] else {
+        panic!()
+    };
+    // The driver cannot cancel the scheduler's own ids; it cancels its task.
+    let cmds = sim.send(Event::TasksCancelled {
+        conn: 10,
+        task_ids: vec![jobs::CHILD_ID | c],
+    });
+    assert!(cmds.is_empty(), "{cmds:?}");
+    let cmds = sim.send(Event::TasksCancelled {
+        conn: 10,
+        task_ids: vec![0],
+    });
+    assert!(matches!(
+        delivered(&cmds)[..],
+        [(
+            0,
+            Outcome::Failed {
+                kind: FailureKind::Cancelled,
+                ..
+            }
+        )]
+    ));
+    assert_eq!(cancelled_on_agents(&cmds), vec![(1, p), (1, c), (1, g)]);
+    assert!(child_results(&cmds).is_empty());
+    assert_eq!(counts(&sim), (1, 0, 0));
+}
+
+#[test]
+fn an_operator_cancel_mid_recursion_leaves_nothing_and_answers_only_the_drivers_tasks() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    sim.join(2, "b");
+    open(&mut sim, 10);
+    let placed = assignments(&submit(&mut sim, 10, 0..3));
+    assert_eq!(placed.len(), 3);
+    // Task 0 recurses three levels deep, wide enough that some of it waits in the queue.
+    let (conn, p, _) = placed[0];
+    let mut level = vec![(conn, p)];
+    let mut all_placed: Vec<(ConnId, TaskRef)> = placed.iter().map(|&(c, r, _)| (c, r)).collect();
+    for depth in 0..3 {
+        let mut next = Vec::new();
+        for &(conn, parent) in &level {
+            let cmds = spawn(
+                &mut sim,
+                conn,
+                parent,
+                1,
+                (0..2)
+                    .map(|i| child(i, depth * 10 + u64::from(i)))
+                    .collect(),
+            );
+            let kids = assigned_children(&cmds);
+            all_placed.extend(kids.iter().map(|&(c, r, _)| (c, r)));
+            next.extend(kids.iter().map(|&(c, r, _)| (c, r)));
+        }
+        level = next;
+    }
+    assert!(
+        !level.is_empty(),
+        "three levels below the driver's task run"
+    );
+    let (_, queued, running) = counts(&sim);
+    assert_eq!(running, all_placed.len());
+    assert!(queued > 0, "some of the recursion waits");
+    let mut out = Vec::new();
+    let (view, items) = sim.core.cancel_job("s10", &mut out).unwrap();
+    assert_eq!(sim.core.jobs.counts(), sim.core.jobs.counts_by_scan());
+    assert_eq!((view.unfinished, items), (0, 3));
+    // The driver hears of its three tasks, once each, and of nothing else.
+    let mut answered: Vec<u64> = delivered(&out)
+        .into_iter()
+        .map(|(id, o)| {
+            assert!(matches!(
+                o,
+                Outcome::Failed {
+                    kind: FailureKind::Cancelled,
+                    ..
+                }
+            ));
+            id
+        })
+        .collect();
+    answered.sort_unstable();
+    assert_eq!(answered, vec![0, 1, 2]);
+    assert!(child_results(&out).is_empty() && assignments(&out).is_empty());
+    // Every placed task is stopped on its agent; nothing is queued or running.
+    all_placed.sort_unstable();
+    assert_eq!(cancelled_on_agents(&out), all_placed);
+    assert_eq!(counts(&sim), (1, 0, 0));
+    // The agents' reports and late submissions of the cancelled tasks reach nobody.
+    for agent in [1, 2] {
+        let cmds = sim.send(Event::AgentResults {
+            conn: agent,
+            results: all_placed
+                .iter()
+                .filter(|p| p.0 == agent)
+                .map(|&(_, r)| cancelled_result(r, 1))
+                .collect(),
+        });
+        assert!(cmds.is_empty(), "{cmds:?}");
+    }
+    assert!(spawn(&mut sim, conn, p, 1, vec![child(9, 9)]).is_empty());
+    assert_eq!(counts(&sim), (1, 0, 0));
+    // What the driver sends now fails at once.
+    let cmds = submit(&mut sim, 10, 3..4);
+    assert!(matches!(
+        delivered(&cmds)[..],
+        [(
+            3,
+            Outcome::Failed {
+                kind: FailureKind::Cancelled,
+                ..
+            }
+        )]
+    ));
+}
+
+#[test]
+fn children_submitted_by_a_stale_attempt_are_dropped() {
+    let mut sim = Sim::new();
+    sim.attach(1, one_slot("a"));
+    open(&mut sim, 10);
+    let [(1, p, 1)] = assignments(&submit(&mut sim, 10, 0..1))[..] else {
+        panic!()
+    };
+    // Its worker crashes: attempt 2 runs on the same agent.
+    let cmds = sim.send(Event::AgentResults {
+        conn: 1,
+        results: vec![crash(p, 1, 1)],
+    });
+    assert_eq!(assignments(&cmds), vec![(1, p, 2)]);
+    // What attempt 1 submitted on its way down is dropped.
+    assert!(spawn(&mut sim, 1, p, 1, vec![child(0, 1)]).is_empty());
+    assert_eq!(counts(&sim), (1, 0, 1));
+    // The agent is lost; the parent runs on b under attempt 3.
+    sim.join(2, "b");
+    let cmds = sim.send(Event::AgentDetached { conn: 1 });
+    assert_eq!(assignments(&cmds), vec![(2, p, 3)]);
+    // Attempt 2, on the lost stream, and on a new stream of the same agent: dropped.
+    assert!(spawn(&mut sim, 1, p, 2, vec![child(0, 1)]).is_empty());
+    sim.attach(3, one_slot("a"));
+    assert!(spawn(&mut sim, 3, p, 2, vec![child(0, 1)]).is_empty());
+    // The right attempt from another agent's stream: dropped too.
+    assert!(spawn(&mut sim, 3, p, 3, vec![child(0, 1)]).is_empty());
+    assert_eq!(counts(&sim), (1, 0, 1));
+    // Attempt 3, where it runs, is heard.
+    let cmds = spawn(&mut sim, 2, p, 3, vec![child(0, 1)]);
+    assert_eq!(assigned_children(&cmds).len(), 1, "{cmds:?}");
+    assert_eq!(counts(&sim), (1, 0, 2));
+}
+
+#[test]
+fn nested_tasks_past_their_budget_are_refused_to_the_parent_and_leave_the_drivers_budget_alone() {
+    let mut sim = Sim::with_budget(Budget {
+        tasks: 3,
+        bytes: 1 << 20,
+    });
+    sim.join(1, "a");
+    sim.join(2, "b");
+    open(&mut sim, 10);
+    let [(pc, p, 1)] = assignments(&submit(&mut sim, 10, 0..1))[..] else {
+        panic!()
+    };
+    // Five children: three fit the nested budget, the last two are refused to the parent.
+    let cmds = spawn(
+        &mut sim,
+        pc,
+        p,
+        1,
+        (0..5).map(|i| child(i, u64::from(i))).collect(),
+    );
+    let kids = assigned_children(&cmds);
+    assert_eq!(kids.len(), 3, "{cmds:?}");
+    let refused = child_results(&cmds);
+    assert_eq!(
+        refused
+            .iter()
+            .map(|r| (r.0, r.1, r.2, r.3))
+            .collect::<Vec<_>>(),
+        vec![(pc, p, 1, 3), (pc, p, 1, 4)]
+    );
+    for (.., outcome) in &refused {
+        let Outcome::Failed {
+            kind: FailureKind::Refused,
+            message,
+        } = outcome
+        else {
+            panic!("{outcome:?}")
+        };
+        assert!(message.contains("nested"), "{message}");
+    }
+    assert!(delivered(&cmds).is_empty());
+    // The driver's own budget is its own: two more of its tasks are admitted (three held)...
+    let cmds = submit(&mut sim, 10, 1..3);
+    assert!(delivered(&cmds).is_empty(), "{cmds:?}");
+    let others = assignments(&cmds);
+    assert_eq!(others.len(), 2);
+    // ...and the fourth is refused by it, to the driver.
+    let cmds = submit(&mut sim, 10, 3..4);
+    assert!(matches!(
+        delivered(&cmds)[..],
+        [(
+            3,
+            Outcome::Failed {
+                kind: FailureKind::Refused,
+                ..
+            }
+        )]
+    ));
+    // A child's result kept for its parent still counts: another child is refused...
+    let (kc, k0, _) = kids[0];
+    let cmds = sim.send(Event::AgentResults {
+        conn: kc,
+        results: vec![ok(k0, 1)],
+    });
+    assert_eq!(child_results(&cmds).len(), 1);
+    let cmds = spawn(&mut sim, pc, p, 1, vec![child(5, 5)]);
+    assert!(matches!(
+        child_results(&cmds)[..],
+        [(
+            _,
+            _,
+            1,
+            5,
+            Outcome::Failed {
+                kind: FailureKind::Refused,
+                ..
+            }
+        )]
+    ));
+    // ...until the parent has its result: then its children's share is free again, for the
+    // children of the driver's other tasks.
+    let cmds = sim.send(Event::AgentResults {
+        conn: pc,
+        results: vec![ok(p, 1)],
+    });
+    assert_eq!(delivered(&cmds), vec![(0, output_ok())]);
+    let (qc, q, _) = others[0];
+    let cmds = spawn(&mut sim, qc, q, 1, (0..3).map(|i| child(i, 1)).collect());
+    assert!(child_results(&cmds).is_empty(), "{cmds:?}");
+    assert_eq!(assigned_children(&cmds).len(), 3);
+}
+
+#[test]
+fn childrens_arguments_do_not_take_the_drivers_byte_budget() {
+    let mut sim = Sim::with_budget(Budget {
+        tasks: 100,
+        bytes: 250,
+    });
+    sim.join(1, "a");
+    open(&mut sim, 10);
+    let [(1, p, 1)] = assignments(&submit(&mut sim, 10, 0..1))[..] else {
+        panic!()
+    };
+    // The parent's children carry 300 bytes of arguments between them.
+    let big = |ordinal: u32| ChildSpec {
+        spec: TaskSpec {
+            payload: vec![0u8; 100].into(),
+            ..spec(0)
+        },
+        ..child(ordinal, u64::from(ordinal))
+    };
+    let cmds = spawn(&mut sim, 1, p, 1, (0..3).map(big).collect());
+    assert_eq!(assigned_children(&cmds).len(), 3, "{cmds:?}");
+    // The driver's own task fits the bytes it was granted: it is admitted.
+    let cmds = sim.send(Event::TasksSubmitted {
+        conn: 10,
+        acked: 0,
+        tasks: vec![TaskSpec {
+            payload: vec![0u8; 200].into(),
+            ..spec(1)
+        }],
+    });
+    assert!(delivered(&cmds).is_empty(), "{cmds:?}");
+    // Past them it is refused, and the refusal counts only the driver's bytes.
+    let cmds = sim.send(Event::TasksSubmitted {
+        conn: 10,
+        acked: 0,
+        tasks: vec![TaskSpec {
+            payload: vec![0u8; 100].into(),
+            ..spec(2)
+        }],
+    });
+    let [
+        (
+            2,
+            Outcome::Failed {
+                kind: FailureKind::Refused,
+                message,
+            },
+        ),
+    ] = &delivered(&cmds)[..]
+    else {
+        panic!("{cmds:?}")
+    };
+    assert!(message.contains("2 tasks and 200 bytes"), "{message}");
+}
+
+#[test]
+fn a_lent_slot_goes_to_the_child_before_the_drivers_older_tasks() {
+    let mut sim = Sim::new();
+    sim.attach(1, one_slot("a"));
+    open(&mut sim, 10);
+    // The parent runs, task 1 waits on the agent, tasks 2 and 3 in the queue.
+    let placed = assignments(&submit(&mut sim, 10, 0..4));
+    assert_eq!(placed.len(), 2);
+    let (_, p, _) = placed[0];
+    assert!(spawn(&mut sim, 1, p, 1, vec![child(0, 1)]).is_empty());
+    assert_eq!(counts(&sim), (1, 3, 2));
+    // Deeper first: the slot the parent lends goes to its child, not to task 2.
+    let cmds = wait(&mut sim, 1, p, 1, true);
+    assert_eq!(assignments(&cmds).len(), 1, "{cmds:?}");
+    assert_eq!(assigned_children(&cmds).len(), 1, "{cmds:?}");
+}
+
+#[test]
+fn a_parent_dropping_a_childs_future_cancels_it_and_is_answered_once() {
+    let mut sim = Sim::new();
+    sim.join(1, "a");
+    open(&mut sim, 10);
+    let [(1, p, 1)] = assignments(&submit(&mut sim, 10, 0..1))[..] else {
+        panic!()
+    };
+    let cmds = spawn(&mut sim, 1, p, 1, vec![child(0, 1), child(1, 2)]);
+    let [(1, c0, 1), (1, c1, 1)] = assigned_children(&cmds)[..] else {
+        panic!("{cmds:?}")
+    };
+    sim.send(Event::AgentResults {
+        conn: 1,
+        results: vec![ok(c0, 1)],
+    });
+    // Dropping both: the finished one stays as it is, the running one is stopped and answered
+    // as cancelled. Another attempt's or stream's drop changes nothing.
+    let drop_them = |sim: &mut Sim, conn, attempt| {
+        sim.send(Event::ChildrenCancelled {
+            conn,
+            parent: p,
+            attempt,
+            ordinals: vec![0, 1],
+        })
+    };
+    assert!(drop_them(&mut sim, 1, 2).is_empty());
+    assert!(drop_them(&mut sim, 7, 1).is_empty());
+    let cmds = drop_them(&mut sim, 1, 1);
+    assert_eq!(cancelled_on_agents(&cmds), vec![(1, c1)]);
+    let answered = child_results(&cmds);
+    assert!(
+        matches!(
+            answered[..],
+            [(
+                1,
+                _,
+                1,
+                1,
+                Outcome::Failed {
+                    kind: FailureKind::Cancelled,
+                    ..
+                }
+            )]
+        ),
+        "{answered:?}"
+    );
+    assert!(delivered(&cmds).is_empty());
+    assert_eq!(counts(&sim), (1, 0, 1));
+    // Dropped again, or its late result: nobody hears of it.
+    assert!(drop_them(&mut sim, 1, 1).is_empty());
+    let cmds = sim.send(Event::AgentResults {
+        conn: 1,
+        results: vec![ok(c1, 1)],
+    });
+    assert!(child_results(&cmds).is_empty() && delivered(&cmds).is_empty());
+}
