@@ -372,7 +372,7 @@ impl Scheduler {
         let log = self
             .dir
             .path()
-            .join(format!("driver-{}.log", args.join("-")));
+            .join(format!("driver-{}.log", args.join("-").replace('/', "_")));
         Process::spawn(self.driver(program, args), log)
     }
 

@@ -179,6 +179,88 @@ fn open_inside(address: String) -> String {
     }
 }
 
+/// What a nested task may fail with.
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+/// Nested futures, the deadlock case: `outer` submits `inner` and waits for it.
+#[ladle::task]
+fn inner(i: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(50));
+    i * 10
+}
+
+#[ladle::task]
+fn outer(i: u64) -> Result<u64, Failure> {
+    // `from_env` inside a task is the job's handle, as `ladle::cluster()` is.
+    let cluster = ladle::block_on(Cluster::from_env())?;
+    let child = cluster.submit(inner, i)?;
+    Ok(ladle::block_on(child)? + 1)
+}
+
+/// A node of a binary recursion of `depth` levels below it: an inner node submits its two
+/// children and waits for them; a leaf spins `leaf_ms` and, when `dir` is given, notes its
+/// process in `<dir>/pids` first. Returns the leaves below it.
+#[ladle::task]
+fn tree(args: (u32, u64, String)) -> Result<u64, Failure> {
+    let (depth, leaf_ms, dir) = args;
+    if depth == 0 {
+        if !dir.is_empty() {
+            note(&dir, "pids", "leaf")?;
+        }
+        let until = Instant::now() + Duration::from_millis(leaf_ms);
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        return Ok(1);
+    }
+    let cluster = ladle::cluster()?;
+    let left = cluster.submit(tree, (depth - 1, leaf_ms, dir.clone()))?;
+    let right = cluster.submit(tree, (depth - 1, leaf_ms, dir))?;
+    let (left, right) = ladle::block_on(async { (left.await, right.await) });
+    Ok(left? + right?)
+}
+
+/// Appends `<what> <agent> <pid> <ms>` to `<dir>/<name>`: one line per execution, below
+/// anything the SDK does.
+fn note(dir: &str, name: &str, what: &str) -> Result<(), String> {
+    use std::io::Write;
+    let line = format!(
+        "{what} {} {} {}\n",
+        ladle::current_agent().unwrap_or_default(),
+        std::process::id(),
+        now_ms()
+    );
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(format!("{dir}/{name}"))
+        .and_then(|mut file| file.write_all(line.as_bytes()))
+        .map_err(|e| format!("cannot note {what} in {dir}/{name}: {e}"))
+}
+
+/// A child of [`family`]: notes its start and its end, 400 ms apart.
+#[ladle::task]
+fn member(args: (String, u64)) -> Result<u64, String> {
+    let (dir, i) = args;
+    note(&dir, &format!("child-{i}"), "start")?;
+    std::thread::sleep(Duration::from_millis(400));
+    note(&dir, &format!("child-{i}"), "done")?;
+    Ok(i)
+}
+
+/// A parent of eight [`member`]s: notes each of its runs, and waits for them all.
+#[ladle::task]
+fn family(dir: String) -> Result<u64, Failure> {
+    note(&dir, "root", "start")?;
+    let cluster = ladle::cluster()?;
+    let children = (0..8u64)
+        .map(|i| cluster.submit(member, (dir.clone(), i)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let results = ladle::block_on(ladle::gather(children))?;
+    note(&dir, "root", "done")?;
+    Ok(results.iter().sum())
+}
+
 /// Where and when a task ran, as the worker saw it.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Seen {
@@ -647,6 +729,44 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let value = cluster.submit(garish, 0)?.await?;
             out(json!({ "value": value }));
             stay_until_written(&path).await;
+        }
+        "nested_pairs" => {
+            // Twelve tasks that each wait for a task of their own.
+            let results = cluster.map(outer, 0..12u64).await?;
+            let correct = results
+                .iter()
+                .enumerate()
+                .all(|(i, &r)| r == i as u64 * 10 + 1);
+            out(json!({ "results": results.len(), "correct": correct }));
+        }
+        "nested_tree" => {
+            let depth: u32 = std::env::args()
+                .nth(2)
+                .and_then(|d| d.parse().ok())
+                .ok_or("nested_tree needs a depth")?;
+            let leaf_ms: u64 = std::env::args()
+                .nth(3)
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(1);
+            let dir = std::env::args().nth(4).unwrap_or_default();
+            let started = Instant::now();
+            let root = cluster.submit(tree, (depth, leaf_ms, dir))?;
+            println!("{}", json!({ "started": true }));
+            match root.await {
+                Ok(leaves) => out(json!({
+                    "leaves": leaves,
+                    "seconds": started.elapsed().as_secs_f64(),
+                    "sent_twice": cluster.duplicate_results(),
+                })),
+                Err(e) => out(json!({ "error": e.to_string(), "kind": format!("{:?}", e.kind) })),
+            }
+        }
+        "nested_family" => {
+            let dir = std::env::args()
+                .nth(2)
+                .ok_or("nested_family needs a directory")?;
+            let sum = cluster.submit(family, dir)?.await?;
+            out(json!({ "sum": sum, "sent_twice": cluster.duplicate_results() }));
         }
         "open_inside" => {
             let address = cluster.address().to_owned();
