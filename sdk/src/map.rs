@@ -371,6 +371,10 @@ async fn drive<T: Task>(
     let mut singles: std::collections::VecDeque<(usize, u32)> = std::collections::VecDeque::new();
     let mut progress = Progress::new(total);
     let cancelled = cancel.0.clone();
+    // Inside a task, chunks are cut by count (and bytes) alone, not by measured time: a run of
+    // the task after its agent was lost then cuts its maps the same way, and gets the results of
+    // the chunks that finished (children are known by their order and content).
+    let by_count = cluster.is_nested();
 
     loop {
         // The window follows the cluster: the scheduler says when agents join, leave or are
@@ -380,14 +384,17 @@ async fn drive<T: Task>(
         // Until the first measurement, one item per slot probes the cost of an item.
         while inflight.len() < max_inflight
             && (!singles.is_empty()
-                || (next < total && (per_item_ns.is_some() || inflight.len() < slots)))
+                || (next < total && (by_count || per_item_ns.is_some() || inflight.len() < slots)))
         {
             // Items of a chunk that crashed its worker, or failed in one, go first, one by one.
             let single = singles.pop_front();
             let start = single.map_or(next, |(index, _)| index);
-            let by_time = per_item_ns.map_or(1, |ns| {
-                ((TARGET_CHUNK.as_nanos() as f64 / ns.max(1.0)) as usize).clamp(1, MAX_CHUNK_ITEMS)
-            });
+            let by_time = match per_item_ns {
+                _ if by_count => MAX_CHUNK_ITEMS,
+                None => 1,
+                Some(ns) => ((TARGET_CHUNK.as_nanos() as f64 / ns.max(1.0)) as usize)
+                    .clamp(1, MAX_CHUNK_ITEMS),
+            };
             // Guided: never more than a share of what is left, so the end stays balanced.
             let share = (total - next).div_ceil(2 * slots);
             let by_bytes =

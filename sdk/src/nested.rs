@@ -17,6 +17,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 use ladle_common::worker_protocol::{self as wp, ByteBlock, FromWorker, WorkerChild};
@@ -34,7 +35,7 @@ use crate::{
 
 /// The worker's side of the agent's socket, shared by its task threads and the nested sessions.
 pub(crate) struct Link {
-    out: Mutex<BufWriter<UnixStream>>,
+    out: Mutex<Out>,
     pub(crate) pool: Arc<Pool>,
     /// Where each child's result goes, by parent and ordinal, with the run of the parent that
     /// submitted it (a parent that runs again in this process takes its ordinals over).
@@ -42,10 +43,18 @@ pub(crate) struct Link {
     uploads: Mutex<HashMap<u64, oneshot::Sender<Result<String, String>>>>,
     next: AtomicU64,
     runtime: OnceLock<Result<tokio::runtime::Runtime, String>>,
-    /// The worker's slots, and the largest value the cluster carries.
-    threads: u32,
+    /// The largest value the cluster carries.
     max_value: u64,
 }
+
+/// The socket's writing end, and since when what it holds has waited to be flushed.
+struct Out {
+    writer: BufWriter<UnixStream>,
+    held_since: Option<Instant>,
+}
+
+/// The longest a finished task's result waits in the worker for others to travel with it.
+const RESULT_HOLD: Duration = Duration::from_micros(200);
 
 /// What a task thread knows of the task it runs.
 struct Current {
@@ -65,20 +74,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Link {
     /// The link of a worker serving the agent on `stream`.
-    pub(crate) fn new(
-        stream: UnixStream,
-        pool: Arc<Pool>,
-        threads: u32,
-        max_value: u64,
-    ) -> Arc<Self> {
+    pub(crate) fn new(stream: UnixStream, pool: Arc<Pool>, max_value: u64) -> Arc<Self> {
         Arc::new(Link {
-            out: Mutex::new(BufWriter::with_capacity(1 << 16, stream)),
+            out: Mutex::new(Out {
+                writer: BufWriter::with_capacity(1 << 16, stream),
+                held_since: None,
+            }),
             pool,
             routes: Mutex::default(),
             uploads: Mutex::default(),
             next: AtomicU64::new(1),
             runtime: OnceLock::new(),
-            threads,
             max_value,
         })
     }
@@ -86,8 +92,38 @@ impl Link {
     /// Writes a frame to the agent; flushed when `flush` (the caller knows whether more follow).
     pub(crate) fn send(&self, frame: &FromWorker, flush: bool) -> std::io::Result<()> {
         let mut out = lock(&self.out);
-        wp::write_frame(&mut *out, frame)?;
-        if flush { out.flush() } else { Ok(()) }
+        wp::write_frame(&mut out.writer, frame)?;
+        if flush {
+            out.held_since = None;
+            out.writer.flush()
+        } else {
+            out.held_since.get_or_insert_with(Instant::now);
+            Ok(())
+        }
+    }
+
+    /// Writes a finished task's result, which waits for others to travel with it only while
+    /// the next task to run is of the same function and, judged by this one, the oldest result
+    /// waiting would wait less than [`RESULT_HOLD`]: tiny tasks' results then travel in batches,
+    /// and a result never waits for a long task behind it, nor for one of another function whose
+    /// length this one says nothing about. (A task that waits for children flushes, too.)
+    pub(crate) fn send_result(
+        &self,
+        done: &FromWorker,
+        function: &str,
+        took: Duration,
+    ) -> std::io::Result<()> {
+        let mut out = lock(&self.out);
+        wp::write_frame(&mut out.writer, done)?;
+        let waited = out
+            .held_since
+            .map_or(Duration::ZERO, |since| since.elapsed());
+        if waited + took < RESULT_HOLD && self.pool.next_is(function) {
+            out.held_since.get_or_insert_with(Instant::now);
+            return Ok(());
+        }
+        out.held_since = None;
+        out.writer.flush()
     }
 
     /// The runtime that nested sessions and maps run on, started the first time a task asks
@@ -218,7 +254,6 @@ pub fn cluster() -> Result<Cluster, Error> {
         requests,
         runtime.handle().clone(),
         link.clone(),
-        link.threads,
         link.max_value,
     );
     CURRENT.with(|c| {
@@ -303,9 +338,29 @@ async fn serve(
     run: u64,
     mut requests: mpsc::UnboundedReceiver<Request>,
 ) {
-    while let Some(request) = requests.recv().await {
+    let mut next: Option<Request> = None;
+    loop {
+        let request = match next.take() {
+            Some(request) => request,
+            None => match requests.recv().await {
+                Some(request) => request,
+                None => break,
+            },
+        };
         match request {
-            Request::Submit(submissions) => {
+            Request::Submit(mut submissions) => {
+                // Submissions made one after the other (the two halves of a recursion) go to
+                // the agent as one frame.
+                loop {
+                    match requests.try_recv() {
+                        Ok(Request::Submit(more)) => submissions.extend(more),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
                 let mut children = Vec::with_capacity(submissions.len());
                 let mut routes = Vec::with_capacity(submissions.len());
                 for submission in submissions {

@@ -21,7 +21,8 @@ pub(crate) struct Pool {
 
 #[derive(Default)]
 struct State {
-    queue: VecDeque<Job>,
+    /// Tasks to run, each with the name of its function.
+    queue: VecDeque<(Arc<str>, Job)>,
     /// Threads alive, those asleep waiting for work, and threads woken or started that have not
     /// yet looked for a task.
     threads: usize,
@@ -48,16 +49,19 @@ impl Pool {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `job` once a slot is free.
-    pub(crate) fn push(self: &Arc<Self>, job: Job) {
+    /// Runs `job` (a task of `function`) once a slot is free.
+    pub(crate) fn push(self: &Arc<Self>, function: Arc<str>, job: Job) {
         let mut state = self.lock();
-        state.queue.push_back(job);
+        state.queue.push_back((function, job));
         self.start_one(&mut state);
     }
 
-    /// Whether no task waits for a slot (results written now may as well be flushed).
-    pub(crate) fn nothing_queued(&self) -> bool {
-        self.lock().queue.is_empty()
+    /// Whether the next task to run is one of `function`.
+    pub(crate) fn next_is(&self, function: &str) -> bool {
+        self.lock()
+            .queue
+            .front()
+            .is_some_and(|(next, _)| &**next == function)
     }
 
     /// Returns once no task is queued or running (tasks waiting for children are not waited
@@ -117,7 +121,7 @@ impl Pool {
         state.starting = state.starting.saturating_sub(1);
         loop {
             if state.active < self.limit
-                && let Some(job) = state.queue.pop_front()
+                && let Some((_, job)) = state.queue.pop_front()
             {
                 state.active += 1;
                 // Another slot may be free for the task behind it.
@@ -159,18 +163,24 @@ mod tests {
         // The first task waits (as a parent would) until the second one has run.
         let first_pool = pool.clone();
         let tx = started_tx.clone();
-        pool.push(Box::new(move || {
-            tx.send(1).ok();
-            first_pool.blocked();
-            go.recv().ok();
-            first_pool.resumed();
-        }));
+        pool.push(
+            "t".into(),
+            Box::new(move || {
+                tx.send(1).ok();
+                first_pool.blocked();
+                go.recv().ok();
+                first_pool.resumed();
+            }),
+        );
         assert_eq!(started.recv().ok(), Some(1));
         let tx = started_tx.clone();
-        pool.push(Box::new(move || {
-            tx.send(2).ok();
-            go_tx.send(()).ok();
-        }));
+        pool.push(
+            "t".into(),
+            Box::new(move || {
+                tx.send(2).ok();
+                go_tx.send(()).ok();
+            }),
+        );
         assert_eq!(
             started.recv().ok(),
             Some(2),
@@ -182,14 +192,17 @@ mod tests {
         let (done_tx, done) = mpsc::channel::<()>();
         for _ in 0..20 {
             let (running, most, done_tx) = (running.clone(), most.clone(), done_tx.clone());
-            pool.push(Box::new(move || {
-                use std::sync::atomic::Ordering::SeqCst;
-                let now = running.fetch_add(1, SeqCst) + 1;
-                most.fetch_max(now, SeqCst);
-                std::thread::yield_now();
-                running.fetch_sub(1, SeqCst);
-                done_tx.send(()).ok();
-            }));
+            pool.push(
+                "t".into(),
+                Box::new(move || {
+                    use std::sync::atomic::Ordering::SeqCst;
+                    let now = running.fetch_add(1, SeqCst) + 1;
+                    most.fetch_max(now, SeqCst);
+                    std::thread::yield_now();
+                    running.fetch_sub(1, SeqCst);
+                    done_tx.send(()).ok();
+                }),
+            );
         }
         for _ in 0..20 {
             done.recv().ok();

@@ -4,6 +4,7 @@
 use std::{
     io::{self, BufReader},
     os::{fd::AsRawFd, unix::net::UnixStream},
+    sync::Arc,
     time::Instant,
 };
 
@@ -61,12 +62,7 @@ fn serve(socket: &std::ffi::OsStr) -> io::Result<()> {
 fn serve_stream(stream: UnixStream, count: u32, threads: usize) -> io::Result<()> {
     let pool = Pool::new(threads);
     let limit = max_value().and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
-    let link = Link::new(
-        stream.try_clone()?,
-        pool.clone(),
-        u32::try_from(threads).unwrap_or(u32::MAX),
-        limit,
-    );
+    let link = Link::new(stream.try_clone()?, pool.clone(), limit);
     link.send(
         &FromWorker::Ready {
             pid: std::process::id(),
@@ -88,16 +84,20 @@ fn serve_stream(stream: UnixStream, count: u32, threads: usize) -> io::Result<()
                 report_start,
             } => {
                 let link = link.clone();
-                pool.push(Box::new(move || {
-                    if report_start {
-                        let _ = link.send(&FromWorker::Started { task }, true);
-                    }
-                    let done = nested::run_as(task, &link, || {
-                        run_task(task, &function, reducer.as_deref(), &payload)
-                    });
-                    // Results travel together while more tasks wait to run behind this one.
-                    let _ = link.send(&done, link.pool.nothing_queued());
-                }));
+                let function: Arc<str> = function.into();
+                pool.push(
+                    function.clone(),
+                    Box::new(move || {
+                        if report_start {
+                            let _ = link.send(&FromWorker::Started { task }, true);
+                        }
+                        let started = Instant::now();
+                        let done = nested::run_as(task, &link, || {
+                            run_task(task, &function, reducer.as_deref(), &payload)
+                        });
+                        let _ = link.send_result(&done, &function, started.elapsed());
+                    }),
+                );
             }
         }
     }

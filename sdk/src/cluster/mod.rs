@@ -116,6 +116,10 @@ fn refuse_inside_task() -> Result<(), Error> {
     }
 }
 
+/// The slots a map inside a task sizes its window and chunks by (about twice as many chunks
+/// in flight).
+const NESTED_SLOTS: u32 = 16;
+
 /// Per-call options of `submit_with`, `map_with` and `map_reduce_with`.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -417,20 +421,20 @@ impl Cluster {
         requests: mpsc::UnboundedSender<Request>,
         runtime: tokio::runtime::Handle,
         link: Arc<crate::nested::Link>,
-        slots: u32,
         max_value_bytes: u64,
     ) -> Self {
         let capacity = Arc::new(session::Capacity::default());
-        // The cluster's capacity is the driver's to follow; a task's maps size their window
-        // by its worker's slots.
-        capacity.set(slots.max(1), 0, 1);
+        // The cluster's capacity is the driver's to follow. A task's maps size their window
+        // and chunks by a constant instead, the same on every agent: a run of the task
+        // elsewhere cuts them the same way.
+        capacity.set(NESTED_SLOTS, 0, 1);
         Self {
             inner: Arc::new(Inner {
                 requests,
                 next_id: AtomicU64::new(1),
                 opened: SessionOpened {
                     max_value_bytes,
-                    cpu_slots: slots,
+                    cpu_slots: NESTED_SLOTS,
                     ..SessionOpened::default()
                 },
                 capacity,
@@ -446,6 +450,11 @@ impl Cluster {
                 _embedded: None,
             }),
         }
+    }
+
+    /// Whether this is a task's handle on its job.
+    pub(crate) fn is_nested(&self) -> bool {
+        self.inner.link.is_some()
     }
 
     /// Where the cluster's maps run.
