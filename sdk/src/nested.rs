@@ -53,6 +53,9 @@ struct Out {
     held_since: Option<Instant>,
 }
 
+/// Submissions made together go to the agent as one frame up to about this many bytes.
+const MERGE_BYTES: usize = 64 << 20;
+
 /// The longest a finished task's result waits in the worker for others to travel with it.
 const RESULT_HOLD: Duration = Duration::from_micros(200);
 
@@ -207,9 +210,12 @@ pub(crate) fn run_as<T>(task: u64, link: &Arc<Link>, body: impl FnOnce() -> T) -
         })
     });
     let result = body();
-    // Dropped outside the borrow: its drop ends the nested session.
     let current = CURRENT.with(|c| c.borrow_mut().take());
-    drop(current);
+    // The run is over: so is its nested session, even if its code kept a handle somewhere
+    // (what it submits then fails as closed, and what it waits for as disconnected).
+    if let Some(cluster) = current.and_then(|c| c.cluster) {
+        cluster.close_nested();
+    }
     result
 }
 
@@ -286,23 +292,15 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
     let mut future = pin!(future);
     let waker = waker();
     let mut cx = Context::from_waker(&waker);
-    let mut waiting = false;
+    let mut wait: Option<Waiting> = None;
     loop {
         if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            if waiting && let (Some(link), Some(task)) = (&link, task) {
-                link.pool.resumed();
-                let _ = link.send(
-                    &FromWorker::Waiting {
-                        task,
-                        waiting: false,
-                    },
-                    true,
-                );
-            }
+            // Dropping `wait` takes the slot again.
             return output;
         }
-        if !waiting && let (Some(link), Some(task)) = (&link, task) {
-            waiting = true;
+        if wait.is_none()
+            && let (Some(link), Some(task)) = (&link, task)
+        {
             let _ = link.send(
                 &FromWorker::Waiting {
                     task,
@@ -311,8 +309,32 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
                 true,
             );
             link.pool.blocked();
+            wait = Some(Waiting {
+                link: link.clone(),
+                task,
+            });
         }
         std::thread::park();
+    }
+}
+
+/// A task waiting in [`block_on`]: it takes its slot again when this is dropped, whether the
+/// wait ended or the future it polled panicked.
+struct Waiting {
+    link: Arc<Link>,
+    task: u64,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.link.pool.resumed();
+        let _ = self.link.send(
+            &FromWorker::Waiting {
+                task: self.task,
+                waiting: false,
+            },
+            true,
+        );
     }
 }
 
@@ -351,7 +373,12 @@ async fn serve(
             Request::Submit(mut submissions) => {
                 // Submissions made one after the other (the two halves of a recursion) go to
                 // the agent as one frame.
-                loop {
+                let size = |s: &[session::Submission]| -> usize {
+                    s.iter()
+                        .map(|s| s.spec.payload.len() + s.upload.as_ref().map_or(0, |u| u.0.len()))
+                        .sum()
+                };
+                while size(&submissions) < MERGE_BYTES {
                     match requests.try_recv() {
                         Ok(Request::Submit(more)) => submissions.extend(more),
                         Ok(other) => {

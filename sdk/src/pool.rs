@@ -56,12 +56,15 @@ impl Pool {
         self.start_one(&mut state);
     }
 
-    /// Whether the next task to run is one of `function`.
+    /// Whether the next task to run is one of `function` and may start as soon as the calling
+    /// thread's task (still counted) has ended.
     pub(crate) fn next_is(&self, function: &str) -> bool {
-        self.lock()
-            .queue
-            .front()
-            .is_some_and(|(next, _)| &**next == function)
+        let state = self.lock();
+        state.active <= self.limit
+            && state
+                .queue
+                .front()
+                .is_some_and(|(next, _)| &**next == function)
     }
 
     /// Returns once no task is queued or running (tasks waiting for children are not waited
@@ -110,9 +113,13 @@ impl Pool {
         let spawned = std::thread::Builder::new()
             .name("ladle-task".into())
             .spawn(move || pool.serve());
-        if spawned.is_ok() {
-            state.threads += 1;
-            state.starting += 1;
+        match spawned {
+            Ok(_) => {
+                state.threads += 1;
+                state.starting += 1;
+            }
+            // The task waits for a thread that ends, or for the next task's push to try again.
+            Err(e) => tracing::warn!("cannot start a thread for a task: {e}"),
         }
     }
 

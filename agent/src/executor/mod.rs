@@ -462,6 +462,7 @@ impl Executor {
                 }
             }
             WorkerEvent::Children { parent, children } => self.children(parent, children),
+            WorkerEvent::ChildResults(results) => self.child_results(results),
             WorkerEvent::CancelChildren { parent, ordinals } => {
                 if let Some(running) = self.running.get(&parent) {
                     let _ = self.out.send(Outgoing::ChildCancel(pb::ChildCancel {
@@ -477,11 +478,16 @@ impl Executor {
                     && !matches!(running.lane, Lane::Gpu(_))
                 {
                     running.waiting = waiting;
-                    let _ = self.out.send(Outgoing::Waiting(pb::TaskWaiting {
-                        task_ref,
-                        attempt: running.attempt,
-                        waiting,
-                    }));
+                    // The scheduler lends a waiting task's slot; it learns that the slot is
+                    // taken again from the task's result (meanwhile a task it places here waits
+                    // in this agent's queue, as prefetched ones do): one message less per wait.
+                    if waiting {
+                        let _ = self.out.send(Outgoing::Waiting(pb::TaskWaiting {
+                            task_ref,
+                            attempt: running.attempt,
+                            waiting,
+                        }));
+                    }
                 }
             }
             WorkerEvent::Output { job, stderr, line } => {
@@ -639,7 +645,7 @@ impl Executor {
                     && self
                         .running
                         .values()
-                        .any(|r| r.lane == Lane::Solo && r.job == q.job);
+                        .any(|r| r.lane == Lane::Solo && r.job == q.job && !r.waiting);
                 if cpu_running >= limit || solo_busy {
                     i += 1;
                     continue;
@@ -748,10 +754,15 @@ impl Executor {
                 if spec.payload.len() <= limits::INLINE_VALUE_BYTES {
                     continue;
                 }
-                match cache.upload(std::mem::take(&mut spec.payload), &job).await {
+                let data = std::mem::take(&mut spec.payload);
+                match cache.upload(data.clone(), &job).await {
                     Ok(blob) => spec.payload_blob = Some(blob),
-                    // The scheduler fails a child whose argument it cannot find, naming it.
-                    Err(reason) => warn!(parent, "cannot store a child's argument: {reason}"),
+                    Err(reason) => {
+                        // The child goes by the hash it would have had: its agent fails it,
+                        // naming the argument it cannot fetch.
+                        warn!(parent, "cannot store a child's argument: {reason}");
+                        spec.payload_blob = Some(ladle_common::blobs::describe(&data));
+                    }
                 }
             }
             send(tasks);
@@ -788,7 +799,13 @@ impl Executor {
             deliver(results.results);
             return;
         }
-        let cache = self.ctx.cache.clone();
+        // Fetched off the loop, then handed back to it: by then the parent may be over, or run
+        // again, and the attempt is checked once more.
+        let (cache, events, generation) = (
+            self.ctx.cache.clone(),
+            self.ctx.events.clone(),
+            self.generation,
+        );
         tokio::spawn(async move {
             for r in &mut results.results {
                 if let Some(pb::task_result::Outcome::OutputBlob(blob)) = &r.outcome {
@@ -804,7 +821,10 @@ impl Executor {
                     });
                 }
             }
-            deliver(results.results);
+            let _ = events.send(Stamped {
+                generation,
+                event: WorkerEvent::ChildResults(results),
+            });
         });
     }
 

@@ -84,6 +84,8 @@ pub enum WorkerEvent {
     CancelChildren { parent: u64, ordinals: Vec<u32> },
     /// A running task waits for its children, or resumed.
     Waiting { task_ref: u64, waiting: bool },
+    /// Children's results whose big values were fetched: to the parent, if it still runs.
+    ChildResults(ladle_proto::v1::ChildResults),
     /// A big result was stored in the scheduler's blob store (or could not be).
     Stored {
         task_ref: u64,
@@ -212,22 +214,38 @@ pub async fn run(
                 }
             },
             frame = next_frame(&mut process) => match frame {
+                // A worker speaks only for the tasks it was given: not for another job's.
                 Some(FromWorker::Done { task, outcome, run_ns }) => {
-                    if let Some(p) = process.as_mut() {
-                        p.inflight.remove(&task);
+                    if process.as_mut().is_some_and(|p| p.inflight.remove(&task)) {
+                        events.send(WorkerEvent::Done { task_ref: task, outcome, run_ns });
                     }
-                    events.send(WorkerEvent::Done { task_ref: task, outcome, run_ns });
                 }
                 Some(FromWorker::Ready { pid, tasks }) => debug!(pid, tasks, job = %job.name, "worker ready"),
                 Some(FromWorker::Started { task }) => events.send(WorkerEvent::Started { task_ref: task }),
-                Some(FromWorker::Submit { parent, children }) => {
+                Some(FromWorker::Submit { parent, children }) if holds(&process, parent) => {
                     events.send(WorkerEvent::Children { parent, children });
                 }
-                Some(FromWorker::CancelChildren { parent, ordinals }) => {
+                Some(FromWorker::CancelChildren { parent, ordinals }) if holds(&process, parent) => {
                     events.send(WorkerEvent::CancelChildren { parent, ordinals });
                 }
-                Some(FromWorker::Waiting { task, waiting }) => {
+                Some(FromWorker::Waiting { task, waiting }) if holds(&process, task) => {
                     events.send(WorkerEvent::Waiting { task_ref: task, waiting });
+                }
+                Some(
+                    FromWorker::Submit { parent: task, .. }
+                    | FromWorker::CancelChildren { parent: task, .. }
+                    | FromWorker::Waiting { task, .. },
+                ) => {
+                    debug!(task, job = %job.name, "a worker spoke for a task it does not hold");
+                }
+                Some(FromWorker::Upload { request, data }) if too_big(&ctx, data.len()) => {
+                    let result = Err(format!(
+                        "the value is {} bytes, more than the cluster's limit of {} bytes (the \
+                         scheduler's max_value_bytes)",
+                        data.len(),
+                        ctx.max_value.load(Ordering::Relaxed)
+                    ));
+                    let _ = answers_tx.send(ToWorker::Uploaded { request, result });
                 }
                 Some(FromWorker::Upload { request, data }) => {
                     // A task's `share`: stored for the job, with the agent's credential (the
@@ -246,6 +264,17 @@ pub async fn run(
             },
         }
     }
+}
+
+/// Whether a value is larger than the cluster carries (0: the limit is not known yet).
+fn too_big(ctx: &WorkerContext, len: usize) -> bool {
+    let limit = ctx.max_value.load(Ordering::Relaxed);
+    limit > 0 && len as u64 > limit
+}
+
+/// Whether the process holds task `task` (was given it, and has not said it is done).
+fn holds(process: &Option<Process>, task: u64) -> bool {
+    process.as_ref().is_some_and(|p| p.inflight.contains(&task))
 }
 
 async fn next_frame(process: &mut Option<Process>) -> Option<FromWorker> {

@@ -2085,8 +2085,34 @@ fn a_driver_cancelling_a_parent_cancels_its_descendants_without_results_for_them
         )]
     ));
     assert_eq!(cancelled_on_agents(&cmds), vec![(1, p), (1, c), (1, g)]);
-    assert!(child_results(&cmds).is_empty());
+    assert_waits_released(&cmds);
+    // The parent and the child each waited for a child of theirs: both waits end.
+    let mut released: Vec<TaskRef> = child_results(&cmds).iter().map(|r| r.1).collect();
+    released.sort_unstable();
+    assert_eq!(released, vec![p, c], "{cmds:?}");
     assert_eq!(counts(&sim), (1, 0, 0));
+}
+
+/// The only results of children among `cmds` release waits: each tells a task cancelled on
+/// its agent that a child it waits for is cancelled too (so that its worker's wait ends).
+fn assert_waits_released(cmds: &[Command]) {
+    let cancelled = cancelled_on_agents(cmds);
+    for (conn, parent, _, _, outcome) in child_results(cmds) {
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Failed {
+                    kind: FailureKind::Cancelled,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        assert!(
+            cancelled.contains(&(conn, parent)),
+            "a wait released for {parent}, which was not cancelled: {cmds:?}"
+        );
+    }
 }
 
 #[test]
@@ -2146,7 +2172,8 @@ fn an_operator_cancel_mid_recursion_leaves_nothing_and_answers_only_the_drivers_
         .collect();
     answered.sort_unstable();
     assert_eq!(answered, vec![0, 1, 2]);
-    assert!(child_results(&out).is_empty() && assignments(&out).is_empty());
+    assert!(assignments(&out).is_empty());
+    assert_waits_released(&out);
     // Every placed task is stopped on its agent; nothing is queued or running.
     all_placed.sort_unstable();
     assert_eq!(cancelled_on_agents(&out), all_placed);
@@ -2316,10 +2343,11 @@ fn childrens_arguments_do_not_take_the_drivers_byte_budget() {
     let [(1, p, 1)] = assignments(&submit(&mut sim, 10, 0..1))[..] else {
         panic!()
     };
-    // The parent's children carry 300 bytes of arguments between them.
+    // The parent's children carry 240 bytes of arguments between them (their own budget holds
+    // 250).
     let big = |ordinal: u32| ChildSpec {
         spec: TaskSpec {
-            payload: vec![0u8; 100].into(),
+            payload: vec![0u8; 80].into(),
             ..spec(0)
         },
         ..child(ordinal, u64::from(ordinal))
@@ -2433,4 +2461,43 @@ fn a_parent_dropping_a_childs_future_cancels_it_and_is_answered_once() {
         results: vec![ok(c1, 1)],
     });
     assert!(child_results(&cmds).is_empty() && delivered(&cmds).is_empty());
+}
+
+#[test]
+fn nested_tasks_past_their_byte_budget_are_refused_to_the_parent_and_not_remembered() {
+    let mut sim = Sim::with_budget(Budget {
+        tasks: 100,
+        bytes: 250,
+    });
+    sim.join(1, "a");
+    open(&mut sim, 10);
+    let [(1, p, 1)] = assignments(&submit(&mut sim, 10, 0..1))[..] else {
+        panic!()
+    };
+    let big = |ordinal: u32| ChildSpec {
+        spec: TaskSpec {
+            payload: vec![0u8; 100].into(),
+            ..spec(0)
+        },
+        ..child(ordinal, u64::from(ordinal))
+    };
+    let cmds = spawn(&mut sim, 1, p, 1, (0..3).map(big).collect());
+    assert_eq!(assigned_children(&cmds).len(), 2, "{cmds:?}");
+    let refused = child_results(&cmds);
+    assert!(
+        matches!(&refused[..], [(1, parent, 1, 2, Outcome::Failed { kind: FailureKind::Refused, message })]
+            if *parent == p && message.contains("session_max_bytes")),
+        "{refused:?}"
+    );
+    // Not remembered: submitted again once there is room, it runs.
+    let cmds = sim.send(Event::ChildrenCancelled {
+        conn: 1,
+        parent: p,
+        attempt: 1,
+        ordinals: vec![0],
+    });
+    assert_eq!(child_results(&cmds).len(), 1, "{cmds:?}");
+    let cmds = spawn(&mut sim, 1, p, 1, vec![big(2)]);
+    assert_eq!(assigned_children(&cmds).len(), 1, "{cmds:?}");
+    assert!(child_results(&cmds).is_empty(), "{cmds:?}");
 }

@@ -452,6 +452,14 @@ impl Cluster {
         }
     }
 
+    /// Ends a task's nested session (its run is over).
+    pub(crate) fn close_nested(&self) {
+        let _ = self
+            .inner
+            .requests
+            .send(Request::Close(session::Closing::new()));
+    }
+
     /// Whether this is a task's handle on its job.
     pub(crate) fn is_nested(&self) -> bool {
         self.inner.link.is_some()

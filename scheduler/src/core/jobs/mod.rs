@@ -437,8 +437,8 @@ impl Jobs {
             let bytes = spec.payload.len() as u64;
             // Results not acknowledged are held for the session too; nested tasks have a
             // budget of their own.
-            let held =
-                (session.by_task_id.len() + session.ledger.unacked()) as u64 - session.children;
+            let held = ((session.by_task_id.len() + session.ledger.unacked()) as u64)
+                .saturating_sub(session.children);
             let held_bytes = session.bytes.saturating_sub(session.child_bytes);
             let why = if spec.task_id & CHILD_ID != 0 {
                 Some(format!(

@@ -73,6 +73,19 @@ impl Jobs {
             }
             let refusal = match self.sessions.get(&no) {
                 _ if cancelled => Some((FailureKind::Cancelled, OPERATOR_CANCEL.to_owned())),
+                Some(s) if s.child_bytes + child.spec.payload.len() as u64 > self.budget.bytes => {
+                    Some((
+                        FailureKind::Refused,
+                        format!(
+                            "the scheduler refused the nested task: its job's nested tasks already \
+                             hold {} bytes of arguments, and this one's {} would pass the budget \
+                             (session_max_bytes = {})",
+                            s.child_bytes,
+                            child.spec.payload.len(),
+                            self.budget.bytes
+                        ),
+                    ))
+                }
                 Some(s) if s.children + s.child_results >= self.budget.tasks => Some((
                     FailureKind::Refused,
                     format!(
@@ -87,8 +100,9 @@ impl Jobs {
                 None => return,
             };
             let state = match refusal {
+                // Answered, not kept: a run of the parent that submits it again may be admitted.
                 Some((kind, message)) => {
-                    let result = DriverResult {
+                    replies.push(DriverResult {
                         task_id: u64::from(ordinal),
                         attempt: 0,
                         agent: "".into(),
@@ -96,12 +110,8 @@ impl Jobs {
                         run_ns: 0,
                         gpu: false,
                         seq: 0,
-                    };
-                    replies.push(result.clone());
-                    if let Some(s) = self.sessions.get_mut(&no) {
-                        s.child_results += 1;
-                    }
-                    ChildState::Done(result)
+                    });
+                    continue;
                 }
                 None => {
                     let mut spec = child.spec;
@@ -169,8 +179,9 @@ impl Jobs {
             if !live {
                 continue;
             }
-            let digest = self.drop_child(parent, ordinal, members, out);
-            let result = DriverResult {
+            // Answered, not kept: a run of the parent after this one never cancelled it.
+            self.drop_child(parent, ordinal, members, out);
+            replies.push(DriverResult {
                 task_id: u64::from(ordinal),
                 attempt: 0,
                 agent: "".into(),
@@ -181,24 +192,7 @@ impl Jobs {
                 run_ns: 0,
                 gpu: false,
                 seq: 0,
-            };
-            replies.push(result.clone());
-            let no = self.tasks.get(&parent).map(|p| p.session);
-            if let Some(p) = self.tasks.get_mut(&parent)
-                && let Some(nest) = p.nest.as_mut()
-            {
-                nest.children.insert(
-                    ordinal,
-                    Child {
-                        digest: digest.unwrap_or_default(),
-                        claimed: attempt,
-                        state: ChildState::Done(result),
-                    },
-                );
-                if let Some(s) = no.and_then(|no| self.sessions.get_mut(&no)) {
-                    s.child_results += 1;
-                }
-            }
+            });
         }
         if !replies.is_empty() {
             out.push(Command::ChildResults {
@@ -238,18 +232,21 @@ impl Jobs {
     }
 
     /// Removes the child at `ordinal` of `parent`: an unfinished one is cancelled with its
-    /// whole family, a kept result released. Returns the child's digest.
+    /// whole family, a kept result released.
     fn drop_child(
         &mut self,
         parent: TaskRef,
         ordinal: u32,
         members: &Membership,
         out: &mut Vec<Command>,
-    ) -> Option<u64> {
-        let p = self.tasks.get_mut(&parent)?;
+    ) {
+        let Some(p) = self.tasks.get_mut(&parent) else {
+            return;
+        };
         let no = p.session;
-        let child = p.nest.as_mut()?.children.remove(&ordinal)?;
-        let digest = child.digest;
+        let Some(child) = p.nest.as_mut().and_then(|n| n.children.remove(&ordinal)) else {
+            return;
+        };
         if matches!(child.state, ChildState::Live(_)) {
             let mut family = HashMap::default();
             family.insert(ordinal, child);
@@ -257,7 +254,6 @@ impl Jobs {
         } else if let Some(s) = self.sessions.get_mut(&no) {
             s.child_results = s.child_results.saturating_sub(1);
         }
-        Some(digest)
     }
 
     /// Children of a task that is gone for good: the unfinished ones are cancelled (on their
@@ -286,6 +282,7 @@ impl Jobs {
                 {
                     on_agents.entry(conn).or_default().push(task_ref);
                 }
+                Self::release(task_ref, &task, members, out);
                 if let Some(nest) = task.nest.take() {
                     stack.push(nest.children);
                 }
@@ -293,6 +290,48 @@ impl Jobs {
         }
         for (conn, refs) in on_agents {
             out.push(Command::CancelOnAgent { conn, refs });
+        }
+    }
+
+    /// A running task that is cancelled may be waiting for children that are cancelled with it:
+    /// its worker is told they are, so that its wait ends (and its thread with it) instead of
+    /// lasting as long as the worker.
+    pub(super) fn release(
+        task_ref: TaskRef,
+        task: &Task,
+        members: &Membership,
+        out: &mut Vec<Command>,
+    ) {
+        let (TaskState::Running(agent), Some(nest)) = (&task.state, &task.nest) else {
+            return;
+        };
+        let Some(conn) = members.get(agent).and_then(|a| a.conn) else {
+            return;
+        };
+        let results: Vec<DriverResult> = nest
+            .children
+            .iter()
+            .filter(|(_, c)| c.claimed == task.attempt && matches!(c.state, ChildState::Live(_)))
+            .map(|(&ordinal, _)| DriverResult {
+                task_id: u64::from(ordinal),
+                attempt: 0,
+                agent: "".into(),
+                outcome: Outcome::Failed {
+                    kind: FailureKind::Cancelled,
+                    message: "cancelled with its parent task".into(),
+                },
+                run_ns: 0,
+                gpu: false,
+                seq: 0,
+            })
+            .collect();
+        if !results.is_empty() {
+            out.push(Command::ChildResults {
+                conn,
+                parent: task_ref,
+                attempt: task.attempt,
+                results,
+            });
         }
     }
 

@@ -39,6 +39,7 @@ impl Jobs {
             // Its children go with it; a nested task's result would go to its parent, which is
             // cancelled with it (a driver cancels only its own tasks).
             let nested = task.parent().is_some();
+            Self::release(task_ref, &task, members, out);
             if let Some(nest) = task.nest.take() {
                 self.drop_family(nest.children, members, out);
             }

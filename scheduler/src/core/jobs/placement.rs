@@ -108,6 +108,7 @@ impl Jobs {
                 Some(t) if t.attempt == attempt && t.runs_on(&agent_id) => {
                     agent.assigned.remove(&task_ref);
                     agent.gpu_assigned.remove(&task_ref);
+                    agent.waiting.remove(&task_ref);
                     moved += 1;
                     self.queue_again(task_ref);
                 }
@@ -116,6 +117,7 @@ impl Jobs {
                     // Cancelled since: whatever the agent gave back holds no slot there.
                     agent.assigned.remove(&task_ref);
                     agent.gpu_assigned.remove(&task_ref);
+                    agent.waiting.remove(&task_ref);
                 }
             }
         }
