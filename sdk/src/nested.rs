@@ -254,14 +254,14 @@ pub fn cluster() -> Result<Cluster, Error> {
     }
     let runtime = link.runtime()?;
     let (requests, requests_rx) = mpsc::unbounded_channel();
-    let run = link.next.fetch_add(1, Ordering::Relaxed);
-    runtime.spawn(serve(link.clone(), task, run, requests_rx));
-    let cluster = Cluster::nested(
-        requests,
-        runtime.handle().clone(),
-        link.clone(),
-        link.max_value,
-    );
+    let run = Run {
+        link: link.clone(),
+        parent: task,
+        run: link.next.fetch_add(1, Ordering::Relaxed),
+        closed: Arc::default(),
+    };
+    runtime.spawn(serve(run.clone(), requests_rx));
+    let cluster = Cluster::nested(requests, runtime.handle().clone(), run, link.max_value);
     CURRENT.with(|c| {
         if let Some(current) = c.borrow_mut().as_mut() {
             current.cluster = Some(cluster.clone());
@@ -352,14 +352,77 @@ fn waker() -> std::task::Waker {
     std::task::Waker::from(Arc::new(Unpark(std::thread::current())))
 }
 
-/// The nested session of one run of task `parent`: its submissions and cancels go to the agent
-/// as its children's.
-async fn serve(
+/// One run of a task, whose submissions are its children: they go to the agent from the
+/// submitting thread.
+#[derive(Clone)]
+pub(crate) struct Run {
     link: Arc<Link>,
     parent: u64,
     run: u64,
-    mut requests: mpsc::UnboundedReceiver<Request>,
-) {
+    /// The run is over: what it submits from now on fails.
+    closed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Run {
+    /// The run is over: what it submits from now on fails.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn link(&self) -> Arc<Link> {
+        self.link.clone()
+    }
+
+    /// Sends one child to the agent, its route noted first.
+    pub(crate) fn submit(&self, submission: session::Submission) -> Result<(), Error> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let Some((child, route)) = child_of(submission) else {
+            return Ok(());
+        };
+        lock(&self.link.routes).insert((self.parent, child.ordinal), (self.run, route));
+        let frame = FromWorker::Submit {
+            parent: self.parent,
+            children: vec![child],
+        };
+        self.link.send(&frame, true).map_err(|_| Error::Closed)
+    }
+}
+
+/// A submission as the agent takes it, and where its result goes; `None` (answered) when it
+/// cannot be one.
+fn child_of(submission: session::Submission) -> Option<(WorkerChild, Route)> {
+    let Ok(ordinal) = u32::try_from(submission.spec.task_id) else {
+        (submission.route)(RawResult::failed(
+            ErrorKind::Refused,
+            "a task may submit at most 2^32 tasks".into(),
+        ));
+        return None;
+    };
+    let mut spec = submission.spec;
+    // A big argument goes inline to the agent, which stores it.
+    if let Some((data, _turn)) = submission.upload {
+        spec.payload = data;
+        spec.payload_blob = None;
+    }
+    let child = WorkerChild {
+        ordinal,
+        digest: digest(&spec),
+        spec: ByteBlock(spec.encode_to_vec()),
+    };
+    Some((child, submission.route))
+}
+
+/// The nested session of one run of a task: its cancels (and any submission that comes this
+/// way) go to the agent; it ends with the run.
+async fn serve(run: Run, mut requests: mpsc::UnboundedReceiver<Request>) {
+    let Run {
+        link,
+        parent,
+        run: run_no,
+        ..
+    } = run.clone();
     let mut next: Option<Request> = None;
     loop {
         let request = match next.take() {
@@ -390,31 +453,14 @@ async fn serve(
                 }
                 let mut children = Vec::with_capacity(submissions.len());
                 let mut routes = Vec::with_capacity(submissions.len());
-                for submission in submissions {
-                    let Ok(ordinal) = u32::try_from(submission.spec.task_id) else {
-                        (submission.route)(RawResult::failed(
-                            ErrorKind::Refused,
-                            "a task may submit at most 2^32 tasks".into(),
-                        ));
-                        continue;
-                    };
-                    let mut spec = submission.spec;
-                    // A big argument goes inline to the agent, which stores it.
-                    if let Some((data, _turn)) = submission.upload {
-                        spec.payload = data;
-                        spec.payload_blob = None;
-                    }
-                    children.push(WorkerChild {
-                        ordinal,
-                        digest: digest(&spec),
-                        spec: ByteBlock(spec.encode_to_vec()),
-                    });
-                    routes.push((ordinal, submission.route));
+                for (child, route) in submissions.into_iter().filter_map(child_of) {
+                    routes.push((child.ordinal, route));
+                    children.push(child);
                 }
                 {
                     let mut table = lock(&link.routes);
                     for (ordinal, route) in routes {
-                        table.insert((parent, ordinal), (run, route));
+                        table.insert((parent, ordinal), (run_no, route));
                     }
                 }
                 if link
@@ -436,7 +482,8 @@ async fn serve(
     }
     // The run is over: its children's futures fail as disconnected (the scheduler cancels the
     // children themselves when the task ends).
-    lock(&link.routes).retain(|(p, _), (r, _)| *p != parent || *r != run);
+    run.closed.store(true, Ordering::Release);
+    lock(&link.routes).retain(|(p, _), (r, _)| *p != parent || *r != run_no);
 }
 
 /// What a child is: its function, argument and options, for the scheduler to tell a re-run

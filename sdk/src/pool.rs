@@ -10,6 +10,9 @@ use std::{
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// Idle threads kept at least, for the tasks that follow.
+const KEEP_IDLE: usize = 16;
+
 pub(crate) struct Pool {
     state: Mutex<State>,
     work: Condvar,
@@ -140,8 +143,9 @@ impl Pool {
                 self.done.notify_all();
                 continue;
             }
-            // Threads beyond what the slots need (started for tasks that then waited) end.
-            if state.idle >= self.limit || state.closed {
+            // Threads beyond what the slots need (started for tasks that then waited) end, but
+            // a few are kept: a recursion's waits come and go, and a thread costs a start.
+            if state.idle >= self.limit.max(KEEP_IDLE) || state.closed {
                 state.threads -= 1;
                 return;
             }

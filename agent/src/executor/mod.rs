@@ -478,16 +478,11 @@ impl Executor {
                     && !matches!(running.lane, Lane::Gpu(_))
                 {
                     running.waiting = waiting;
-                    // The scheduler lends a waiting task's slot; it learns that the slot is
-                    // taken again from the task's result (meanwhile a task it places here waits
-                    // in this agent's queue, as prefetched ones do): one message less per wait.
-                    if waiting {
-                        let _ = self.out.send(Outgoing::Waiting(pb::TaskWaiting {
-                            task_ref,
-                            attempt: running.attempt,
-                            waiting,
-                        }));
-                    }
+                    let _ = self.out.send(Outgoing::Waiting(pb::TaskWaiting {
+                        task_ref,
+                        attempt: running.attempt,
+                        waiting,
+                    }));
                 }
             }
             WorkerEvent::Output { job, stderr, line } => {

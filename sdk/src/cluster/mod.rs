@@ -180,8 +180,9 @@ struct Inner {
     channel: Option<tonic::transport::Channel>,
     /// Where maps run: the driver's runtime, or inside a task the worker's.
     runtime: Option<tokio::runtime::Handle>,
-    /// Inside a task: the worker's link to its agent (which stores shared values).
-    link: Option<Arc<crate::nested::Link>>,
+    /// Inside a task: the run of the task whose children this handle submits, through the
+    /// worker's link to its agent.
+    nested: Option<crate::nested::Run>,
     lone_wait: Arc<LoneWait>,
     /// The session's id: the job its stored values belong to.
     session_id: String,
@@ -407,7 +408,7 @@ impl Cluster {
                 auth,
                 channel: Some(channel),
                 runtime: None,
-                link: None,
+                nested: None,
                 lone_wait,
                 session_id,
                 _embedded: embedded,
@@ -420,7 +421,7 @@ impl Cluster {
     pub(crate) fn nested(
         requests: mpsc::UnboundedSender<Request>,
         runtime: tokio::runtime::Handle,
-        link: Arc<crate::nested::Link>,
+        run: crate::nested::Run,
         max_value_bytes: u64,
     ) -> Self {
         let capacity = Arc::new(session::Capacity::default());
@@ -443,7 +444,7 @@ impl Cluster {
                 auth: ClientAuth::token(None),
                 channel: None,
                 runtime: Some(runtime),
-                link: Some(link),
+                nested: Some(run),
                 // A waiting parent gives its slot back: it must not spin on it.
                 lone_wait: Arc::new(LoneWait::with_limit(Duration::ZERO)),
                 session_id: String::new(),
@@ -454,6 +455,9 @@ impl Cluster {
 
     /// Ends a task's nested session (its run is over).
     pub(crate) fn close_nested(&self) {
+        if let Some(run) = &self.inner.nested {
+            run.close();
+        }
         let _ = self
             .inner
             .requests
@@ -462,7 +466,7 @@ impl Cluster {
 
     /// Whether this is a task's handle on its job.
     pub(crate) fn is_nested(&self) -> bool {
-        self.inner.link.is_some()
+        self.inner.nested.is_some()
     }
 
     /// Where the cluster's maps run.
@@ -665,7 +669,7 @@ impl Cluster {
         }
         let Some(channel) = self.inner.channel.clone() else {
             // Inside a task: the agent stores it for the job.
-            let link = self.inner.link.clone().ok_or(Error::Closed)?;
+            let link = self.inner.nested.as_ref().ok_or(Error::Closed)?.link();
             let sha256 = link.upload(bytes).await.map_err(|message| Error::Upload {
                 what: "a shared constant".into(),
                 message,
@@ -764,13 +768,18 @@ impl Cluster {
             drop(in_flight);
             route(raw)
         });
+        let submission = session::Submission {
+            spec,
+            route,
+            upload: upload.map(|data| (data, turn)),
+        };
+        // Inside a task, straight to the agent from this thread.
+        if let Some(run) = &self.inner.nested {
+            return run.submit(submission);
+        }
         self.inner
             .requests
-            .send(Request::Submit(vec![session::Submission {
-                spec,
-                route,
-                upload: upload.map(|data| (data, turn)),
-            }]))
+            .send(Request::Submit(vec![submission]))
             .map_err(|_| Error::Closed)
     }
 
