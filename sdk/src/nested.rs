@@ -21,7 +21,7 @@ use std::{
 };
 
 use ladle_common::worker_protocol::{self as wp, ByteBlock, FromWorker, WorkerChild};
-use ladle_proto::v1::{self as pb, task_result};
+use ladle_proto::v1 as pb;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
@@ -157,25 +157,8 @@ impl Link {
             let Some((_, route)) = lock(&self.routes).remove(&(parent, ordinal)) else {
                 continue;
             };
-            let mut raw = RawResult {
-                outcome: Err((ErrorKind::BadData, "the scheduler sent no outcome".into())),
-                agent: result.agent,
-                attempt: result.attempt,
-                run_ns: result.run_ns,
-            };
-            match result.outcome {
-                Some(task_result::Outcome::Output(bytes)) => raw.outcome = Ok(bytes),
-                Some(task_result::Outcome::Failure(f)) => {
-                    raw.outcome = Err((session::kind(f.kind), f.message));
-                }
-                Some(task_result::Outcome::OutputBlob(blob)) => {
-                    raw.outcome = Err((
-                        ErrorKind::BadData,
-                        format!("the agent did not fetch the child's result {}", blob.sha256),
-                    ));
-                }
-                None => {}
-            }
+            // The agent fetched any stored output: one left stored fails as not fetched.
+            let (raw, _) = RawResult::from_pb(result);
             route(raw);
         }
     }
@@ -233,16 +216,17 @@ fn current() -> Option<(u64, Arc<Link>)> {
 ///
 /// ```no_run
 /// #[ladle::task]
-/// fn tree_sum(depth: u32) -> Result<u64, ladle::TaskError> {
+/// fn tree_sum(depth: u32) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
 ///     if depth == 0 {
 ///         return Ok(1);
 ///     }
-///     let cluster = ladle::cluster().expect("inside a task");
-///     let left = cluster.submit(tree_sum, depth - 1).expect("submitted");
-///     let right = cluster.submit(tree_sum, depth - 1).expect("submitted");
+///     let cluster = ladle::cluster()?;
+///     let left = cluster.submit(tree_sum, depth - 1)?;
+///     let right = cluster.submit(tree_sum, depth - 1)?;
 ///     let (left, right) = ladle::block_on(async { (left.await, right.await) });
 ///     Ok(left? + right? + 1)
 /// }
+/// # fn main() {}
 /// ```
 ///
 /// Call it on the task's own thread (the handle may then go to any thread). Outside a task (in

@@ -63,6 +63,12 @@ fn the_examples_give_exact_results_on_a_cluster_and_embedded() {
             ],
         ),
         ("completed", vec![], vec!["sum of squares: 285"]),
+        // Tasks that submit tasks, deeper than the slots.
+        (
+            "quicksort",
+            vec!["100000"],
+            vec!["sorted 100000 numbers: first 4829, last 999998880"],
+        ),
     ];
     for (name, args, expected) in cases {
         let on_cluster = own_lines(&scheduler.run_driver(&example(name), &args));

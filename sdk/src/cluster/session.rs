@@ -119,6 +119,31 @@ pub(crate) struct RawResult {
 }
 
 impl RawResult {
+    /// A result as the scheduler sent it, and the blob that holds its output if it is stored
+    /// rather than inline (its outcome then says so until it is fetched).
+    pub(crate) fn from_pb(result: pb::TaskResult) -> (Self, Option<BlobRef>) {
+        let mut raw = RawResult {
+            outcome: Err((ErrorKind::BadData, "the scheduler sent no outcome".into())),
+            agent: result.agent,
+            attempt: result.attempt,
+            run_ns: result.run_ns,
+        };
+        let mut stored = None;
+        match result.outcome {
+            Some(task_result::Outcome::Output(bytes)) => raw.outcome = Ok(bytes),
+            Some(task_result::Outcome::Failure(f)) => raw.outcome = Err((kind(f.kind), f.message)),
+            Some(task_result::Outcome::OutputBlob(blob)) => {
+                raw.outcome = Err((
+                    ErrorKind::BadData,
+                    format!("the result {} was not fetched", blob.sha256),
+                ));
+                stored = Some(blob);
+            }
+            None => {}
+        }
+        (raw, stored)
+    }
+
     pub(crate) fn failed(kind: ErrorKind, message: String) -> Self {
         Self {
             outcome: Err((kind, message)),
@@ -690,18 +715,9 @@ fn deliver(body: driver_event::Body, state: &mut State, blobs: &BlobClient) {
                     state.capacity.duplicates.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
-                let mut raw = RawResult {
-                    outcome: Err((ErrorKind::BadData, "the scheduler sent no outcome".into())),
-                    agent: result.agent,
-                    attempt: result.attempt,
-                    run_ns: result.run_ns,
-                };
-                match result.outcome {
-                    Some(task_result::Outcome::Output(bytes)) => raw.outcome = Ok(bytes),
-                    Some(task_result::Outcome::Failure(f)) => {
-                        raw.outcome = Err((kind(f.kind), f.message));
-                    }
-                    Some(task_result::Outcome::OutputBlob(blob)) => {
+                let (mut raw, stored) = RawResult::from_pb(result);
+                match stored {
+                    Some(blob) => {
                         let mut blobs = blobs.clone();
                         tokio::spawn(async move {
                             raw.outcome = ladle_common::blobs::fetch(
@@ -718,11 +734,9 @@ fn deliver(body: driver_event::Body, state: &mut State, blobs: &BlobClient) {
                             });
                             route(raw);
                         });
-                        continue;
                     }
-                    None => {}
+                    None => route(raw),
                 }
-                route(raw);
             }
         }
         driver_event::Body::Output(output) => {

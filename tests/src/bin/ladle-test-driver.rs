@@ -182,7 +182,8 @@ fn open_inside(address: String) -> String {
 /// What a nested task may fail with.
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
-/// Nested futures, the deadlock case: `outer` submits `inner` and waits for it.
+/// Nested futures, the deadlock case: `outer` submits `inner` (alone, in a `map_reduce` and in
+/// a `map`) and waits for them.
 #[ladle::task]
 fn inner(i: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(50));
@@ -194,7 +195,11 @@ fn outer(i: u64) -> Result<u64, Failure> {
     // `from_env` inside a task is the job's handle, as `ladle::cluster()` is.
     let cluster = ladle::block_on(Cluster::from_env())?;
     let child = cluster.submit(inner, i)?;
-    Ok(ladle::block_on(child)? + 1)
+    let folded = cluster.map_reduce(inner, add, [i, i]);
+    let listed = cluster.map(inner, [i]);
+    let (child, folded, listed) =
+        ladle::block_on(async { (child.await, folded.await, listed.await) });
+    Ok(child? + folded? + listed?.iter().sum::<u64>() + 1)
 }
 
 /// A node of a binary recursion of `depth` levels below it: an inner node submits its two
@@ -385,23 +390,11 @@ fn flood(lines: u64) -> u64 {
 }
 
 /// Notes that it runs, below anything the SDK does (a line appended to `<dir>/<index>`: one
-/// line per execution), then takes 20 ms and returns its index.
+/// line per execution, see [`note`]), then takes 20 ms and returns its index.
 #[ladle::task]
 fn counted(args: (String, u64)) -> Result<u64, String> {
-    use std::io::Write;
     let (dir, index) = args;
-    let line = format!(
-        "{} {} {}\n",
-        ladle::current_agent().unwrap_or_default(),
-        std::process::id(),
-        now_ms()
-    );
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(format!("{dir}/{index}"))
-        .and_then(|mut file| file.write_all(line.as_bytes()))
-        .map_err(|e| format!("cannot note the execution of {index} in {dir}: {e}"))?;
+    note(&dir, &index.to_string(), "run")?;
     std::thread::sleep(Duration::from_millis(20));
     Ok(index)
 }
@@ -731,12 +724,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             stay_until_written(&path).await;
         }
         "nested_pairs" => {
-            // Twelve tasks that each wait for a task of their own.
+            // Twelve tasks that each wait for tasks of their own.
             let results = cluster.map(outer, 0..12u64).await?;
             let correct = results
                 .iter()
                 .enumerate()
-                .all(|(i, &r)| r == i as u64 * 10 + 1);
+                .all(|(i, &r)| r == i as u64 * 40 + 1);
             out(json!({ "results": results.len(), "correct": correct }));
         }
         "nested_tree" => {

@@ -102,15 +102,7 @@ impl Jobs {
             let state = match refusal {
                 // Answered, not kept: a run of the parent that submits it again may be admitted.
                 Some((kind, message)) => {
-                    replies.push(DriverResult {
-                        task_id: u64::from(ordinal),
-                        attempt: 0,
-                        agent: "".into(),
-                        outcome: Outcome::Failed { kind, message },
-                        run_ns: 0,
-                        gpu: false,
-                        seq: 0,
-                    });
+                    replies.push(answer(ordinal, kind, message));
                     continue;
                 }
                 None => {
@@ -181,18 +173,11 @@ impl Jobs {
             }
             // Answered, not kept: a run of the parent after this one never cancelled it.
             self.drop_child(parent, ordinal, members, out);
-            replies.push(DriverResult {
-                task_id: u64::from(ordinal),
-                attempt: 0,
-                agent: "".into(),
-                outcome: Outcome::Failed {
-                    kind: FailureKind::Cancelled,
-                    message: "cancelled by its parent task".into(),
-                },
-                run_ns: 0,
-                gpu: false,
-                seq: 0,
-            });
+            replies.push(answer(
+                ordinal,
+                FailureKind::Cancelled,
+                "cancelled by its parent task".into(),
+            ));
         }
         if !replies.is_empty() {
             out.push(Command::ChildResults {
@@ -312,17 +297,12 @@ impl Jobs {
             .children
             .iter()
             .filter(|(_, c)| c.claimed == task.attempt && matches!(c.state, ChildState::Live(_)))
-            .map(|(&ordinal, _)| DriverResult {
-                task_id: u64::from(ordinal),
-                attempt: 0,
-                agent: "".into(),
-                outcome: Outcome::Failed {
-                    kind: FailureKind::Cancelled,
-                    message: "cancelled with its parent task".into(),
-                },
-                run_ns: 0,
-                gpu: false,
-                seq: 0,
+            .map(|(&ordinal, _)| {
+                answer(
+                    ordinal,
+                    FailureKind::Cancelled,
+                    "cancelled with its parent task".into(),
+                )
             })
             .collect();
         if !results.is_empty() {
@@ -374,5 +354,18 @@ impl Jobs {
                 results,
             });
         }
+    }
+}
+
+/// The scheduler's own answer for the child at `ordinal`: it failed before it ran.
+fn answer(ordinal: u32, kind: FailureKind, message: String) -> DriverResult {
+    DriverResult {
+        task_id: u64::from(ordinal),
+        attempt: 0,
+        agent: "".into(),
+        outcome: Outcome::Failed { kind, message },
+        run_ns: 0,
+        gpu: false,
+        seq: 0,
     }
 }
