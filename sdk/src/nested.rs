@@ -53,9 +53,6 @@ struct Out {
     held_since: Option<Instant>,
 }
 
-/// Submissions made together go to the agent as one frame up to about this many bytes.
-const MERGE_BYTES: usize = 64 << 20;
-
 /// The longest a finished task's result waits in the worker for others to travel with it.
 const RESULT_HOLD: Duration = Duration::from_micros(200);
 
@@ -398,60 +395,15 @@ fn child_of(submission: session::Submission) -> Option<(WorkerChild, Route)> {
     Some((child, submission.route))
 }
 
-/// The nested session of one run of a task: its cancels (and any submission that comes this
-/// way) go to the agent; it ends with the run.
+/// The nested session of one run of a task: its cancels go to the agent (its submissions go
+/// from the submitting thread, [`Run::submit`]); it ends with the run.
 async fn serve(run: Run, mut requests: mpsc::UnboundedReceiver<Request>) {
-    let Run {
-        link,
-        parent,
-        run: run_no,
-        ..
-    } = run.clone();
-    let mut next: Option<Request> = None;
-    loop {
-        let request = match next.take() {
-            Some(request) => request,
-            None => match requests.recv().await {
-                Some(request) => request,
-                None => break,
-            },
-        };
+    while let Some(request) = requests.recv().await {
         match request {
-            Request::Submit(mut submissions) => {
-                // Submissions made one after the other (the two halves of a recursion) go to
-                // the agent as one frame.
-                let size = |s: &[session::Submission]| -> usize {
-                    s.iter()
-                        .map(|s| s.spec.payload.len() + s.upload.as_ref().map_or(0, |u| u.0.len()))
-                        .sum()
-                };
-                while size(&submissions) < MERGE_BYTES {
-                    match requests.try_recv() {
-                        Ok(Request::Submit(more)) => submissions.extend(more),
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let mut children = Vec::with_capacity(submissions.len());
-                let mut routes = Vec::with_capacity(submissions.len());
-                for (child, route) in submissions.into_iter().filter_map(child_of) {
-                    routes.push((child.ordinal, route));
-                    children.push(child);
-                }
-                {
-                    let mut table = lock(&link.routes);
-                    for (ordinal, route) in routes {
-                        table.insert((parent, ordinal), (run_no, route));
-                    }
-                }
-                if link
-                    .send(&FromWorker::Submit { parent, children }, true)
-                    .is_err()
-                {
-                    break;
+            Request::Submit(submissions) => {
+                for submission in submissions {
+                    // A submission that fails drops its route: its future fails as disconnected.
+                    let _ = run.submit(submission);
                 }
             }
             Request::Cancel(ids) => {
@@ -459,15 +411,19 @@ async fn serve(run: Run, mut requests: mpsc::UnboundedReceiver<Request>) {
                     .into_iter()
                     .filter_map(|i| u32::try_from(i).ok())
                     .collect();
-                let _ = link.send(&FromWorker::CancelChildren { parent, ordinals }, true);
+                let frame = FromWorker::CancelChildren {
+                    parent: run.parent,
+                    ordinals,
+                };
+                let _ = run.link.send(&frame, true);
             }
             Request::Close(_) => break,
         }
     }
     // The run is over: its children's futures fail as disconnected (the scheduler cancels the
     // children themselves when the task ends).
-    run.closed.store(true, Ordering::Release);
-    lock(&link.routes).retain(|(p, _), (r, _)| *p != parent || *r != run_no);
+    run.close();
+    lock(&run.link.routes).retain(|(p, _), (r, _)| *p != run.parent || *r != run.run);
 }
 
 /// What a child is: its function, argument and options, for the scheduler to tell a re-run
