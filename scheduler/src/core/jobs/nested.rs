@@ -129,14 +129,7 @@ impl Jobs {
                 );
             }
         }
-        if !replies.is_empty() {
-            out.push(Command::ChildResults {
-                conn,
-                parent,
-                attempt,
-                results: replies,
-            });
-        }
+        reply(conn, parent, attempt, replies, out);
     }
 
     /// The parent no longer waits for these children (it dropped or cancelled their futures):
@@ -179,14 +172,7 @@ impl Jobs {
                 "cancelled by its parent task".into(),
             ));
         }
-        if !replies.is_empty() {
-            out.push(Command::ChildResults {
-                conn,
-                parent,
-                attempt,
-                results: replies,
-            });
-        }
+        reply(conn, parent, attempt, replies, out);
     }
 
     /// A running task waits for its children, or resumed: a waiting task's CPU slot takes other
@@ -305,14 +291,7 @@ impl Jobs {
                 )
             })
             .collect();
-        if !results.is_empty() {
-            out.push(Command::ChildResults {
-                conn,
-                parent: task_ref,
-                attempt: task.attempt,
-                results,
-            });
-        }
+        reply(conn, task_ref, task.attempt, results, out);
     }
 
     /// Final results of children: each is kept in its parent (for a run of it that may follow)
@@ -367,5 +346,23 @@ fn answer(ordinal: u32, kind: FailureKind, message: String) -> DriverResult {
         run_ns: 0,
         gpu: false,
         seq: 0,
+    }
+}
+
+/// Sends `results` (if any) to the worker of `parent` at `attempt`, on the agent's stream.
+fn reply(
+    conn: ConnId,
+    parent: TaskRef,
+    attempt: u32,
+    results: Vec<DriverResult>,
+    out: &mut Vec<Command>,
+) {
+    if !results.is_empty() {
+        out.push(Command::ChildResults {
+            conn,
+            parent,
+            attempt,
+            results,
+        });
     }
 }
