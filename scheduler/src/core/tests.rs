@@ -2332,8 +2332,8 @@ fn nested_tasks_past_their_budget_are_refused_to_the_parent_and_leave_the_driver
     assert_eq!(assigned_children(&cmds).len(), 3);
 }
 
-#[test]
-fn childrens_arguments_do_not_take_the_drivers_byte_budget() {
+/// A session with a budget of 100 tasks and 250 bytes, and its one task placed on agent 1.
+fn a_parent_with_a_budget_of_250_bytes() -> (Sim, TaskRef) {
     let mut sim = Sim::with_budget(Budget {
         tasks: 100,
         bytes: 250,
@@ -2341,17 +2341,28 @@ fn childrens_arguments_do_not_take_the_drivers_byte_budget() {
     sim.join(1, "a");
     open(&mut sim, 10);
     let [(1, p, 1)] = assignments(&submit(&mut sim, 10, 0..1))[..] else {
-        panic!()
+        panic!("the parent is placed on agent 1")
     };
-    // The parent's children carry 240 bytes of arguments between them (their own budget holds
-    // 250).
-    let big = |ordinal: u32| ChildSpec {
+    (sim, p)
+}
+
+/// A child at `ordinal` whose argument is `bytes` long.
+fn child_of_bytes(ordinal: u32, bytes: usize) -> ChildSpec {
+    ChildSpec {
         spec: TaskSpec {
-            payload: vec![0u8; 80].into(),
+            payload: vec![0u8; bytes].into(),
             ..spec(0)
         },
         ..child(ordinal, u64::from(ordinal))
-    };
+    }
+}
+
+#[test]
+fn childrens_arguments_do_not_take_the_drivers_byte_budget() {
+    let (mut sim, p) = a_parent_with_a_budget_of_250_bytes();
+    // The parent's children carry 240 bytes of arguments between them (their own budget holds
+    // 250).
+    let big = |ordinal| child_of_bytes(ordinal, 80);
     let cmds = spawn(&mut sim, 1, p, 1, (0..3).map(big).collect());
     assert_eq!(assigned_children(&cmds).len(), 3, "{cmds:?}");
     // The driver's own task fits the bytes it was granted: it is admitted.
@@ -2465,22 +2476,8 @@ fn a_parent_dropping_a_childs_future_cancels_it_and_is_answered_once() {
 
 #[test]
 fn nested_tasks_past_their_byte_budget_are_refused_to_the_parent_and_not_remembered() {
-    let mut sim = Sim::with_budget(Budget {
-        tasks: 100,
-        bytes: 250,
-    });
-    sim.join(1, "a");
-    open(&mut sim, 10);
-    let [(1, p, 1)] = assignments(&submit(&mut sim, 10, 0..1))[..] else {
-        panic!()
-    };
-    let big = |ordinal: u32| ChildSpec {
-        spec: TaskSpec {
-            payload: vec![0u8; 100].into(),
-            ..spec(0)
-        },
-        ..child(ordinal, u64::from(ordinal))
-    };
+    let (mut sim, p) = a_parent_with_a_budget_of_250_bytes();
+    let big = |ordinal| child_of_bytes(ordinal, 100);
     let cmds = spawn(&mut sim, 1, p, 1, (0..3).map(big).collect());
     assert_eq!(assigned_children(&cmds).len(), 2, "{cmds:?}");
     let refused = child_results(&cmds);
