@@ -17,7 +17,11 @@ pub(super) enum TaskState {
 pub(super) struct Task {
     pub session: u64,
     pub spec: TaskSpec,
+    /// Tells one placement's results from another's: each placement is a new attempt.
     pub attempt: u32,
+    /// Placements an agent gave back before they started (their work moved to another agent):
+    /// counted in `attempt`, not in the attempts a driver is told of, which are runs.
+    pub given_back: u32,
     /// Runs again after its own error this many more times (the driver's `retries`).
     pub retries_left: u32,
     /// Worker crashes it is held responsible for, and the hosts they happened on (for its
@@ -91,6 +95,7 @@ impl Task {
             retries_left: spec.retries,
             spec,
             attempt: 1,
+            given_back: 0,
             crashes: 0,
             crashed_on: Vec::new(),
             crashed_agents: Vec::new(),
@@ -110,6 +115,11 @@ impl Task {
 
     pub(super) fn depth(&self) -> u32 {
         self.nest.as_ref().map_or(0, |n| n.depth)
+    }
+
+    /// The attempts that may have run: what a driver's result or an operator's listing says.
+    pub(super) fn runs(&self) -> u32 {
+        self.attempt.saturating_sub(self.given_back)
     }
 
     pub(super) fn runs_on(&self, agent: &AgentId) -> bool {

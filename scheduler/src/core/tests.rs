@@ -1197,7 +1197,8 @@ fn an_idle_agent_steals_unstarted_tasks_only_once_their_agent_gave_them_back() {
     let moved = assignments(&cmds);
     assert_eq!(moved, vec![(2, refs[0], 2)], "{cmds:?}");
 
-    // A result of the old attempt from a is dropped; b's counts, once.
+    // A result of the old attempt from a is dropped; b's counts, once, and the driver is told
+    // it is the first run (the placement given back never started).
     let late = sim.send(Event::AgentResults {
         conn: 1,
         results: vec![ok(refs[0], 1)],
@@ -1208,6 +1209,15 @@ fn an_idle_agent_steals_unstarted_tasks_only_once_their_agent_gave_them_back() {
         results: vec![ok(refs[0], 2)],
     });
     assert_eq!(delivered(&done).len(), 1);
+    let runs: Vec<u32> = done
+        .iter()
+        .filter_map(|c| match c {
+            Command::Deliver { results, .. } => Some(results.iter().map(|r| r.attempt)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(runs, vec![1], "{done:?}");
     // The kept one still completes where it was.
     let kept = sim.send(Event::AgentResults {
         conn: 1,

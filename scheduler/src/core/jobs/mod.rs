@@ -764,7 +764,7 @@ impl Jobs {
                 }
                 Verdict::Final(outcome) => outcome,
             };
-            let (session, task_id, attempt) = (task.session, task.spec.task_id, task.attempt);
+            let (session, task_id, attempt) = (task.session, task.spec.task_id, task.runs());
             let gpu = task.on_gpu;
             let Some(task) = self.forget(result.task_ref) else {
                 continue;

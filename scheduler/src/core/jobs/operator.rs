@@ -49,7 +49,7 @@ impl Jobs {
             items += u64::from(task.spec.items.max(1));
             results.push(DriverResult {
                 task_id,
-                attempt: task.attempt,
+                attempt: task.runs(),
                 agent: "".into(),
                 outcome: Outcome::Failed {
                     kind: FailureKind::Cancelled,

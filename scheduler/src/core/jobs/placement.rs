@@ -104,12 +104,14 @@ impl Jobs {
         }
         let mut moved = 0;
         for &(task_ref, attempt) in released {
-            match self.tasks.get(&task_ref) {
+            match self.tasks.get_mut(&task_ref) {
                 Some(t) if t.attempt == attempt && t.runs_on(&agent_id) => {
                     agent.assigned.remove(&task_ref);
                     agent.gpu_assigned.remove(&task_ref);
                     agent.waiting.remove(&task_ref);
                     moved += 1;
+                    // It never started there: not a run the driver is told of.
+                    t.given_back += 1;
                     self.queue_again(task_ref);
                 }
                 Some(_) => {} // another attempt: not what the agent gave back
