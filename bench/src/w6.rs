@@ -146,6 +146,8 @@ pub fn run(agents: u32, slots: u32, tasks: u64) -> Figures {
                     outcome: Outcome::Output(bytes::Bytes::new()),
                     run_ns: 1_000_000,
                     crashed_with: 0,
+                    items_failed: 0,
+                    first_item_error: String::new(),
                 })
                 .collect();
             core.handle(

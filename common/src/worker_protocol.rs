@@ -74,6 +74,13 @@ pub struct WorkerChild {
     pub spec: ByteBlock,
 }
 
+/// The items of a chunk that failed on their own, for operators: how many, and the first error.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemFailures {
+    pub count: u32,
+    pub first: String,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub enum FromWorker {
     Ready {
@@ -88,6 +95,8 @@ pub enum FromWorker {
         task: u64,
         outcome: WorkerOutcome,
         run_ns: u64,
+        /// Items of the chunk whose own run failed (their errors are in the output).
+        failed: ItemFailures,
     },
     /// The running task `parent` submitted these tasks (nested futures).
     Submit {
@@ -351,6 +360,10 @@ mod fuzz_tests {
                 task: 7,
                 outcome: WorkerOutcome::Output(vec![1, 2, 3]),
                 run_ns: 1234,
+                failed: ItemFailures {
+                    count: 1,
+                    first: "panicked".into(),
+                },
             },
             FromWorker::Done {
                 task: 8,
@@ -359,6 +372,7 @@ mod fuzz_tests {
                     message: "no".into(),
                 },
                 run_ns: u64::MAX,
+                failed: ItemFailures::default(),
             },
         ];
         (to, from)

@@ -52,8 +52,54 @@ enum Command {
         #[command(flatten)]
         target: TargetArgs,
     },
-    /// List the running jobs (one per driver session).
+    /// List the running jobs (one per driver session), counted in items.
     Jobs {
+        /// Also the recently finished jobs (the last 100).
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// A job's recent and failed tasks, with their errors (id, id prefix or name; also after
+    /// its driver has gone).
+    Tasks {
+        job: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Print a job's retained output (its last 256 KiB of lines, also after its driver has
+    /// gone).
+    Logs {
+        job: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Where the dashboard and the Prometheus metrics are: the address to open (with this
+    /// CLI's credential in it, which the page then keeps in a cookie) and, with --prometheus, a
+    /// scrape configuration for prometheus.yml.
+    Dashboard {
+        /// Print a Prometheus scrape configuration instead.
+        #[arg(long)]
+        prometheus: bool,
+        /// Write the cluster's CA (PEM) here, for a browser or Prometheus to trust the
+        /// scheduler's certificate.
+        #[arg(long, value_name = "FILE")]
+        write_ca: Option<PathBuf>,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// A live view of the cluster in the terminal: status, agents and jobs, refreshed until
+    /// interrupted (with --json, one JSON object per refresh).
+    Watch {
+        /// Time between refreshes (e.g. "1s", "500ms").
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -253,6 +299,7 @@ async fn run(command: Command, settings: SchedulerSettings) -> anyhow::Result<()
                     "token_required": status.token_required,
                     "security": status.security,
                     "calls_refused": status.calls_refused,
+                    "dashboard": status.dashboard_url,
                     "foreign_output_lines": status.foreign_output_lines,
                     "agents": { "alive": status.agents_alive, "draining": status.agents_draining, "lost": status.agents_lost },
                     "cpu_slots": { "busy": status.cpu_slots_busy, "total": status.cpu_slots_total },
@@ -268,14 +315,91 @@ async fn run(command: Command, settings: SchedulerSettings) -> anyhow::Result<()
             }
             Ok(())
         }
-        Command::Jobs { json, target } => {
+        Command::Jobs { all, json, target } => {
             let target = target_of(&target, &settings)?;
-            let rows = cli::job_rows(target.jobs().await?);
+            let rows = cli::job_rows(target.jobs(all).await?);
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if rows.is_empty() && all {
+                println!("no jobs have run since the scheduler started");
             } else {
                 println!("{}", cli::jobs_table(&rows));
             }
+            Ok(())
+        }
+        Command::Tasks { job, json, target } => {
+            let target = target_of(&target, &settings)?;
+            let reply = target.tasks(&job).await?;
+            let job = cli::job_row(reply.job.unwrap_or_default());
+            let recent = cli::task_rows(reply.recent);
+            let failed = cli::task_rows(reply.failed);
+            if json {
+                let value = serde_json::json!({ "job": job, "recent": recent, "failed": failed });
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print!("{}", cli::tasks_text(&job, &recent, &failed));
+            }
+            Ok(())
+        }
+        Command::Logs { job, json, target } => {
+            let target = target_of(&target, &settings)?;
+            let reply = target.logs(&job).await?;
+            if json {
+                let lines: Vec<_> = reply
+                    .lines
+                    .iter()
+                    .map(|l| serde_json::json!({ "host": l.host, "stderr": l.stderr, "text": l.text }))
+                    .collect();
+                let value = serde_json::json!({
+                    "job": cli::job_row(reply.job.unwrap_or_default()),
+                    "lines": lines,
+                    "dropped": reply.dropped,
+                });
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                if reply.dropped > 0 {
+                    eprintln!(
+                        "({} older lines were dropped: a job keeps its last 256 KiB)",
+                        reply.dropped
+                    );
+                }
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                for line in &reply.lines {
+                    if line.stderr {
+                        writeln!(out, "[{}] (stderr) {}", line.host, line.text)?;
+                    } else {
+                        writeln!(out, "[{}] {}", line.host, line.text)?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Dashboard {
+            prometheus,
+            write_ca,
+            target,
+        } => {
+            let target = target_of(&target, &settings)?;
+            let status = target.status().await?;
+            println!(
+                "{}",
+                cli::dashboard_text(
+                    &status.dashboard_url,
+                    &target.auth,
+                    prometheus,
+                    write_ca.as_deref()
+                )?
+            );
+            Ok(())
+        }
+        Command::Watch {
+            interval,
+            json,
+            target,
+        } => {
+            let target = target_of(&target, &settings)?;
+            cli::watch(&target, interval, json, shutdown_signal()).await?;
             Ok(())
         }
         Command::Cancel { job, target } => {

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 /// Port the scheduler listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 7070;
+/// Port of the dashboard and metrics unless told otherwise.
+pub const DEFAULT_HTTP_PORT: u16 = 7080;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 // Missing keys take the value from Default, the same defaults the loader starts from.
@@ -27,6 +29,12 @@ pub struct SchedulerSettings {
     pub advertise: Option<String>,
     /// A file the scheduler writes its address to once it listens (Slurm, tests, port 0).
     pub address_file: Option<PathBuf>,
+    /// Serve the dashboard, `/metrics` (Prometheus) and the dashboard's JSON on `http_port`, on
+    /// the address the gRPC port listens on, with the same TLS and credentials (any role may
+    /// read, `view.cluster` is enough). A port already taken falls back to a free one (logged,
+    /// and shown by `status`); 0 picks a free one.
+    pub http: bool,
+    pub http_port: u16,
     /// The scheduler's cluster file, from `ladle-scheduler init` (`scheduler.cluster`): its TLS
     /// certificate and key, and the credentials it accepts, by role. The CLI presents the admin
     /// credential it also holds; elsewhere, give the CLI `admin.cluster` or `view.cluster`.
@@ -93,6 +101,8 @@ impl Default for SchedulerSettings {
             port: DEFAULT_PORT,
             advertise: None,
             address_file: None,
+            http: true,
+            http_port: DEFAULT_HTTP_PORT,
             cluster_file: None,
             token: None,
             token_file: None,

@@ -7,6 +7,8 @@ use std::{
     sync::OnceLock,
 };
 
+use ladle_common::worker_protocol::ItemFailures;
+
 use crate::task::{Reducer, Task};
 
 /// Runs a chunk: encoded inputs in, encoded per-item results out.
@@ -17,6 +19,8 @@ type RunChunk = fn(&[u8]) -> Result<ChunkOutput, ChunkError>;
 pub struct ChunkOutput {
     encoded: Vec<u8>,
     lone_error: Option<String>,
+    /// Its items that failed, and the first error among them: for operators.
+    failed: ItemFailures,
 }
 /// Folds encoded per-item results into one encoded value.
 type Fold = fn(&[u8]) -> Result<Vec<u8>, String>;
@@ -80,10 +84,20 @@ fn run_chunk<T: Task>(payload: &[u8]) -> Result<ChunkOutput, ChunkError> {
         [Err(message)] => Some(message.clone()),
         _ => None,
     };
+    let mut failed = ItemFailures::default();
+    for result in &results {
+        if let Err(message) = result {
+            if failed.count == 0 {
+                failed.first = message.clone();
+            }
+            failed.count += 1;
+        }
+    }
     let encoded = postcard::to_allocvec(&results).map_err(|e| ChunkError::Encode(e.to_string()))?;
     Ok(ChunkOutput {
         encoded,
         lone_error,
+        failed,
     })
 }
 
@@ -149,37 +163,49 @@ pub enum Executed {
 }
 
 /// Runs a chunk of `function`, folded by `reducer` when given.
+#[cfg(test)]
 pub fn execute(function: &str, reducer: Option<&str>, payload: &[u8]) -> Executed {
+    execute_counted(function, reducer, payload).0
+}
+
+/// Runs a chunk of `function`, folded by `reducer` when given; with the chunk's items that failed on their own when its output carries
+/// them (a fold fails whole instead).
+pub fn execute_counted(
+    function: &str,
+    reducer: Option<&str>,
+    payload: &[u8],
+) -> (Executed, ItemFailures) {
+    let none = ItemFailures::default;
     let Some(entry) = lookup(function) else {
-        return Executed::UnknownTask(unknown(function));
+        return (Executed::UnknownTask(unknown(function)), none());
     };
     let fold = match reducer {
         None => None,
         Some(name) => match lookup(name) {
-            None => return Executed::UnknownTask(unknown(name)),
+            None => return (Executed::UnknownTask(unknown(name)), none()),
             Some(Entry { fold: None, .. }) => {
-                return Executed::Failed(format!(
-                    "{name} is not a reducer (it must be fn(T, T) -> T)"
-                ));
+                let message = format!("{name} is not a reducer (it must be fn(T, T) -> T)");
+                return (Executed::Failed(message), none());
             }
             Some(Entry { fold: Some(f), .. }) => Some(*f),
         },
     };
     let output = match (entry.run_chunk)(payload) {
         Ok(output) => output,
-        Err(ChunkError::BadInput(m)) => return Executed::BadInput(m),
+        Err(ChunkError::BadInput(m)) => return (Executed::BadInput(m), none()),
         Err(ChunkError::Encode(m)) => {
-            return Executed::Failed(format!("cannot encode the output: {m}"));
+            let message = format!("cannot encode the output: {m}");
+            return (Executed::Failed(message), none());
         }
     };
     match fold {
         None => match output.lone_error {
-            Some(message) => Executed::Failed(message),
-            None => Executed::Output(output.encoded),
+            Some(message) => (Executed::Failed(message), none()),
+            None => (Executed::Output(output.encoded), output.failed),
         },
         Some(fold) => match fold(&output.encoded) {
-            Ok(folded) => Executed::Output(folded),
-            Err(message) => Executed::Failed(message),
+            Ok(folded) => (Executed::Output(folded), none()),
+            Err(message) => (Executed::Failed(message), none()),
         },
     }
 }

@@ -153,7 +153,8 @@ fn max_value() -> Option<usize> {
 /// before it is sent: the agent's stream and the other tasks never see it.
 fn run_task(task: u64, function: &str, reducer: Option<&str>, payload: &[u8]) -> FromWorker {
     let started = Instant::now();
-    let outcome = match registry::execute(function, reducer, payload) {
+    let (executed, failed) = registry::execute_counted(function, reducer, payload);
+    let outcome = match executed {
         Executed::Output(bytes) if max_value().is_some_and(|limit| bytes.len() > limit) => {
             WorkerOutcome::Failed {
                 kind: WorkerFailure::TooLarge,
@@ -184,6 +185,7 @@ fn run_task(task: u64, function: &str, reducer: Option<&str>, payload: &[u8]) ->
         task,
         outcome,
         run_ns,
+        failed,
     }
 }
 

@@ -2,6 +2,7 @@
 //! binaries on loopback with ports picked at run time, talks to them through the real CLI, and
 //! kills them with real signals. Nothing here stands in for a component of Ladle.
 
+pub mod browser;
 pub mod netns;
 
 use std::{
@@ -236,7 +237,7 @@ impl Scheduler {
         fs::write(
             &settings,
             format!(
-                "bind = \"127.0.0.1\"\nport = {port}\naddress_file = {address_file:?}\n\
+                "bind = \"127.0.0.1\"\nport = {port}\nhttp_port = 0\naddress_file = {address_file:?}\n\
                  heartbeat_interval = {:?}\nheartbeat_timeout = {:?}\nstate_dir = {:?}\n{}\n",
                 options.heartbeat_interval,
                 options.heartbeat_timeout,

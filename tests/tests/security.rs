@@ -37,7 +37,8 @@ fn serve_with(dir: &Path, secure: impl FnOnce(&mut std::process::Command)) -> (P
         .arg(&address_file)
         .arg("--state-dir")
         .arg(dir.join("scheduler-state"))
-        .env("LADLE_HEARTBEAT_INTERVAL", "250ms");
+        .env("LADLE_HEARTBEAT_INTERVAL", "250ms")
+        .env("LADLE_HTTP_PORT", "0");
     secure(&mut command);
     let process = Process::spawn(command, dir.join("scheduler.log"));
     let port = ladle_tests::listening_port(&address_file);
@@ -182,6 +183,105 @@ fn a_cluster_from_init_is_encrypted_and_each_role_may_do_only_its_own_calls() {
     let status = cli(&address, Some(&file("view")), &["status", "--json"]);
     let status: Value = serde_json::from_slice(&status.stdout).expect("status --json");
     assert!(status["calls_refused"].as_u64() >= Some(8), "{status}");
+
+    dashboard_port_is_tls_with_the_same_credentials(&address, &files, dir.path());
+}
+
+/// The dashboard's port: TLS with the cluster's certificate, and the credentials of every role
+/// but the agents'; a browser's credential goes from the address into a cookie.
+fn dashboard_port_is_tls_with_the_same_credentials(address: &str, files: &Path, dir: &Path) {
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "skipped: the dashboard's TLS check (curl is not installed: apt-get install curl)"
+        );
+        return;
+    }
+    let ca = dir.join("ca.pem");
+    let file = |name: &str| -> PathBuf { files.join(format!("{name}.cluster")) };
+    let out = cli(
+        address,
+        Some(&file("view")),
+        &["dashboard", "--write-ca", ca.to_str().expect("utf-8")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let page = text
+        .split_whitespace()
+        .find(|w| w.starts_with("https://"))
+        .unwrap_or_else(|| panic!("the dashboard's address: {text}"));
+    let (url, credential) = page
+        .split_once("?credential=")
+        .expect("the credential in the address");
+    assert!(credential.starts_with("ladle-view-"), "{credential}");
+    let port = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .expect("a port")
+        .to_owned();
+    let base = format!("https://ladle-scheduler:{port}");
+    // curl trusting only the cluster's CA, reaching the scheduler by its certificate's name.
+    let curl = |path: &str, extra: &[&str]| -> (String, String) {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-D", "-", "-o", "-", "--cacert"])
+            .arg(&ca)
+            .args(["--resolve", &format!("ladle-scheduler:{port}:127.0.0.1")])
+            .args(extra)
+            .arg(format!("{base}{path}"))
+            .output()
+            .expect("curl runs");
+        assert!(out.status.success(), "curl {path}: {}", stderr(&out));
+        let all = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (head, body) = all.split_once("\r\n\r\n").unwrap_or((&all, ""));
+        (head.to_owned(), body.to_owned())
+    };
+    let (head, body) = curl("/metrics", &[]);
+    assert!(
+        head.starts_with("HTTP/2 401") || head.starts_with("HTTP/1.1 401"),
+        "{head}"
+    );
+    assert!(body.contains("no credential was presented"), "{body}");
+    let bearer = |c: &str| format!("Authorization: Bearer {c}");
+    let (head, body) = curl("/metrics", &["-H", &bearer(credential)]);
+    assert!(head.contains(" 200"), "{head}");
+    assert!(body.contains("ladle_agents{state=\"alive\"} 1"), "{body}");
+    let agent_credential = fs::read_to_string(file("agent")).expect("agent.cluster");
+    let agent_credential = agent_credential
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .find(|w| w.starts_with("ladle-agent-"))
+        .expect("the agent's credential in its file");
+    let (head, _) = curl("/metrics", &["-H", &bearer(agent_credential)]);
+    assert!(
+        head.contains(" 401"),
+        "an agent's credential reads no metrics: {head}"
+    );
+    // The page's address with the credential: a cookie, and the address without it.
+    let (head, _) = curl(&format!("/?credential={credential}"), &[]);
+    assert!(head.contains(" 303"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("location: /\r\n"), "{head}");
+    assert!(
+        lower.contains(&format!(
+            "set-cookie: ladle_credential={credential}; httponly; samesite=strict; path=/; secure"
+        )),
+        "{head}"
+    );
+    let (head, body) = curl(
+        "/",
+        &["-H", &format!("Cookie: ladle_credential={credential}")],
+    );
+    assert!(head.contains(" 200") && body.contains("<html"), "{head}");
+    let (head, body) = curl(
+        "/api/overview",
+        &["-H", &format!("Cookie: ladle_credential={credential}")],
+    );
+    assert!(head.contains(" 200"), "{head}");
+    let overview: Value = serde_json::from_str(&body).expect("the overview is JSON");
+    assert_eq!(overview["cluster"], "prod", "{overview}");
 }
 
 #[test]

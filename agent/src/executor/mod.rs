@@ -377,6 +377,7 @@ impl Executor {
                 task_ref,
                 outcome,
                 run_ns,
+                failed,
             } => {
                 let Some(running) = self.running.remove(&task_ref) else {
                     return;
@@ -394,7 +395,14 @@ impl Executor {
                         {
                             // Too big for the stream: it goes to the blob store first, and its
                             // result follows once it is there.
-                            self.store(task_ref, running.attempt, &running.job, bytes, run_ns);
+                            self.store(
+                                task_ref,
+                                running.attempt,
+                                &running.job,
+                                bytes,
+                                run_ns,
+                                failed,
+                            );
                             self.publish_busy();
                             return;
                         }
@@ -416,6 +424,8 @@ impl Executor {
                     outcome: Some(outcome),
                     run_ns,
                     crashed_with: 0,
+                    failed_items: failed.count,
+                    first_error: failed.first,
                 });
             }
             WorkerEvent::Lost {
@@ -451,6 +461,7 @@ impl Executor {
                         outcome: Some(outcome),
                         run_ns: 0,
                         crashed_with,
+                        ..Default::default()
                     });
                 }
             }
@@ -499,6 +510,7 @@ impl Executor {
                 attempt,
                 outcome,
                 run_ns,
+                failed,
             } => {
                 self.results.push(pb::AgentTaskResult {
                     task_ref,
@@ -506,6 +518,8 @@ impl Executor {
                     outcome: Some(outcome),
                     run_ns,
                     crashed_with: 0,
+                    failed_items: failed.count,
+                    first_error: failed.first,
                 });
             }
         }
@@ -514,7 +528,15 @@ impl Executor {
 
     /// Uploads a big result to the scheduler's blob store, off the executor's loop; its result
     /// (naming the blob, or saying why it could not be stored) arrives as a `Stored` event.
-    fn store(&self, task_ref: u64, attempt: u32, job: &Arc<str>, bytes: Vec<u8>, run_ns: u64) {
+    fn store(
+        &self,
+        task_ref: u64,
+        attempt: u32,
+        job: &Arc<str>,
+        bytes: Vec<u8>,
+        run_ns: u64,
+        failed: wp::ItemFailures,
+    ) {
         let cache = self.ctx.cache.clone();
         let events = self.ctx.events.clone();
         let generation = self.generation;
@@ -538,6 +560,7 @@ impl Executor {
                     attempt,
                     outcome,
                     run_ns,
+                    failed,
                 },
             });
         });
@@ -550,6 +573,7 @@ impl Executor {
             outcome: Some(cancelled()),
             run_ns: 0,
             crashed_with: 0,
+            ..Default::default()
         });
     }
 

@@ -61,6 +61,7 @@ pub enum WorkerEvent {
         task_ref: u64,
         outcome: wp::WorkerOutcome,
         run_ns: u64,
+        failed: wp::ItemFailures,
     },
     /// The process died (or could not start) with these tasks unfinished.
     Lost {
@@ -92,6 +93,7 @@ pub enum WorkerEvent {
         attempt: u32,
         outcome: ladle_proto::v1::agent_task_result::Outcome,
         run_ns: u64,
+        failed: wp::ItemFailures,
     },
 }
 
@@ -126,6 +128,7 @@ impl Events {
             task_ref,
             outcome: wp::WorkerOutcome::Failed { kind, message },
             run_ns: 0,
+            failed: wp::ItemFailures::default(),
         });
     }
 }
@@ -215,9 +218,9 @@ pub async fn run(
             },
             frame = next_frame(&mut process) => match frame {
                 // A worker speaks only for the tasks it was given: not for another job's.
-                Some(FromWorker::Done { task, outcome, run_ns }) => {
+                Some(FromWorker::Done { task, outcome, run_ns, failed }) => {
                     if process.as_mut().is_some_and(|p| p.inflight.remove(&task)) {
-                        events.send(WorkerEvent::Done { task_ref: task, outcome, run_ns });
+                        events.send(WorkerEvent::Done { task_ref: task, outcome, run_ns, failed });
                     }
                 }
                 Some(FromWorker::Ready { pid, tasks }) => debug!(pid, tasks, job = %job.name, "worker ready"),

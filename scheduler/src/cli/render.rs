@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use comfy_table::{ContentArrangement, Table, presets::NOTHING};
-use ladle_proto::v1::{AgentInfo, AgentState, ClusterStatusResponse, JobInfo};
+use ladle_proto::v1::{AgentInfo, AgentState, ClusterStatusResponse, JobInfo, TaskInfo};
 use serde::Serialize;
 
 #[derive(Clone, Debug, Serialize)]
@@ -192,7 +192,8 @@ pub fn status_text(status: &ClusterStatusResponse, address: &str) -> String {
          cpu slots   {cpu_busy} busy of {cpu_total}\n\
          gpu slots   {gpu_busy} busy of {gpu_total}{gpu_waiting}\n\
          jobs        {jobs} running, {queued} queued, {running} placed on agents\n\
-         values      {blobs} stored for running jobs ({blob_mib:.1} MiB)",
+         values      {blobs} stored for running jobs ({blob_mib:.1} MiB)\n\
+         dashboard   {dashboard}",
         cluster = status.cluster,
         version = status.scheduler_version,
         protocol = status.protocol_version,
@@ -226,33 +227,90 @@ pub fn status_text(status: &ClusterStatusResponse, address: &str) -> String {
         running = status.tasks_running,
         blobs = count(status.job_blobs, "value", "values"),
         blob_mib = status.job_blob_bytes as f64 / f64::from(1 << 20),
+        dashboard = if status.dashboard_url.is_empty() {
+            "not served (http = false)"
+        } else {
+            &status.dashboard_url
+        },
     )
 }
 
-/// One job as `jobs --json` prints it.
+/// One job as `jobs --json` prints it: its tasks (a map's chunk counts one) as the session
+/// holds them, and its items (what the driver submitted, nested tasks included).
 #[derive(Clone, Debug, Serialize)]
 pub struct JobRow {
     pub id: String,
     pub name: String,
     pub driver_host: String,
+    pub state: String,
     pub unfinished: u64,
     pub running: u64,
     pub delivered: u64,
     pub driver_connected: bool,
+    pub items: ItemCounts,
+    /// Items with a result (done or failed) per item submitted, 0 to 1.
+    pub progress: f64,
+    pub retries: u64,
+    pub requeues: u64,
+    pub wall_ms: u64,
+    pub ended_ms_ago: u64,
+    pub items_per_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ItemCounts {
+    pub total: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    pub running: u64,
+    pub queued: u64,
 }
 
 pub fn job_rows(jobs: Vec<JobInfo>) -> Vec<JobRow> {
-    jobs.into_iter()
-        .map(|j| JobRow {
-            id: j.id,
-            name: j.name,
-            driver_host: j.driver_host,
-            unfinished: j.unfinished,
-            running: j.running,
-            delivered: j.delivered,
-            driver_connected: j.driver_connected,
-        })
-        .collect()
+    jobs.into_iter().map(job_row).collect()
+}
+
+pub fn job_row(j: JobInfo) -> JobRow {
+    let finished = j.items_done + j.items_failed;
+    JobRow {
+        progress: if j.items_submitted == 0 {
+            0.0
+        } else {
+            finished as f64 / j.items_submitted as f64
+        },
+        items: ItemCounts {
+            total: j.items_submitted,
+            done: j.items_done,
+            failed: j.items_failed,
+            cancelled: j.items_cancelled,
+            running: j.items_running,
+            queued: j.items_waiting,
+        },
+        id: j.id,
+        name: j.name,
+        driver_host: j.driver_host,
+        state: j.state,
+        unfinished: j.unfinished,
+        running: j.running,
+        delivered: j.delivered,
+        driver_connected: j.driver_connected,
+        retries: j.retries,
+        requeues: j.requeues,
+        wall_ms: j.wall_ms,
+        ended_ms_ago: j.ended_ms_ago,
+        items_per_s: j.items_per_s,
+    }
+}
+
+/// A bar of `width` cells filled to `fraction`.
+fn bar(fraction: f64, width: usize) -> String {
+    let filled = ((fraction.clamp(0.0, 1.0) * width as f64).round() as usize).min(width);
+    format!("{}{}", "█".repeat(filled), "░".repeat(width - filled))
+}
+
+fn duration(ms: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_millis(ms / 100 * 100)).to_string()
 }
 
 pub fn jobs_table(rows: &[JobRow]) -> String {
@@ -263,20 +321,124 @@ pub fn jobs_table(rows: &[JobRow]) -> String {
     table
         .load_style(NOTHING)
         .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header(["ID", "NAME", "DRIVER", "UNFINISHED", "RUNNING", "DONE"]);
+        .set_header([
+            "ID", "NAME", "STATE", "DRIVER", "PROGRESS", "ITEMS", "FAILED", "RUNNING", "QUEUED",
+            "ITEMS/S", "WALL",
+        ]);
     for row in rows {
+        let state = if row.state == "running" && !row.driver_connected {
+            "driver away".to_owned()
+        } else {
+            row.state.clone()
+        };
         table.add_row([
             row.id.chars().take(12).collect::<String>(),
             row.name.clone(),
-            if row.driver_connected {
-                row.driver_host.clone()
-            } else {
-                format!("{} (away)", row.driver_host)
-            },
-            row.unfinished.to_string(),
-            row.running.to_string(),
-            row.delivered.to_string(),
+            state,
+            row.driver_host.clone(),
+            format!("{} {:>3.0}%", bar(row.progress, 10), row.progress * 100.0),
+            format!("{}/{}", row.items.done + row.items.failed, row.items.total),
+            row.items.failed.to_string(),
+            row.items.running.to_string(),
+            row.items.queued.to_string(),
+            format!("{:.0}", row.items_per_s),
+            duration(row.wall_ms),
         ]);
     }
     table.to_string()
+}
+
+/// One task as `tasks --json` prints it.
+#[derive(Clone, Debug, Serialize)]
+pub struct TaskRow {
+    pub task_id: u64,
+    pub function: String,
+    pub items: u32,
+    pub nested: bool,
+    pub state: String,
+    pub error: String,
+    pub agent: String,
+    pub attempt: u32,
+    pub run_ms: f64,
+    pub ended_ms_ago: u64,
+}
+
+pub fn task_rows(tasks: Vec<TaskInfo>) -> Vec<TaskRow> {
+    tasks
+        .into_iter()
+        .map(|t| TaskRow {
+            task_id: t.task_id,
+            function: t.function,
+            items: t.items,
+            nested: t.nested,
+            state: t.state,
+            error: t.error,
+            agent: t.agent,
+            attempt: t.attempt,
+            run_ms: t.run_ns as f64 / 1e6,
+            ended_ms_ago: t.ended_ms_ago,
+        })
+        .collect()
+}
+
+/// A job's recent tasks, then its failures with their errors.
+pub fn tasks_text(job: &JobRow, recent: &[TaskRow], failed: &[TaskRow]) -> String {
+    let mut text = format!(
+        "job {} ({}), {}: {}/{} items, {} failed\n",
+        job.id,
+        job.name,
+        job.state,
+        job.items.done + job.items.failed,
+        job.items.total,
+        job.items.failed
+    );
+    let table = |rows: &[TaskRow], with_error: bool| {
+        let mut table = Table::new();
+        let mut header = vec![
+            "TASK", "FUNCTION", "ITEMS", "STATE", "AGENT", "ATTEMPT", "RUN", "ENDED",
+        ];
+        if with_error {
+            header.push("ERROR");
+        }
+        table
+            .load_style(NOTHING)
+            .set_content_arrangement(ContentArrangement::Dynamic)
+            .set_header(header);
+        for t in rows {
+            let mut row = vec![
+                if t.nested {
+                    format!("{} (nested)", t.task_id & !(1 << 63))
+                } else {
+                    t.task_id.to_string()
+                },
+                t.function.clone(),
+                t.items.to_string(),
+                t.state.clone(),
+                t.agent.clone(),
+                t.attempt.to_string(),
+                format!("{:.1} ms", t.run_ms),
+                format!("{} ago", duration(t.ended_ms_ago)),
+            ];
+            if with_error {
+                row.push(t.error.clone());
+            }
+            table.add_row(row);
+        }
+        table.to_string()
+    };
+    if failed.is_empty() {
+        text.push_str("no failed tasks\n");
+    } else {
+        text.push_str(&format!("\nfailed ({}, newest first):\n", failed.len()));
+        text.push_str(&table(failed, true));
+        text.push('\n');
+    }
+    if recent.is_empty() {
+        text.push_str("no finished tasks yet\n");
+    } else {
+        text.push_str(&format!("\nrecent ({}, newest first):\n", recent.len()));
+        text.push_str(&table(recent, false));
+        text.push('\n');
+    }
+    text
 }

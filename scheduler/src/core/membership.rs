@@ -54,6 +54,8 @@ pub struct Agent {
     pub host: std::sync::Arc<str>,
     /// Recent time a task takes there (moving average of what the agent reports).
     pub task_ns: Option<f64>,
+    /// Results it reported since it joined (stale ones included): for the dashboard.
+    pub results: u64,
 }
 
 impl Agent {
@@ -189,6 +191,7 @@ impl Membership {
                     Agent {
                         secret_digest: claim.issued_digest.clone(),
                         task_ns: None,
+                        results: 0,
                         host: hello.hostname.as_str().into(),
                         assigned: HashSet::default(),
                         gpu_assigned: HashSet::default(),

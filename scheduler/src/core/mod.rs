@@ -7,6 +7,7 @@
 mod delivery;
 mod jobs;
 mod membership;
+pub mod record;
 mod task;
 mod task_map;
 mod types;
@@ -126,6 +127,55 @@ pub enum Event {
         job_id: String,
         lines: Vec<OutputLine>,
     },
+}
+
+impl Event {
+    /// Every kind of event, as [`Event::kind`] names them (the core's time per event is
+    /// measured by kind).
+    pub const KINDS: [&'static str; 17] = [
+        "agent_attached",
+        "heartbeat",
+        "agent_detached",
+        "tick",
+        "driver_opened",
+        "tasks_submitted",
+        "driver_acked",
+        "tasks_cancelled",
+        "driver_detached",
+        "driver_closed",
+        "agent_results",
+        "agent_revoked",
+        "children_submitted",
+        "children_cancelled",
+        "task_waiting",
+        "agent_output",
+        "query",
+    ];
+
+    /// The index of its kind in [`Event::KINDS`].
+    pub fn kind(&self) -> usize {
+        match self {
+            Self::AgentAttached { .. } => 0,
+            Self::Heartbeat { .. } => 1,
+            Self::AgentDetached { .. } => 2,
+            Self::Tick => 3,
+            Self::DriverOpened { .. } => 4,
+            Self::TasksSubmitted { .. } => 5,
+            Self::DriverAcked { .. } => 6,
+            Self::TasksCancelled { .. } => 7,
+            Self::DriverDetached { .. } => 8,
+            Self::DriverClosed { .. } => 9,
+            Self::AgentResults { .. } => 10,
+            Self::AgentRevoked { .. } => 11,
+            Self::ChildrenSubmitted { .. } => 12,
+            Self::ChildrenCancelled { .. } => 13,
+            Self::TaskWaiting { .. } => 14,
+            Self::AgentOutput { .. } => 15,
+        }
+    }
+
+    /// The kind of a query or operator action ([`Core`] used outside `handle`).
+    pub const QUERY: usize = 16;
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -314,6 +364,7 @@ impl Core {
 
     /// Applies one event at time `now`, appending what must be done to `out`.
     pub fn handle(&mut self, now: Instant, event: Event, out: &mut Vec<Command>) {
+        self.jobs.record.at(now);
         match event {
             Event::AgentAttached { conn, hello } => {
                 if !self.speaks(conn, "agent", hello.protocol_version, out) {
@@ -512,7 +563,7 @@ impl Core {
                 let Some(agent) = self.membership.current(conn) else {
                     return;
                 };
-                if let Some(driver) = self.jobs.output_to(&job_id, agent.id(), lines.len()) {
+                if let Some(driver) = self.jobs.output_to(&job_id, agent, &lines) {
                     out.push(Command::ForwardOutput {
                         conn: driver,
                         agent: agent.host.clone(),
@@ -537,6 +588,12 @@ impl Core {
         let result = self.jobs.cancel_job(selector, &self.membership, out);
         self.jobs.place(&mut self.membership, out);
         result
+    }
+
+    /// What operators see of the work: jobs in items, their tasks and output, finished jobs,
+    /// the task stream and the cluster's counters.
+    pub fn record(&self) -> &record::Record {
+        &self.jobs.record
     }
 
     pub fn task_counts(&self) -> TaskCounts {

@@ -417,6 +417,8 @@ impl World {
                         outcome,
                         run_ns: 1000,
                         crashed_with: 1,
+                        items_failed: 0,
+                        first_item_error: String::new(),
                     }],
                 })?;
             }
@@ -576,6 +578,8 @@ impl World {
                             },
                             run_ns: 0,
                             crashed_with: 0,
+                            items_failed: 0,
+                            first_item_error: String::new(),
                         })
                         .collect(),
                 })?;

@@ -377,6 +377,8 @@ fn ok(task_ref: TaskRef, attempt: u32) -> AgentResult {
         outcome: Outcome::Output(bytes::Bytes::from_static(b"ok")),
         run_ns: 1_000_000,
         crashed_with: 0,
+        items_failed: 0,
+        first_item_error: String::new(),
     }
 }
 
@@ -551,6 +553,8 @@ fn a_gone_driver_ends_its_job_on_the_agents_and_frees_them() {
             },
             run_ns: 0,
             crashed_with: 1,
+            items_failed: 0,
+            first_item_error: String::new(),
         })
         .collect();
     let cmds = sim.send(Event::AgentResults {
@@ -579,6 +583,8 @@ fn a_task_that_keeps_crashing_its_worker_fails_after_the_limit() {
             },
             run_ns: 0,
             crashed_with: 1,
+            items_failed: 0,
+            first_item_error: String::new(),
         };
         let cmds = sim.send(Event::AgentResults {
             conn,
@@ -805,6 +811,8 @@ fn crash(task_ref: TaskRef, attempt: u32, crashed_with: u32) -> AgentResult {
         },
         run_ns: 0,
         crashed_with,
+        items_failed: 0,
+        first_item_error: String::new(),
     }
 }
 

@@ -242,6 +242,10 @@ pub struct AgentResult {
     pub run_ns: u64,
     /// For a worker crash: how many tasks the worker held when it died.
     pub crashed_with: u32,
+    /// Items of a chunk whose own run failed (the chunk's result carries their errors), and
+    /// the first of those errors: what operators see of a map's failures.
+    pub items_failed: u32,
+    pub first_item_error: String,
 }
 
 /// What a driver receives for one task.

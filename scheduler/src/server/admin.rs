@@ -1,11 +1,12 @@
 //! The admin service behind the management CLI.
 
-use std::{sync::Arc, time::Instant};
+use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use ladle_proto::v1::{
     CancelJobRequest, CancelJobResponse, ClusterStatusRequest, ClusterStatusResponse,
-    ListAgentsRequest, ListAgentsResponse, ListJobsRequest, ListJobsResponse, SetDrainRequest,
-    SetDrainResponse, admin_service_server,
+    JobLogsRequest, JobLogsResponse, ListAgentsRequest, ListAgentsResponse, ListJobsRequest,
+    ListJobsResponse, ListTasksRequest, ListTasksResponse, SetDrainRequest, SetDrainResponse,
+    admin_service_server,
 };
 use tonic::{Request, Response, Status};
 
@@ -16,6 +17,16 @@ use super::{
     state::{Shared, millis},
 };
 use crate::core::{AgentState, SelectError};
+
+/// A job selector that matched none or several.
+fn job_not_found(err: SelectError) -> Status {
+    match err {
+        SelectError::NotFound(_) => Status::not_found(err.to_string().replace("agent", "job")),
+        SelectError::Ambiguous { .. } => {
+            Status::invalid_argument(err.to_string().replace("agents", "jobs"))
+        }
+    }
+}
 
 pub struct AdminService {
     shared: Arc<Shared>,
@@ -57,6 +68,7 @@ impl admin_service_server::AdminService for AdminService {
             token_required: self.shared.token_required,
             security: self.shared.security.into(),
             calls_refused: self.shared.refusals.total(),
+            dashboard_url: self.shared.http_url.get().cloned().unwrap_or_default(),
             ..Default::default()
         };
         if sees_blobs {
@@ -93,13 +105,90 @@ impl admin_service_server::AdminService for AdminService {
 
     async fn list_jobs(
         &self,
-        _: Request<ListJobsRequest>,
+        request: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsResponse>, Status> {
-        let mut jobs: Vec<_> = self
-            .shared
-            .with_core(|core, _| core.jobs().iter().map(convert::job_info).collect());
-        jobs.sort_by(|a: &ladle_proto::v1::JobInfo, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+        let all = request.into_inner().all;
+        let now = Instant::now();
+        let jobs = self.shared.with_core(|core, _| {
+            let views: HashMap<_, _> = core
+                .jobs()
+                .into_iter()
+                .map(|v| (v.job.id.clone(), v))
+                .collect();
+            let record = core.record();
+            let mut open: Vec<_> = record
+                .open_jobs()
+                .map(|r| convert::job_record_info(r, views.get(&r.job.id), record, now))
+                .collect();
+            open.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+            if all {
+                // The history after the open jobs, newest first.
+                open.extend(
+                    record
+                        .jobs()
+                        .filter(|r| r.ended.is_some())
+                        .map(|r| convert::job_record_info(r, None, record, now)),
+                );
+            }
+            open
+        });
         Ok(Response::new(ListJobsResponse { jobs }))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
+        let selector = request.into_inner().job;
+        let now = Instant::now();
+        self.shared.with_core(|core, _| {
+            let view = core.jobs();
+            let record = core.record();
+            let r = record.find(&selector).map_err(job_not_found)?;
+            let view = view.iter().find(|v| v.job.id == r.job.id);
+            Ok(Response::new(ListTasksResponse {
+                job: Some(convert::job_record_info(r, view, record, now)),
+                recent: r
+                    .recent
+                    .iter()
+                    .rev()
+                    .map(|t| convert::task_info(t, now))
+                    .collect(),
+                failed: r
+                    .failures
+                    .iter()
+                    .rev()
+                    .map(|t| convert::task_info(t, now))
+                    .collect(),
+            }))
+        })
+    }
+
+    async fn job_logs(
+        &self,
+        request: Request<JobLogsRequest>,
+    ) -> Result<Response<JobLogsResponse>, Status> {
+        let selector = request.into_inner().job;
+        let now = Instant::now();
+        self.shared.with_core(|core, _| {
+            let view = core.jobs();
+            let record = core.record();
+            let r = record.find(&selector).map_err(job_not_found)?;
+            let view = view.iter().find(|v| v.job.id == r.job.id);
+            Ok(Response::new(JobLogsResponse {
+                job: Some(convert::job_record_info(r, view, record, now)),
+                lines: r
+                    .output
+                    .iter()
+                    .map(|l| ladle_proto::v1::LogLine {
+                        host: l.host.to_string(),
+                        stderr: l.stderr,
+                        text: l.line.clone(),
+                    })
+                    .collect(),
+                dropped: r.output_dropped,
+            }))
+        })
     }
 
     async fn cancel_job(
@@ -116,14 +205,7 @@ impl admin_service_server::AdminService for AdminService {
         let (job, cancelled) = self
             .shared
             .with_core(|core, out| core.cancel_job(&selector, out))
-            .map_err(|err| match err {
-                SelectError::NotFound(_) => {
-                    Status::not_found(err.to_string().replace("agent", "job"))
-                }
-                SelectError::Ambiguous { .. } => {
-                    Status::invalid_argument(err.to_string().replace("agents", "jobs"))
-                }
-            })?;
+            .map_err(job_not_found)?;
         Ok(Response::new(CancelJobResponse {
             job: Some(convert::job_info(&job)),
             cancelled,

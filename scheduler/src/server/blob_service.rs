@@ -111,6 +111,10 @@ impl blob_service_server::BlobService for BlobService {
                 to_status(err)
             })?;
         self.unless_running(&job_id);
+        self.shared
+            .telemetry
+            .blob_in
+            .fetch_add(blob.size, std::sync::atomic::Ordering::Relaxed);
         Ok(Response::new(blob))
     }
 
@@ -131,6 +135,10 @@ impl blob_service_server::BlobService for BlobService {
             .map_err(|e| Status::internal(e.to_string()))?
             .len();
         self.shared.blobs.count_fetch(&sha256);
+        self.shared
+            .telemetry
+            .blob_out
+            .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
         let stream = async_stream(move |tx| async move {
             let mut first = Some(BlobRef { sha256, size });
             loop {

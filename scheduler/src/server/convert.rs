@@ -8,6 +8,7 @@ use crate::core::{
     Agent, AgentHello, AgentId, AgentResult, AgentState, Assigned, BlobRef, ChildSpec,
     DriverResult, FailureKind, GpuInfo, GpuUse, Job, JobView, Load, Outcome, OutputLine, Resources,
     SecretClaim, SessionOpen, TaskSpec,
+    record::{JobOutcome, JobRecord, Record, TaskRecord},
 };
 
 use super::state::millis;
@@ -213,6 +214,8 @@ pub fn agent_results(results: pb::AgentResults) -> Vec<AgentResult> {
             },
             run_ns: r.run_ns,
             crashed_with: r.crashed_with,
+            items_failed: r.failed_items,
+            first_item_error: r.first_error,
         })
         .collect()
 }
@@ -324,5 +327,76 @@ pub fn job_info(v: &JobView) -> pb::JobInfo {
         delivered: v.delivered,
         driver_connected: v.driver_connected,
         unacked: v.unacked,
+        state: JobOutcome::Running.name().into(),
+        ..Default::default()
+    }
+}
+
+/// A job from its record, with its session's live counts while it is open.
+pub fn job_record_info(
+    r: &JobRecord,
+    view: Option<&JobView>,
+    record: &Record,
+    now: Instant,
+) -> pb::JobInfo {
+    let mut info = match view {
+        Some(v) => job_info(v),
+        None => pb::JobInfo {
+            id: r.job.id.to_string(),
+            name: r.job.name.clone(),
+            driver_host: r.job.driver_host.clone(),
+            ..Default::default()
+        },
+    };
+    let ago = |at: Instant| millis(now.saturating_duration_since(at));
+    info.state = r.outcome.name().into();
+    info.items_submitted = r.items.submitted;
+    info.items_done = r.items.done;
+    info.items_failed = r.items.failed;
+    info.items_cancelled = r.items.cancelled;
+    info.items_running = r.items.running;
+    info.items_waiting = r.items.waiting();
+    info.retries = r.retries;
+    info.requeues = r.requeues;
+    info.age_ms = ago(r.opened);
+    info.ended_ms_ago = r.ended.map_or(0, ago);
+    info.wall_ms = millis(r.ended.unwrap_or(now).saturating_duration_since(r.opened));
+    info.items_per_s = r.rate.per_second(record.second(now), 10);
+    info
+}
+
+/// What a failure is called in listings.
+pub fn failure_name(kind: FailureKind) -> &'static str {
+    match kind {
+        FailureKind::TaskError => "failed",
+        FailureKind::UnknownTask => "unknown task",
+        FailureKind::WorkerCrashed => "worker crashed",
+        FailureKind::Cancelled => "cancelled",
+        FailureKind::TimedOut => "timed out",
+        FailureKind::BadInput => "bad input",
+        FailureKind::WorkerStart => "worker did not start",
+        FailureKind::TooLarge => "too large",
+        FailureKind::Refused => "refused",
+    }
+}
+
+pub fn task_info(t: &TaskRecord, now: Instant) -> pb::TaskInfo {
+    let state = match &t.failure {
+        None if t.items_failed > 0 => "items failed",
+        None => "done",
+        Some((kind, _)) => failure_name(*kind),
+    };
+    let error = t.error().unwrap_or_default();
+    pb::TaskInfo {
+        task_id: t.task_id,
+        function: t.function.to_string(),
+        items: t.items,
+        nested: t.nested,
+        state: state.into(),
+        error,
+        agent: t.agent.to_string(),
+        attempt: t.attempt,
+        run_ns: t.run_ns,
+        ended_ms_ago: millis(now.saturating_duration_since(t.ended)),
     }
 }

@@ -7,9 +7,11 @@ mod blob_service;
 pub mod blobs;
 mod convert;
 mod drivers;
+mod http;
 mod open_files;
 pub mod security;
 mod state;
+mod telemetry;
 
 use std::{
     future::Future,
@@ -60,6 +62,8 @@ pub enum ServeError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -73,6 +77,7 @@ pub struct Listening {
     pub advertised: String,
     pub local: SocketAddr,
     announcer: Option<Announcer>,
+    http: Option<http::HttpListening>,
 }
 
 /// Binds the port and writes the address file: after this, clients can connect.
@@ -166,7 +171,16 @@ async fn listen_with(
         scheme,
         security.discovery_key.clone(),
     );
+    let http = if settings.http {
+        let http = http::listen(ip, settings.http_port, security.tls.as_ref()).await?;
+        Some(http)
+    } else {
+        None
+    };
     let shared = Arc::new(Shared::new(core, settings, &security, blobs));
+    if let Some(http) = &http {
+        let _ = shared.http_url.set(http.url());
+    }
     Ok(Listening {
         listener,
         shared,
@@ -174,6 +188,7 @@ async fn listen_with(
         advertised,
         local,
         announcer,
+        http,
     })
 }
 
@@ -189,8 +204,11 @@ impl Listening {
             shared,
             security,
             announcer,
+            http,
             ..
         } = self;
+        let dashboard =
+            http.map(|h| tokio::spawn(h.serve(shared.clone(), security.accepted.clone())));
         let open_files = open_files::raise_limit();
         let ticker = tokio::spawn(state::tick_forever(shared.clone(), open_files));
         let announcing = announcer.map(|a| tokio::spawn(a.run()));
@@ -246,6 +264,9 @@ impl Listening {
             .await;
         ticker.abort();
         if let Some(task) = announcing {
+            task.abort();
+        }
+        if let Some(task) = dashboard {
             task.abort();
         }
         result.map_err(ServeError::from)

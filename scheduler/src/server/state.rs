@@ -18,7 +18,11 @@ use tracing::debug;
 
 use ladle_common::limits;
 
-use super::{blobs::BlobStore, convert};
+use super::{
+    blobs::BlobStore,
+    convert,
+    telemetry::{Peer, Telemetry},
+};
 use crate::{
     core::{Command, ConnId, Core, CoreConfig, DriverResult, Event, Outcome},
     settings::SchedulerSettings,
@@ -54,6 +58,9 @@ pub struct Shared {
     pub refusals: Arc<super::auth::RefusalLog>,
     pub started: Instant,
     pub blobs: BlobStore,
+    pub telemetry: Telemetry,
+    /// Where the dashboard and `/metrics` are served, once listening (`http://host:port/`).
+    pub http_url: std::sync::OnceLock<String>,
 }
 
 impl Shared {
@@ -75,6 +82,8 @@ impl Shared {
             refusals: Arc::default(),
             started: Instant::now(),
             blobs,
+            telemetry: Telemetry::default(),
+            http_url: std::sync::OnceLock::new(),
         }
     }
 
@@ -114,19 +123,45 @@ impl Shared {
 
     /// Feeds one event to the core and carries out its commands.
     pub fn apply(&self, event: Event) {
-        let now = Instant::now();
+        let kind = event.kind();
+        match &event {
+            Event::TasksSubmitted { tasks, .. } => self.telemetry.count_inline(
+                true,
+                Peer::Driver,
+                tasks.iter().map(|t| t.payload.len() as u64).sum(),
+            ),
+            Event::AgentResults { results, .. } => self.telemetry.count_inline(
+                true,
+                Peer::Agent,
+                results
+                    .iter()
+                    .map(|r| match &r.outcome {
+                        Outcome::Output(b) => b.len() as u64,
+                        _ => 0,
+                    })
+                    .sum(),
+            ),
+            _ => {}
+        }
         let mut inner = self.lock();
+        // The clock read under the lock: events reach the core in the order of their times.
+        let now = Instant::now();
         let mut commands = Vec::new();
         inner.core.handle(now, event, &mut commands);
-        inner.execute(commands, &self.settings, &self.blobs, &self.refusals);
+        inner.execute(commands, self);
+        self.telemetry
+            .observe_event(kind, now.elapsed().as_secs_f64());
     }
 
     /// Runs `f` on the core (queries and operator actions) and carries out any commands.
     pub fn with_core<R>(&self, f: impl FnOnce(&mut Core, &mut Vec<Command>) -> R) -> R {
         let mut inner = self.lock();
+        let started = Instant::now();
         let mut commands = Vec::new();
         let result = f(&mut inner.core, &mut commands);
-        inner.execute(commands, &self.settings, &self.blobs, &self.refusals);
+        inner.execute(commands, self);
+        self.telemetry
+            .observe_event(Event::QUERY, started.elapsed().as_secs_f64());
         result
     }
 
@@ -147,7 +182,7 @@ impl Shared {
         inner.outboxes.remove(&conn);
         let mut commands = Vec::new();
         inner.core.handle(now, event, &mut commands);
-        inner.execute(commands, &self.settings, &self.blobs, &self.refusals);
+        inner.execute(commands, self);
     }
 }
 
@@ -157,13 +192,8 @@ impl Inner {
     // bounded by what feeds them: an agent's by the tasks placed on it (its slots and prefetch),
     // a driver's by its session's budget of unfinished tasks (each result is sent once) and
     // by the agents' caps on output.
-    fn execute(
-        &mut self,
-        commands: Vec<Command>,
-        settings: &SchedulerSettings,
-        blobs: &BlobStore,
-        refusals: &super::auth::RefusalLog,
-    ) {
+    fn execute(&mut self, commands: Vec<Command>, shared: &Shared) {
+        let (settings, blobs, refusals) = (&shared.settings, &shared.blobs, &*shared.refusals);
         for command in commands {
             match command {
                 Command::Welcome {
@@ -188,6 +218,11 @@ impl Inner {
                 }
                 Command::Assign { conn, job, tasks } => {
                     tracing::trace!(conn, tasks = tasks.len(), "assign");
+                    shared.telemetry.count_inline(
+                        false,
+                        Peer::Agent,
+                        tasks.iter().map(|t| t.spec.payload.len() as u64).sum(),
+                    );
                     for tasks in limits::batches(tasks, usize::MAX, |t| t.spec.payload.len()) {
                         self.send_agent(conn, Body::Assign(convert::assign(&job, tasks)));
                     }
@@ -241,6 +276,11 @@ impl Inner {
                     self.send_driver(conn, driver_event::Body::Capacity(capacity));
                 }
                 Command::Deliver { conn, results } => {
+                    shared.telemetry.count_inline(
+                        false,
+                        Peer::Driver,
+                        results.iter().map(|r| result_bytes(r) as u64).sum(),
+                    );
                     for results in limits::batches(results, usize::MAX, result_bytes) {
                         self.send_driver(
                             conn,

@@ -6,6 +6,19 @@ use std::time::{Duration, Instant};
 use ladle::{Cluster, ErrorKind, Options, ReturnWhen, Shared, StreamExt};
 use serde_json::json;
 
+/// Slow enough to watch, chatty (a line every 50 inputs) and failing at input 123.
+#[ladle::task]
+fn watched(x: u64) -> u64 {
+    if x.is_multiple_of(50) {
+        println!("watched item {x}");
+    }
+    std::thread::sleep(Duration::from_millis(5));
+    if x == 123 {
+        panic!("input 123 is cursed");
+    }
+    x
+}
+
 #[ladle::task]
 fn triple_plus_one(x: u64) -> u64 {
     3 * x + 1
@@ -513,6 +526,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let cluster = Cluster::from_env().await?;
     match scenario.as_str() {
+        "observed" => {
+            // Two maps of 300, the second once the file named by the second argument exists:
+            // whoever watches sees the job stand still between them, then move.
+            let gate = std::path::PathBuf::from(std::env::args().nth(2).unwrap_or_default());
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            for (round, inputs) in [(0, 0..300u64), (1, 300..600u64)] {
+                if round == 1 {
+                    let deadline = Instant::now() + Duration::from_secs(120);
+                    while !gate.exists() && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                let mut results = cluster.map(watched, inputs);
+                while let Some(result) = results.next().await {
+                    match result {
+                        Ok(_) => ok += 1,
+                        Err(e) => failed.push(e.message),
+                    }
+                }
+            }
+            out(json!({ "ok": ok, "failed": failed }));
+        }
         "map100k" => {
             let results = cluster.map(triple_plus_one, 0..100_000u64).await?;
             let correct = results

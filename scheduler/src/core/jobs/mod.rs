@@ -22,6 +22,7 @@ use super::{
     Job, JobView, Outcome, SelectError, SessionOpen, TaskRef, TaskSpec,
     delivery::Ledger,
     membership::Membership,
+    record::{JobOutcome, Record, TaskRecord},
     task::{Nest, Task, TaskState, Verdict},
     task_map::TaskMap,
 };
@@ -128,6 +129,8 @@ pub(super) struct Jobs {
     totals: TaskCounts,
     /// The most tasks without a result one session has held at once.
     unfinished_peak: u64,
+    /// What operators see of the work, live and after the fact.
+    pub(super) record: Record,
     /// Tasks refused because their session sent past its budget.
     refused: u64,
     /// Output lines dropped because they came from an agent their job placed no task on.
@@ -168,6 +171,7 @@ impl Jobs {
             budget,
             totals: TaskCounts::default(),
             unfinished_peak: 0,
+            record: Record::default(),
             refused: 0,
             foreign_output: 0,
         }
@@ -177,6 +181,9 @@ impl Jobs {
     fn forget(&mut self, task_ref: TaskRef) -> Option<Task> {
         let task = self.tasks.remove(&task_ref)?;
         self.tally(&task, -1);
+        if matches!(task.state, TaskState::Running(_)) {
+            self.record.running(task.session, task.spec.items, -1);
+        }
         if let Some(session) = self.sessions.get_mut(&task.session) {
             session.bytes = session.bytes.saturating_sub(task.spec.payload.len() as u64);
             if let Some(nest) = &task.nest {
@@ -217,6 +224,8 @@ impl Jobs {
             return;
         }
         let (no, gpu_required) = (task.session, task.spec.gpu == GpuUse::Required);
+        self.record
+            .running(no, task.spec.items, if is_running { 1 } else { -1 });
         count(
             &mut self.totals,
             self.sessions.get_mut(&no),
@@ -287,6 +296,7 @@ impl Jobs {
             executable: open.executable,
             driver_host: open.driver_host,
         });
+        self.record.opened(no, job.clone());
         self.sessions.insert(
             no,
             Session {
@@ -513,6 +523,7 @@ impl Jobs {
         }
         session.bytes += spec.payload.len() as u64;
         session.queued += 1;
+        self.record.submitted(no, spec.items);
         self.totals.queued += 1;
         if spec.gpu == GpuUse::Required {
             self.totals.gpu_queued += 1;
@@ -638,6 +649,14 @@ impl Jobs {
         let Some(session) = self.sessions.remove(&no) else {
             return;
         };
+        self.record.ended(
+            no,
+            if driver_may_return {
+                JobOutcome::DriverLost
+            } else {
+                JobOutcome::Done
+            },
+        );
         self.by_job_id.remove(&session.job.id);
         if let Some(conn) = session.conn {
             self.by_conn.remove(&conn);
@@ -684,6 +703,7 @@ impl Jobs {
                 continue;
             }
             requeued += 1;
+            self.record.requeued(task.session);
             self.queue_again(task_ref);
         }
         if requeued > 0 {
@@ -727,7 +747,7 @@ impl Jobs {
         let mut deliveries: HashMap<u64, Vec<DriverResult>> = HashMap::default();
         let mut child_results = Vec::new();
         let mut families = Vec::new();
-        for result in results {
+        for mut result in results {
             // The fence first: an old attempt of a task this agent runs again must not take
             // the new attempt's place in its assignments.
             let stale_here = self
@@ -740,12 +760,24 @@ impl Jobs {
             agent.gpu_assigned.remove(&result.task_ref);
             agent.waiting.remove(&result.task_ref);
             agent.observe(result.run_ns);
+            agent.results += 1;
             let Some(task) = self.tasks.get_mut(&result.task_ref) else {
                 continue; // cancelled, or its driver went away
             };
             if task.attempt != result.attempt || !task.runs_on(&agent_id) {
                 continue;
             }
+            let (items_failed, first_item_error) = (
+                result.items_failed,
+                std::mem::take(&mut result.first_item_error),
+            );
+            let crash = matches!(
+                result.outcome,
+                Outcome::Failed {
+                    kind: FailureKind::WorkerCrashed,
+                    ..
+                }
+            );
             let outcome = match task.judge(
                 result.outcome,
                 result.crashed_with,
@@ -759,12 +791,32 @@ impl Jobs {
                         attempt = result.attempt,
                         "placing the task again"
                     );
+                    self.record.retried(task.session, crash);
                     self.queue_again(result.task_ref);
                     continue;
                 }
                 Verdict::Final(outcome) => outcome,
             };
             let (session, task_id, attempt) = (task.session, task.spec.task_id, task.runs());
+            self.record.finished(
+                session,
+                TaskRecord {
+                    task_id,
+                    function: task.spec.function.clone(),
+                    items: task.spec.items,
+                    nested: task.parent().is_some(),
+                    failure: match &outcome {
+                        Outcome::Failed { kind, message } => Some((*kind, message.clone())),
+                        _ => None,
+                    },
+                    items_failed,
+                    first_item_error,
+                    agent: host.clone(),
+                    attempt,
+                    run_ns: result.run_ns,
+                    ended: self.record.now(),
+                },
+            );
             let gpu = task.on_gpu;
             let Some(task) = self.forget(result.task_ref) else {
                 continue;
@@ -817,23 +869,27 @@ impl Jobs {
         self.ready[CPU].is_empty()
     }
 
-    /// Where `lines` output lines of job `job_id` printed on `agent` go: its driver's stream.
+    /// Where output lines of job `job_id` printed on `agent` go: its driver's stream (and the
+    /// job's record, which keeps the last of them).
     /// Only an agent the job placed tasks on runs its code; lines from any other are another
     /// agent's claims about this job (a hostile or confused agent), dropped and counted.
     pub(super) fn output_to(
         &mut self,
         job_id: &str,
-        agent: &AgentId,
-        lines: usize,
+        agent: &super::Agent,
+        lines: &[super::OutputLine],
     ) -> Option<ConnId> {
-        let session = self.sessions.get(self.by_job_id.get(job_id)?)?;
-        if !session.agents.contains(agent) {
-            self.foreign_output += lines as u64;
-            debug!(session = %session.job.id, agent = %agent, lines,
+        let no = *self.by_job_id.get(job_id)?;
+        let session = self.sessions.get(&no)?;
+        if !session.agents.contains(agent.id()) {
+            self.foreign_output += lines.len() as u64;
+            debug!(session = %session.job.id, agent = %agent.id(), lines = lines.len(),
                    "dropped output from an agent this job placed no task on");
             return None;
         }
-        session.conn
+        let conn = session.conn;
+        self.record.output(no, &agent.host, lines);
+        conn
     }
 
     pub(super) fn capacity(members: &Membership) -> Capacity {

@@ -245,6 +245,8 @@ impl Jobs {
                 let Some(mut task) = self.forget(task_ref) else {
                     continue;
                 };
+                self.record
+                    .cancelled(task.session, 1, u64::from(task.spec.items.max(1)));
                 if let Some(s) = self.sessions.get_mut(&task.session) {
                     s.by_task_id.remove(&task.spec.task_id);
                 }

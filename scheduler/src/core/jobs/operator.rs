@@ -31,6 +31,8 @@ impl Jobs {
             let Some(mut task) = self.forget(task_ref) else {
                 continue;
             };
+            self.record
+                .cancelled(no, 1, u64::from(task.spec.items.max(1)));
             if let TaskState::Running(agent) = &task.state
                 && let Some(agent_conn) = members.get(agent).and_then(|a| a.conn)
             {

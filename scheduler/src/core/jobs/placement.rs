@@ -123,6 +123,7 @@ impl Jobs {
                 }
             }
         }
+        self.record.stolen(moved as u64);
         if moved > 0 {
             debug!(agent = %agent_id, tasks = moved, "stolen tasks queued again");
         }
@@ -277,6 +278,7 @@ impl Jobs {
         batches: &mut HashMap<(AgentId, u64), Vec<Assigned>>,
     ) {
         self.set_state(task_ref, TaskState::Running(agent_id.clone()));
+        self.record.placed(1);
         let Some(task) = self.tasks.get_mut(&task_ref) else {
             return;
         };
