@@ -115,6 +115,14 @@ pub fn tls() -> bool {
     TLS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Whether the schedulers serve their HTTP port (`--observed`); without it they do not, so that
+/// the two modes measure what watching costs.
+static HTTP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_http(on: bool) {
+    HTTP.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 pub struct LocalCluster {
     pub address: String,
     /// The cluster's files (from `ladle-scheduler init`), under `--tls`.
@@ -205,6 +213,11 @@ impl LocalCluster {
             ])
             .arg(&address_file)
             .env("LADLE_STATE_DIR", dir.path().join("scheduler"))
+            .env(
+                "LADLE_HTTP",
+                HTTP.load(std::sync::atomic::Ordering::Relaxed).to_string(),
+            )
+            .env("LADLE_HTTP_PORT", "0")
             .env("RUST_LOG", log_level(&logs))
             .stdout(Stdio::null())
             .stderr(log_file(&logs, "scheduler")?)
@@ -295,6 +308,19 @@ impl LocalCluster {
         remember(agent.id(), true);
         self.agents.push(agent);
         Ok(())
+    }
+
+    /// Where the scheduler serves its dashboard (under `--observed`).
+    pub fn dashboard_url(&self) -> anyhow::Result<String> {
+        let out = Command::new(sibling("ladle-scheduler")?)
+            .args(["status", "--json", "--scheduler", &self.address])
+            .output()?;
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        status["dashboard"]
+            .as_str()
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("the scheduler serves no dashboard"))
     }
 
     pub fn scheduler_pid(&self) -> u32 {

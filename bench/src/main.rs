@@ -6,6 +6,7 @@
 //! cargo build --release --bins && target/release/ladle-bench [--reps 3] [--only W1a,W3]
 
 mod cluster;
+mod observer;
 mod sim_agent;
 mod w6;
 mod w8;
@@ -146,6 +147,10 @@ struct Args {
     /// several machines; without it, plaintext on loopback.
     #[arg(long)]
     tls: bool,
+    /// W1a–W4 and W10 with a dashboard open and Prometheus scraping `/metrics` every second
+    /// (plaintext only); without it, the scheduler serves no HTTP port at all.
+    #[arg(long)]
+    observed: bool,
 }
 
 /// Runs blocking set-up work without stalling other tasks, whatever the runtime.
@@ -185,6 +190,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     cluster::set_tls(args.tls);
+    cluster::set_http(args.observed);
     tokio::spawn(async {
         cluster::interrupted().await;
         cluster::kill_all();
@@ -219,6 +225,11 @@ async fn main() -> anyhow::Result<()> {
         let cluster = local.connect().await?;
         // The first task starts the workers: part of start-up, not of any workload.
         cluster.submit(identity, 0)?.await?;
+        let observer = if args.observed {
+            Some(observer::Observer::start(&local.dashboard_url()?)?)
+        } else {
+            None
+        };
         let startup_s = started.elapsed().as_secs_f64();
         emit(
             "startup",
@@ -336,6 +347,9 @@ async fn main() -> anyhow::Result<()> {
                 json!({ "wall_s": wall, "efficiency": ideal / wall, "spread": s }),
             );
         }
+        if let Some(observer) = observer {
+            observer.finish("observed");
+        }
         drop(cluster);
         drop(local);
     }
@@ -445,7 +459,7 @@ async fn main() -> anyhow::Result<()> {
         let (agents, tasks) = (args.w9_agents, args.w9_tasks);
         let mut runs = Vec::new();
         for _ in 0..reps {
-            runs.push(w9::run(variant, agents, tasks, args.logs.clone()).await?);
+            runs.push(w9::run(variant, agents, tasks, args.logs.clone(), args.observed).await?);
         }
         let pick = |f: &dyn Fn(&w9::Figures) -> f64| summary_of(&runs, f);
         let rate = pick(&|f| tasks as f64 / f.wall_s);

@@ -66,8 +66,9 @@ pub async fn run(
     agents: usize,
     tasks: u64,
     logs: Option<PathBuf>,
+    observed: bool,
 ) -> anyhow::Result<Figures> {
-    tokio::time::timeout(LIMIT, run_once(variant, agents, tasks, logs))
+    tokio::time::timeout(LIMIT, run_once(variant, agents, tasks, logs, observed))
         .await
         .map_err(|_| anyhow!("W9: gave up after {LIMIT:?}"))?
 }
@@ -77,9 +78,10 @@ async fn run_once(
     agents: usize,
     tasks: u64,
     logs: Option<PathBuf>,
+    observed: bool,
 ) -> anyhow::Result<Figures> {
     let started = Instant::now();
-    let scheduler = Scheduler::start(logs).await?;
+    let scheduler = Scheduler::start(logs, observed).await?;
     let fleet = Fleet::start(&scheduler.address, agents)?;
     fleet.joined().await?;
     let mut admin = AdminServiceClient::new(
@@ -97,6 +99,16 @@ async fn run_once(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let startup_s = started.elapsed().as_secs_f64();
+    // The dashboard and Prometheus on a thousand agents and the whole run's queue.
+    let observer = if observed {
+        let status = admin
+            .cluster_status(ClusterStatusRequest {})
+            .await?
+            .into_inner();
+        Some(crate::observer::Observer::start(&status.dashboard_url)?)
+    } else {
+        None
+    };
 
     let cluster = Cluster::connect(&scheduler.address).await?;
     let base = cluster::status_bytes(scheduler.pid(), "VmRSS").context("the scheduler's VmRSS")?;
@@ -124,6 +136,12 @@ async fn run_once(
         scheduler_base_rss_bytes: base,
         peak_unfinished: peak.load(Ordering::Relaxed),
     };
+    if let Some(observer) = observer {
+        observer.finish(match variant {
+            Variant::Map => "W9 observed",
+            Variant::Submit => "W9s observed",
+        });
+    }
     drop(cluster);
     drop(fleet);
     drop(scheduler);
@@ -226,7 +244,7 @@ struct Scheduler {
 }
 
 impl Scheduler {
-    async fn start(logs: Option<PathBuf>) -> anyhow::Result<Self> {
+    async fn start(logs: Option<PathBuf>, http: bool) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let settings = dir.path().join("scheduler.toml");
         let address_file = dir.path().join("address");
@@ -236,7 +254,8 @@ impl Scheduler {
             &settings,
             format!(
                 "bind = \"127.0.0.1\"\nport = 0\naddress_file = {}\nstate_dir = {}\n\
-                 heartbeat_interval = \"1s\"\nheartbeat_timeout = \"60s\"\nmulticast = false\n",
+                 heartbeat_interval = \"1s\"\nheartbeat_timeout = \"60s\"\nmulticast = false\n\
+                 http = {http}\nhttp_port = 0\n",
                 toml_path(&address_file),
                 toml_path(&dir.path().join("state")),
             ),

@@ -25,7 +25,7 @@ compose() { "${compose_cmd[@]}" -p "$project" -f deploy/docker/compose.yaml "$@"
 
 # The cluster's files, as the compose file's comment says to make them.
 LADLE_CLUSTER_DIR=$(mktemp -d /tmp/ladle-e2e-cluster-XXXXXX)
-export LADLE_CLUSTER_DIR LADLE_TAG=e2e LADLE_PUBLISH=127.0.0.1: LADLE_HEARTBEAT_TIMEOUT=3s
+export LADLE_CLUSTER_DIR LADLE_TAG=e2e LADLE_PUBLISH=127.0.0.1: LADLE_PUBLISH_HTTP=127.0.0.1: LADLE_HEARTBEAT_TIMEOUT=3s
 unset LADLE_TOKEN LADLE_TOKEN_FILE LADLE_CONFIG
 
 cleanup() {

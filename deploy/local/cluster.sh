@@ -42,5 +42,6 @@ if [ "${1:-}" = "--keep" ]; then
   echo "running; Ctrl-C stops the cluster. Run jobs with"
   echo "  LADLE_SCHEDULER=$address LADLE_CLUSTER_FILE=$work/cluster/driver.cluster"
   echo "and manage it with LADLE_CLUSTER_FILE=$work/cluster/admin.cluster"
+  "$bin/ladle-scheduler" dashboard
   wait
 fi

@@ -88,7 +88,8 @@ fn run_chunk<T: Task>(payload: &[u8]) -> Result<ChunkOutput, ChunkError> {
     for result in &results {
         if let Err(message) = result {
             if failed.count == 0 {
-                failed.first = message.clone();
+                // For operators' listings: the driver gets every item's error whole.
+                failed.first = message.chars().take(2048).collect();
             }
             failed.count += 1;
         }

@@ -254,7 +254,7 @@ fn an_operator_watches_a_job_live_and_reads_its_record_after_its_driver_has_gone
         Ok(()) => {}
         Err(skipped) => eprintln!("{skipped}"),
     }
-    let labels = format!("{{job=\"{job}\",name=\"ladle-test-driver\"}}");
+    let labels = format!("{{job_id=\"{job}\",name=\"ladle-test-driver\"}}");
     assert_eq!(
         sample(
             &metrics,

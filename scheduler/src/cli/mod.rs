@@ -277,11 +277,24 @@ pub fn dashboard_text(
         return Ok(text.trim_end().to_owned());
     }
     let mut text = match &credential {
-        Some(credential) => format!(
-            "the dashboard: {url}?credential={credential}\n(the page keeps the credential in a cookie and drops it from the address; it is a secret)"
-        ),
+        Some(credential) => {
+            let query: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("credential", credential)
+                .finish();
+            format!(
+                "the dashboard: {url}?{query}\n(the page keeps the credential in a cookie and drops it from the address; it is a secret)"
+            )
+        }
         None => format!("the dashboard: {url}"),
     };
+    // The address carries this CLI's own credential: a viewer's is all the page needs.
+    if let Some(file) = &auth.file
+        && !matches!(file.role, ladle_common::cluster_file::FileRole::View)
+    {
+        text.push_str(
+            "\nwarning: this credential may change the cluster (it is not a viewer's): to share the page or keep it in a browser, use view.cluster (LADLE_CLUSTER_FILE=…/view.cluster ladle-scheduler dashboard)",
+        );
+    }
     text.push_str(&format!("\nPrometheus metrics: {url}metrics (`dashboard --prometheus` prints a scrape configuration)"));
     if let Some(tls) = tls {
         text.push_str(&format!(

@@ -248,7 +248,7 @@ pub struct JobRow {
     pub delivered: u64,
     pub driver_connected: bool,
     pub items: ItemCounts,
-    /// Items with a result (done or failed) per item submitted, 0 to 1.
+    /// Items done, failed or cancelled per item submitted, 0 to 1.
     pub progress: f64,
     pub retries: u64,
     pub requeues: u64,
@@ -272,20 +272,27 @@ pub fn job_rows(jobs: Vec<JobInfo>) -> Vec<JobRow> {
 }
 
 pub fn job_row(j: JobInfo) -> JobRow {
-    let finished = j.items_done + j.items_failed;
+    // A job that ended left what it had not finished: cancelled with it.
+    let ended = j.state != "running";
+    let (queued, cancelled) = if ended {
+        (0, j.items_cancelled + j.items_waiting)
+    } else {
+        (j.items_waiting, j.items_cancelled)
+    };
+    let resolved = j.items_done + j.items_failed + cancelled;
     JobRow {
         progress: if j.items_submitted == 0 {
             0.0
         } else {
-            finished as f64 / j.items_submitted as f64
+            (resolved as f64 / j.items_submitted as f64).min(1.0)
         },
         items: ItemCounts {
             total: j.items_submitted,
             done: j.items_done,
             failed: j.items_failed,
-            cancelled: j.items_cancelled,
+            cancelled,
             running: j.items_running,
-            queued: j.items_waiting,
+            queued,
         },
         id: j.id,
         name: j.name,
@@ -322,8 +329,18 @@ pub fn jobs_table(rows: &[JobRow]) -> String {
         .load_style(NOTHING)
         .set_content_arrangement(ContentArrangement::Dynamic)
         .set_header([
-            "ID", "NAME", "STATE", "DRIVER", "PROGRESS", "ITEMS", "FAILED", "RUNNING", "QUEUED",
-            "ITEMS/S", "WALL",
+            "ID",
+            "NAME",
+            "STATE",
+            "DRIVER",
+            "PROGRESS",
+            "ITEMS",
+            "FAILED",
+            "CANCELLED",
+            "RUNNING",
+            "QUEUED",
+            "ITEMS/S",
+            "WALL",
         ]);
     for row in rows {
         let state = if row.state == "running" && !row.driver_connected {
@@ -337,8 +354,13 @@ pub fn jobs_table(rows: &[JobRow]) -> String {
             state,
             row.driver_host.clone(),
             format!("{} {:>3.0}%", bar(row.progress, 10), row.progress * 100.0),
-            format!("{}/{}", row.items.done + row.items.failed, row.items.total),
+            format!(
+                "{}/{}",
+                row.items.done + row.items.failed + row.items.cancelled,
+                row.items.total
+            ),
             row.items.failed.to_string(),
+            row.items.cancelled.to_string(),
             row.items.running.to_string(),
             row.items.queued.to_string(),
             format!("{:.0}", row.items_per_s),

@@ -200,6 +200,14 @@ impl World {
     /// What must hold of the core after every event.
     fn check(&self) -> Result<(), TestCaseError> {
         prop_assert_eq!(self.core.jobs.counts(), self.core.jobs.counts_by_scan());
+        for (no, recorded, scanned) in self.core.jobs.record_by_scan() {
+            prop_assert_eq!(
+                recorded,
+                scanned,
+                "job {}'s record (items running, queued) differs from its tasks",
+                no
+            );
+        }
         for agent in self.core.agents() {
             prop_assert!(
                 agent.waiting.is_subset(&agent.assigned),

@@ -19,8 +19,10 @@ pub const FINISHED_JOBS: usize = 100;
 /// Finished tasks kept per job (the most recent), and failed ones kept apart (the most recent).
 pub const RECENT_TASKS: usize = 100;
 pub const FAILED_TASKS: usize = 100;
-/// Output kept per job: its last lines, at most this many bytes (a line counts its length).
+/// Output kept per job: its last lines, at most this many bytes (a line counts its length and
+/// what keeping it costs, so that empty lines are bounded too).
 pub const OUTPUT_BYTES: usize = 256 * 1024;
+const LINE_OVERHEAD: usize = 64;
 /// An error message kept longer than this is cut (the driver got it whole).
 const MESSAGE_BYTES: usize = 2048;
 /// Task spans kept for the task stream, and for how long.
@@ -249,6 +251,9 @@ pub struct Counters {
     pub tasks_done: u64,
     pub tasks_failed: u64,
     pub tasks_cancelled: u64,
+    /// Chunks given back to their drivers to run item by item (a worker crash, results too
+    /// large together).
+    pub tasks_split: u64,
     pub items_done: u64,
     pub items_failed: u64,
     pub jobs_started: u64,
@@ -319,7 +324,19 @@ impl Record {
 
     pub(super) fn opened(&mut self, no: u64, job: Arc<Job>) {
         self.counters.jobs_started += 1;
-        self.open.insert(no, JobRecord::new(job, self.now));
+        // A driver that came back after its job ended (its grace ran out) opens the same job
+        // id again: its record goes on, so that one id is one job (and one series of metrics).
+        let record = match self.finished.iter().position(|j| j.job.id == job.id) {
+            Some(i) => self.finished.remove(i).map(|mut j| {
+                j.ended = None;
+                j.outcome = JobOutcome::Running;
+                j.job = job.clone();
+                j
+            }),
+            None => None,
+        };
+        let record = record.unwrap_or_else(|| JobRecord::new(job, self.now));
+        self.open.insert(no, record);
     }
 
     pub(super) fn submitted(&mut self, no: u64, items: u32) {
@@ -369,6 +386,30 @@ impl Record {
     /// A task of job `no` has its result.
     pub(super) fn finished(&mut self, no: u64, mut task: TaskRecord) {
         let items = u64::from(task.items.max(1));
+        let crashed = matches!(&task.failure, Some((FailureKind::WorkerCrashed, _)));
+        if crashed {
+            self.counters.worker_crashes += 1;
+        }
+        // A chunk that crashed its worker, or whose results together were too large, goes back
+        // to its driver, which runs its items again one by one: they are not failed (yet), and
+        // they are counted again as the driver submits them.
+        if task.items > 1
+            && matches!(
+                &task.failure,
+                Some((FailureKind::WorkerCrashed | FailureKind::TooLarge, _))
+            )
+        {
+            self.counters.tasks_split += 1;
+            if let Some(j) = self.open.get_mut(&no) {
+                j.items.submitted = j.items.submitted.saturating_sub(items);
+                j.crashes += u64::from(crashed);
+                if let Some((_, message)) = &mut task.failure {
+                    cut(message, MESSAGE_BYTES);
+                }
+                push_bounded(&mut j.recent, task, RECENT_TASKS);
+            }
+            return;
+        }
         let seconds = task.run_ns as f64 / 1e9;
         let second = self.second(task.ended);
         let failed = task.failure.is_some();
@@ -377,9 +418,6 @@ impl Record {
         } else {
             u64::from(task.items_failed).min(items)
         };
-        if let Some((FailureKind::WorkerCrashed, _)) = &task.failure {
-            self.counters.worker_crashes += 1;
-        }
         if failed {
             self.counters.tasks_failed += 1;
         } else {
@@ -412,6 +450,7 @@ impl Record {
         cut(&mut task.first_item_error, MESSAGE_BYTES);
         j.items.failed += items_failed;
         j.items.done += items - items_failed;
+        j.crashes += u64::from(crashed);
         if failed {
             j.tasks_failed += 1;
         } else {
@@ -439,8 +478,8 @@ impl Record {
         };
         for line in lines {
             let mut text = line.text.clone();
-            cut(&mut text, OUTPUT_BYTES);
-            j.output_bytes += text.len();
+            cut(&mut text, OUTPUT_BYTES - LINE_OVERHEAD);
+            j.output_bytes += text.len() + LINE_OVERHEAD;
             j.output.push_back(LogLine {
                 host: host.clone(),
                 stderr: line.stderr,
@@ -450,7 +489,7 @@ impl Record {
                 let Some(old) = j.output.pop_front() else {
                     break;
                 };
-                j.output_bytes -= old.line.len();
+                j.output_bytes -= old.line.len() + LINE_OVERHEAD;
                 j.output_dropped += 1;
             }
         }
@@ -471,6 +510,11 @@ impl Record {
     /// The open jobs, then the finished ones, newest first.
     pub fn jobs(&self) -> impl Iterator<Item = &JobRecord> {
         self.open.values().chain(self.finished.iter().rev())
+    }
+
+    #[cfg(test)]
+    pub(super) fn open_job(&self, no: u64) -> Option<&JobRecord> {
+        self.open.get(&no)
     }
 
     pub fn open_jobs(&self) -> impl Iterator<Item = &JobRecord> {
@@ -505,10 +549,25 @@ impl Record {
                 });
             }
         }
-        // A name: the open job of that name, else the newest finished one.
-        self.jobs()
-            .find(|j| j.job.name == selector)
-            .ok_or_else(|| super::SelectError::NotFound(selector.to_owned()))
+        // A name: the open job of that name (several: ambiguous), else the newest finished one.
+        let open: Vec<&JobRecord> = self
+            .open
+            .values()
+            .filter(|j| j.job.name == selector)
+            .collect();
+        match open.as_slice() {
+            [one] => Ok(one),
+            [] => self
+                .finished
+                .iter()
+                .rev()
+                .find(|j| j.job.name == selector)
+                .ok_or_else(|| super::SelectError::NotFound(selector.to_owned())),
+            many => Err(super::SelectError::Ambiguous {
+                selector: selector.to_owned(),
+                matches: many.iter().map(|j| j.job.id.to_string()).collect(),
+            }),
+        }
     }
 }
 
@@ -610,6 +669,67 @@ mod tests {
         let j = r.find("name-j1").expect("kept after its end");
         assert_eq!(j.outcome, JobOutcome::Done);
         assert_eq!((r.counters.items_done, r.counters.items_failed), (13, 3));
+    }
+
+    #[test]
+    fn a_chunk_given_back_to_its_driver_is_not_failed_and_a_reopened_job_goes_on() {
+        let mut r = Record::default();
+        r.opened(1, job("j1"));
+        r.submitted(1, 10);
+        let mut crashed = task(&r, 10, None);
+        crashed.failure = Some((FailureKind::WorkerCrashed, "killed".into()));
+        r.finished(1, crashed);
+        let j = r.find("j1").expect("open");
+        assert_eq!((j.items.submitted, j.items.failed, j.crashes), (0, 0, 1));
+        // Its items come back one by one.
+        for _ in 0..10 {
+            r.submitted(1, 1);
+            let t = task(&r, 1, None);
+            r.finished(1, t);
+        }
+        let j = r.find("j1").expect("open");
+        assert_eq!(
+            (j.items.submitted, j.items.done, j.items.waiting()),
+            (10, 10, 0)
+        );
+        assert_eq!((r.counters.tasks_split, r.counters.worker_crashes), (1, 1));
+
+        // Its driver comes back after the job ended: one record for one id.
+        r.ended(1, JobOutcome::DriverLost);
+        r.opened(2, job("j1"));
+        assert_eq!(r.jobs().filter(|j| &*j.job.id == "j1").count(), 1);
+        assert_eq!(
+            r.find("j1").map(|j| (j.items.done, j.ended)),
+            Ok((10, None))
+        );
+
+        // Two open jobs of one name: which one is meant must be said.
+        r.opened(3, job("j2"));
+        let mut same = (*job("j3")).clone();
+        same.name = "name-j2".into();
+        r.opened(4, Arc::new(same));
+        assert!(matches!(
+            r.find("name-j2"),
+            Err(crate::core::SelectError::Ambiguous { .. })
+        ));
+    }
+
+    #[test]
+    fn empty_lines_are_bounded_too() {
+        let mut r = Record::default();
+        r.opened(1, job("j1"));
+        let empty = OutputLine {
+            stderr: false,
+            text: String::new(),
+        };
+        r.output(1, &"node".into(), &vec![empty; 100_000]);
+        let j = r.find("j1").expect("open");
+        assert!(
+            j.output.len() * LINE_OVERHEAD <= OUTPUT_BYTES,
+            "{}",
+            j.output.len()
+        );
+        assert_eq!(j.output_dropped as usize + j.output.len(), 100_000);
     }
 
     #[test]

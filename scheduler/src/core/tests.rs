@@ -43,8 +43,12 @@ impl Sim {
     fn send(&mut self, event: Event) -> Vec<Command> {
         self.out.clear();
         self.core.handle(self.now, event, &mut self.out);
-        // The counters kept as events happen always equal a count of the tasks.
+        // The counters kept as events happen always equal a count of the tasks, and so do the
+        // jobs' records of items running and queued.
         assert_eq!(self.core.jobs.counts(), self.core.jobs.counts_by_scan());
+        for (no, recorded, scanned) in self.core.jobs.record_by_scan() {
+            assert_eq!(recorded, scanned, "job {no}: items (running, queued)");
+        }
         std::mem::take(&mut self.out)
     }
 

@@ -50,6 +50,8 @@ impl Embedded {
             token: Some(credential.as_str().to_owned()),
             bind: Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
             port: 0,
+            // No dashboard: its credential is this process's own, which nobody could present.
+            http: false,
             state_dir: Some(dir.path().join("scheduler")),
             ..SchedulerSettings::default()
         };

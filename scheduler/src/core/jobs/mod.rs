@@ -913,6 +913,33 @@ impl Jobs {
         }
     }
 
+    /// Each open job's items running and queued, as its record has them and as a scan of its
+    /// tasks finds them: the two must always be equal (tests).
+    #[cfg(test)]
+    pub(super) fn record_by_scan(&self) -> Vec<(u64, RunningQueued, RunningQueued)> {
+        let mut scanned: HashMap<u64, (u64, u64)> = HashMap::default();
+        for task in self.tasks.values() {
+            let entry = scanned.entry(task.session).or_default();
+            let items = u64::from(task.spec.items.max(1));
+            match task.state {
+                TaskState::Running(_) => entry.0 += items,
+                TaskState::Queued => entry.1 += items,
+            }
+        }
+        let mut rows: Vec<_> = self
+            .sessions
+            .keys()
+            .map(|&no| {
+                let recorded = self.record.open_job(no).map_or((u64::MAX, u64::MAX), |j| {
+                    (j.items.running, j.items.waiting())
+                });
+                (no, recorded, scanned.get(&no).copied().unwrap_or_default())
+            })
+            .collect();
+        rows.sort_unstable_by_key(|r| r.0);
+        rows
+    }
+
     /// The counters recomputed from every task: what [`Jobs::counts`] must always equal (tests).
     #[cfg(test)]
     pub(super) fn counts_by_scan(&self) -> TaskCounts {
@@ -998,6 +1025,10 @@ impl Jobs {
         counts
     }
 }
+
+/// Items running and items queued (tests).
+#[cfg(test)]
+pub(super) type RunningQueued = (u64, u64);
 
 /// Adds `delta` to the counters of a task's state (running or queued) in `totals` and its
 /// session's.

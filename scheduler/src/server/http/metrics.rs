@@ -20,6 +20,21 @@ use super::super::{Shared, telemetry::Peer};
 
 type Labels = Vec<(&'static str, String)>;
 
+/// A label value as the text formats need it: prometheus-client writes values as they are, and
+/// job names, ids and host names come from drivers and agents.
+fn escaped(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// What one scrape copies out of the core.
 struct Snapshot {
     counters: Counters,
@@ -62,8 +77,8 @@ struct JobRow {
 
 fn job_row(j: &JobRecord) -> JobRow {
     JobRow {
-        id: j.job.id.to_string(),
-        name: j.job.name.clone(),
+        id: escaped(&j.job.id),
+        name: escaped(&j.job.name),
         open: j.ended.is_none(),
         submitted: j.items.submitted,
         done: j.items.done,
@@ -87,8 +102,8 @@ fn snapshot(shared: &Shared) -> Snapshot {
             agents: core
                 .agents()
                 .map(|a| AgentRow {
-                    id: a.id().to_string(),
-                    host: a.hello.hostname.clone(),
+                    id: escaped(&a.id().0),
+                    host: escaped(&a.hello.hostname),
                     state: a.state(),
                     cpu_slots: u64::from(a.hello.resources.cpu_slots),
                     cpu_busy: u64::from(a.load.busy_cpu_slots),
@@ -166,7 +181,8 @@ impl Collector for Histograms {
 }
 
 fn job_labels(j: &JobRow) -> Labels {
-    vec![("job", j.id.clone()), ("name", j.name.clone())]
+    // `job` is the target's own label in Prometheus: `job_id` stays apart from it.
+    vec![("job_id", j.id.clone()), ("name", j.name.clone())]
 }
 
 /// The text of one scrape.
@@ -310,17 +326,18 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
     counter(
         &mut r,
         "worker_crashes",
-        "Worker processes that died running tasks",
+        "Tasks whose worker process died under them (a worker that held three counts three)",
         c.worker_crashes,
     );
     counters(
         &mut r,
         "tasks_finished",
-        "Tasks with a result, by outcome",
+        "Tasks with a result, by outcome (split: a chunk given back to its driver to run item by item)",
         vec![
             (vec![("outcome", "done".into())], c.tasks_done),
             (vec![("outcome", "failed".into())], c.tasks_failed),
             (vec![("outcome", "cancelled".into())], c.tasks_cancelled),
+            (vec![("outcome", "split".into())], c.tasks_split),
         ],
     );
     counters(
@@ -508,7 +525,7 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
             .saturating_duration_since(shared.started)
             .as_secs(),
     );
-    gauge(
+    counter(
         &mut r,
         "calls_refused",
         "Calls refused at the door (bad or missing credential, role)",

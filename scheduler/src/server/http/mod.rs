@@ -38,6 +38,11 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 const EVENT_EVERY: Duration = Duration::from_secs(1);
 /// The cookie that carries the dashboard's credential.
 const COOKIE: &str = "ladle_credential";
+/// Connections served at once (each open dashboard holds one); past it, new ones are closed at
+/// once. A TLS handshake and a request's headers must arrive within [`HANDSHAKE`]: a peer that
+/// opens connections and sends nothing holds none for long.
+const MAX_CONNECTIONS: usize = 512;
+const HANDSHAKE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -166,22 +171,39 @@ impl HttpListening {
                 }
             };
             while connections.try_join_next().is_some() {}
+            if connections.len() >= MAX_CONNECTIONS {
+                debug!(%peer, "the dashboard's port has {MAX_CONNECTIONS} connections: closing a new one");
+                continue;
+            }
             let router = router.clone();
             let tls = self.tls.clone();
             connections.spawn(async move {
                 let service = hyper_util::service::TowerToHyperService::new(router);
-                let builder = hyper_util::server::conn::auto::Builder::new(
+                let mut builder = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
                 );
+                builder
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HANDSHAKE);
+                builder
+                    .http2()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .keep_alive_interval(Some(Duration::from_secs(20)))
+                    .keep_alive_timeout(HANDSHAKE);
                 let served = match tls {
-                    Some(tls) => match tls.accept(stream).await {
-                        Ok(stream) => {
+                    Some(tls) => match tokio::time::timeout(HANDSHAKE, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
                             builder
                                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                                 .await
                         }
-                        Err(e) => {
+                        Ok(Err(e)) => {
                             debug!(%peer, "a TLS handshake on the dashboard's port failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(%peer, "no TLS handshake on the dashboard's port within {HANDSHAKE:?}");
                             return;
                         }
                     },
@@ -223,10 +245,18 @@ fn presented(headers: &HeaderMap) -> Option<String> {
 
 /// `credential=…` in a query string.
 fn credential_in(query: Option<&str>) -> Option<String> {
-    query?
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("credential="))
-        .map(str::to_owned)
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(key, _)| key == "credential")
+        .map(|(_, value)| value.into_owned())
+}
+
+/// Whether a credential can be a cookie's value as it is (RFC 6265's cookie-octets): `init`'s
+/// always can; a shared token of an operator's choosing may not.
+fn cookie_safe(secret: &str) -> bool {
+    !secret.is_empty()
+        && secret
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b',' | b';' | b'\\'))
 }
 
 async fn authenticate(State(state): State<HttpState>, request: Request, next: Next) -> Response {
@@ -244,9 +274,20 @@ async fn authenticate(State(state): State<HttpState>, request: Request, next: Ne
     if let Some(secret) = credential_in(request.uri().query())
         && allows(&secret)
     {
+        if !cookie_safe(&secret) {
+            return (
+                StatusCode::BAD_REQUEST,
+                "this credential cannot be kept in a cookie (it holds spaces, quotes, commas, \
+                 semicolons or backslashes): send it as `Authorization: Bearer …` instead\n",
+            )
+                .into_response();
+        }
         let secure = if state.tls { "; Secure" } else { "" };
-        let cookie = format!("{COOKIE}={secret}; HttpOnly; SameSite=Strict; Path=/{secure}");
-        let mut response = Redirect::to(request.uri().path()).into_response();
+        // Lax: the address may be opened from another application (a chat, a terminal), and
+        // the page only reads.
+        let cookie = format!("{COOKIE}={secret}; HttpOnly; SameSite=Lax; Path=/{secure}");
+        // Relative, so that it stays on this host whatever the path holds ("//elsewhere/").
+        let mut response = Redirect::to("./").into_response();
         if let Ok(value) = HeaderValue::from_str(&cookie) {
             response.headers_mut().insert(header::SET_COOKIE, value);
         }
@@ -283,7 +324,7 @@ async fn dashboard() -> impl IntoResponse {
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
             (
                 header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:",
+                "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'",
             ),
         ],
         Html(DASHBOARD),

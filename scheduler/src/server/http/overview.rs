@@ -68,6 +68,8 @@ struct JobView {
     items_failed: u64,
     items_running: u64,
     items_queued: u64,
+    /// Cancelled, and for a job that ended, those it left unfinished.
+    items_cancelled: u64,
     retries: u64,
     started_ms: u64,
     ended_ms: Option<u64>,
@@ -158,11 +160,11 @@ pub fn overview(shared: &Shared) -> Overview {
         let job_view = |j: &JobRecord| JobView {
             id: j.job.id.to_string(),
             name: j.job.name.clone(),
-            state: match (j.ended, j.items.failed) {
-                (None, _) => "running",
-                (Some(_), 0) if j.items.waiting() == 0 => "done",
-                (Some(_), 0) => "cancelled",
-                (Some(_), _) => "failed",
+            state: match j.ended {
+                None => "running",
+                Some(_) if j.items.failed > 0 => "failed",
+                Some(_) if j.items.cancelled + j.items.waiting() > 0 => "cancelled",
+                Some(_) => "done",
             },
             driver_connected: j.ended.is_none() && connected.contains(&j.job.id),
             items_total: j.items.submitted,
@@ -174,6 +176,12 @@ pub fn overview(shared: &Shared) -> Overview {
             } else {
                 0
             },
+            items_cancelled: j.items.cancelled
+                + if j.ended.is_some() {
+                    j.items.waiting()
+                } else {
+                    0
+                },
             retries: j.retries,
             started_ms: unix_ms(j.opened),
             ended_ms: j.ended.map(unix_ms),
