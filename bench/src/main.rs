@@ -151,6 +151,11 @@ struct Args {
     /// (plaintext only); without it, the scheduler serves no HTTP port at all.
     #[arg(long)]
     observed: bool,
+    /// W1b and W2 on one cluster serving its HTTP port, each repetition in turn with and
+    /// without an open dashboard and a scrape every second: what watching costs, without the
+    /// spread between one cluster's start and another's.
+    #[arg(long)]
+    observed_ab: bool,
 }
 
 /// Runs blocking set-up work without stalling other tasks, whatever the runtime.
@@ -218,6 +223,54 @@ async fn main() -> anyhow::Result<()> {
             json!({ "agents": 1_000, "slots_per_agent": 8, "tasks": 1_000_000 }),
             json!({ "placements_per_s": r["median"], "bytes_per_queued_task": b["median"], "placements": placements, "spread": r }),
         );
+    }
+    if args.observed_ab {
+        cluster::set_http(true);
+        let local = blocking(|| LocalCluster::start(2, 1, args.logs.clone()))?;
+        let cluster = local.connect().await?;
+        cluster.submit(identity, 0)?.await?;
+        let url = local.dashboard_url()?;
+        let (mut w1b, mut w2) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+        for rep in 0..reps * 2 {
+            let watched = rep % 2 == 1;
+            let observer = if watched {
+                Some(observer::Observer::start(&url)?)
+            } else {
+                None
+            };
+            // A second of watching before the measurement: the stream is open, a scrape done.
+            if watched {
+                tokio::time::sleep(Duration::from_millis(1100)).await;
+            }
+            let t = Instant::now();
+            let results = cluster.map(identity, 0..10_000u64).await?;
+            anyhow::ensure!(results.len() == 10_000, "W1b: wrong count");
+            w1b[usize::from(watched)].push(10_000.0 / t.elapsed().as_secs_f64());
+            let mut lat = Vec::with_capacity(1000);
+            for x in 0..1000u64 {
+                let t = Instant::now();
+                cluster.submit(identity, x)?.await?;
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            lat.sort_by(f64::total_cmp);
+            w2[usize::from(watched)].push(percentile(&lat, 0.5));
+            if let Some(observer) = observer {
+                observer.finish("observed");
+            }
+        }
+        let [w1b_off, w1b_on] = &mut w1b;
+        let [w2_off, w2_on] = &mut w2;
+        emit(
+            "W1b observed A/B",
+            json!({ "tasks": 10_000, "reps_each": reps }),
+            json!({ "unwatched_tasks_per_s": summary(w1b_off), "watched_tasks_per_s": summary(w1b_on) }),
+        );
+        emit(
+            "W2 observed A/B",
+            json!({ "round_trips": 1000, "reps_each": reps }),
+            json!({ "unwatched_median_us": summary(w2_off), "watched_median_us": summary(w2_on) }),
+        );
+        return Ok(());
     }
     if ["W1a", "W1b", "W2", "W3", "W4", "W10"].into_iter().any(run) {
         let started = Instant::now();

@@ -144,6 +144,12 @@ fn an_operator_watches_a_job_live_and_reads_its_record_after_its_driver_has_gone
             Duration::from_secs(30),
         )
         .expect("the agents are shown");
+        // The task stream, as the server sends it compact, read back by the page.
+        page.wait_for(
+            "window.ladleLast.stream.length > 0 && window.ladleLast.stream.every(s => s.agent.startsWith('agent-') && s.end_ms >= s.start_ms && typeof s.ok === 'boolean')",
+            Duration::from_secs(30),
+        )
+        .expect("the task stream is shown");
         // The first map: 299 items done and one failed, its error shown.
         page.wait_for(&format!("Number({done}) === 299"), Duration::from_secs(60))
             .expect("the first map's progress is shown");

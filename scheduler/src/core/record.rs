@@ -4,10 +4,13 @@
 //! and every part is bounded: see the constants.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     sync::Arc,
     time::{Duration, Instant},
 };
+
+// Keys are the core's own session numbers: a fast hash is safe, and it is looked up per task.
+use rustc_hash::FxHashMap as HashMap;
 
 use super::{
     OutputLine,
@@ -280,7 +283,7 @@ impl Default for Record {
         Self {
             epoch: now,
             now,
-            open: HashMap::new(),
+            open: HashMap::default(),
             finished: VecDeque::new(),
             stream: VecDeque::new(),
             counters: Counters::default(),

@@ -2,7 +2,10 @@
 //! stays small and quick with a thousand agents and a million queued tasks (agents and open
 //! jobs are listed, the task stream is capped at its most recent spans).
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::{
+    collections::HashMap,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
 
 use serde::Serialize;
 
@@ -25,8 +28,18 @@ pub struct Overview {
     totals: Totals,
     agents: Vec<AgentView>,
     jobs: Vec<JobView>,
-    stream: Vec<SpanView>,
+    stream: Stream,
     throughput: Vec<Throughput>,
+}
+
+/// The task stream, compact: each agent's host and each job's id once, and per span
+/// `[agent, job, started ms before now_ms, ran ms, ok 1 or 0]` (two thousand spans that repeat
+/// the same names would be most of a snapshot).
+#[derive(Serialize, Default)]
+struct Stream {
+    agents: Vec<String>,
+    jobs: Vec<String>,
+    spans: Vec<[u64; 5]>,
 }
 
 #[derive(Serialize, Default)]
@@ -83,15 +96,6 @@ struct ErrorView {
     message: String,
     agent: String,
     attempt: u32,
-}
-
-#[derive(Serialize)]
-struct SpanView {
-    agent: String,
-    job: String,
-    start_ms: u64,
-    end_ms: u64,
-    ok: bool,
 }
 
 #[derive(Serialize)]
@@ -216,19 +220,25 @@ pub fn overview(shared: &Shared) -> Overview {
 
         let spans = record.stream();
         let skip = spans.len().saturating_sub(STREAM_SPANS);
-        let stream = spans
-            .skip(skip)
-            .map(|s| {
-                let end_ms = unix_ms(s.ended);
-                SpanView {
-                    agent: s.agent.to_string(),
-                    job: s.job.to_string(),
-                    start_ms: end_ms.saturating_sub(s.run_ns / 1_000_000),
-                    end_ms,
-                    ok: s.ok,
-                }
-            })
-            .collect();
+        let mut stream = Stream::default();
+        let (mut agent_no, mut job_no) = (HashMap::new(), HashMap::new());
+        for s in spans.skip(skip) {
+            let index = |names: &mut Vec<String>,
+                         seen: &mut HashMap<_, u64>,
+                         name: &std::sync::Arc<str>| {
+                *seen.entry(name.clone()).or_insert_with(|| {
+                    names.push(name.to_string());
+                    names.len() as u64 - 1
+                })
+            };
+            let a = index(&mut stream.agents, &mut agent_no, &s.agent);
+            let j = index(&mut stream.jobs, &mut job_no, &s.job);
+            let ran_ms = s.run_ns / 1_000_000;
+            let ended_ago = convert_ms(now.saturating_duration_since(s.ended));
+            stream
+                .spans
+                .push([a, j, ended_ago + ran_ms, ran_ms, u64::from(s.ok)]);
+        }
         let throughput = record
             .rate
             .seconds()
