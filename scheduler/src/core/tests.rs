@@ -658,6 +658,44 @@ fn a_task_that_crashed_a_worker_runs_again_on_another_agent_and_its_error_counts
 }
 
 #[test]
+// The choice itself (not back to an agent it crashed on while another healthy agent exists) is
+// what faults.rs's crash test exercises through the real binaries: in this simulation the
+// crashed task, now run alone, waits for a free slot and does not take the crashed agent's
+// prefetch room either way.
+fn a_crashed_task_runs_on_the_other_agent_once_that_one_has_room() {
+    let mut sim = Sim::new();
+    sim.attach(1, one_slot("a"));
+    sim.attach(2, one_slot("b"));
+    open(&mut sim, 10);
+    // Each takes two (its slot, and one more waiting there): both full.
+    let placed = assignments(&submit(&mut sim, 10, 0..4));
+    assert_eq!(placed.len(), 4, "{placed:?}");
+    assert_eq!(placed.iter().filter(|p| p.0 == 1).count(), 2, "{placed:?}");
+    let (a_conn, task_ref, attempt) = *placed.iter().find(|p| p.0 == 1).expect("a took one");
+    let (b_conn, b_ref, b_attempt) = *placed.iter().find(|p| p.0 == 2).expect("b took one");
+    // a's worker crashes: a has room again, b none. The task waits for b.
+    let cmds = sim.send(Event::AgentResults {
+        conn: a_conn,
+        results: vec![crash(task_ref, attempt, 1)],
+    });
+    let again = assignments(&cmds);
+    assert!(
+        again.iter().all(|p| p.0 != a_conn),
+        "the crashed task went back to a: {again:?}"
+    );
+    // b finishes: the crashed task runs there.
+    let cmds = sim.send(Event::AgentResults {
+        conn: b_conn,
+        results: vec![ok(b_ref, b_attempt)],
+    });
+    let moved = assignments(&cmds);
+    assert!(
+        moved.iter().any(|p| p.1 == task_ref && p.0 == b_conn),
+        "the crashed task runs on b: {moved:?}"
+    );
+}
+
+#[test]
 fn sessions_share_the_cluster_in_turn() {
     let mut sim = Sim::new();
     sim.join(1, "a");

@@ -219,6 +219,9 @@ impl Jobs {
             }
         }
         {
+            // Tasks that wait for an agent they have not crashed on: back in their queues once
+            // this round is over (not before, or the round would take them again).
+            let mut deferred = Vec::new();
             while let Some(first) = room.pop() {
                 let Some(task_ref) = self.next_queued(CPU) else {
                     break;
@@ -237,12 +240,24 @@ impl Jobs {
                         }
                     }
                     room.extend(passed);
+                    // None has room now, but one it has not crashed on will: it waits for that
+                    // one rather than crash the same agent's worker again.
+                    if self.crashed_on(task_ref, &target.4)
+                        && self.healthy_elsewhere(task_ref, members)
+                    {
+                        deferred.push(task_ref);
+                        room.push(target);
+                        continue;
+                    }
                 }
                 let (_, no_gpu, free, tie, agent_id) = target;
                 self.assign(task_ref, &agent_id, false, members, &mut batches);
                 if free - 1 > floors.get(&agent_id).copied().unwrap_or(0) {
                     room.push((free - 1 > 0, no_gpu, free - 1, tie, agent_id));
                 }
+            }
+            for task_ref in deferred {
+                self.back_in_line(task_ref);
             }
         }
         for ((agent_id, no), tasks) in batches {
@@ -258,6 +273,26 @@ impl Jobs {
                 job: session.job.clone(),
                 tasks,
             });
+        }
+    }
+
+    /// Whether an agent that takes work, and that the task has not crashed a worker on, exists.
+    fn healthy_elsewhere(&self, task_ref: TaskRef, members: &Membership) -> bool {
+        self.tasks.get(&task_ref).is_some_and(|t| {
+            members
+                .agents()
+                .any(|a| a.accepts_work() && !t.crashed_agents.contains(a.id()))
+        })
+    }
+
+    /// A task taken from its queue and not placed goes back, in its place, attempt unchanged.
+    fn back_in_line(&mut self, task_ref: TaskRef) {
+        let Some(task) = self.tasks.get(&task_ref) else {
+            return;
+        };
+        if let Some(session) = self.sessions.get_mut(&task.session) {
+            session.queues[lane(task.spec.gpu)].push(queue_key(task_ref, task));
+            list(&mut self.ready, task.session, session, task.spec.gpu);
         }
     }
 
