@@ -658,11 +658,7 @@ fn a_task_that_crashed_a_worker_runs_again_on_another_agent_and_its_error_counts
 }
 
 #[test]
-// The choice itself (not back to an agent it crashed on while another healthy agent exists) is
-// what faults.rs's crash test exercises through the real binaries: in this simulation the
-// crashed task, now run alone, waits for a free slot and does not take the crashed agent's
-// prefetch room either way.
-fn a_crashed_task_runs_on_the_other_agent_once_that_one_has_room() {
+fn a_task_that_crashed_an_agents_worker_waits_for_another_agent_rather_than_crash_it_again() {
     let mut sim = Sim::new();
     sim.attach(1, one_slot("a"));
     sim.attach(2, one_slot("b"));

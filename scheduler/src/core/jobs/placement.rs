@@ -276,12 +276,15 @@ impl Jobs {
         }
     }
 
-    /// Whether an agent that takes work, and that the task has not crashed a worker on, exists.
+    /// Whether an agent with CPU slots that takes work, and that the task has not crashed a
+    /// worker on, exists.
     fn healthy_elsewhere(&self, task_ref: TaskRef, members: &Membership) -> bool {
         self.tasks.get(&task_ref).is_some_and(|t| {
-            members
-                .agents()
-                .any(|a| a.accepts_work() && !t.crashed_agents.contains(a.id()))
+            members.agents().any(|a| {
+                a.accepts_work()
+                    && a.hello.resources.cpu_slots > 0
+                    && !t.crashed_agents.contains(a.id())
+            })
         })
     }
 
