@@ -191,6 +191,26 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank]
 }
 
+/// One repetition of W1b: tasks per second.
+async fn w1b_once(cluster: &ladle::Cluster) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let results = cluster.map(identity, 0..10_000u64).await?;
+    anyhow::ensure!(results.len() == 10_000, "W1b: wrong count");
+    Ok(10_000.0 / t.elapsed().as_secs_f64())
+}
+
+/// One repetition of W2: each round trip's µs, sorted.
+async fn w2_once(cluster: &ladle::Cluster) -> anyhow::Result<Vec<f64>> {
+    let mut lat = Vec::with_capacity(1000);
+    for x in 0..1000u64 {
+        let t = Instant::now();
+        cluster.submit(identity, x)?.await?;
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    lat.sort_by(f64::total_cmp);
+    Ok(lat)
+}
+
 #[ladle::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -242,18 +262,8 @@ async fn main() -> anyhow::Result<()> {
             if watched {
                 tokio::time::sleep(Duration::from_millis(1100)).await;
             }
-            let t = Instant::now();
-            let results = cluster.map(identity, 0..10_000u64).await?;
-            anyhow::ensure!(results.len() == 10_000, "W1b: wrong count");
-            w1b[usize::from(watched)].push(10_000.0 / t.elapsed().as_secs_f64());
-            let mut lat = Vec::with_capacity(1000);
-            for x in 0..1000u64 {
-                let t = Instant::now();
-                cluster.submit(identity, x)?.await?;
-                lat.push(t.elapsed().as_secs_f64() * 1e6);
-            }
-            lat.sort_by(f64::total_cmp);
-            w2[usize::from(watched)].push(percentile(&lat, 0.5));
+            w1b[usize::from(watched)].push(w1b_once(&cluster).await?);
+            w2[usize::from(watched)].push(percentile(&w2_once(&cluster).await?, 0.5));
             if let Some(observer) = observer {
                 observer.finish("observed");
             }
@@ -314,10 +324,7 @@ async fn main() -> anyhow::Result<()> {
         if run("W1b") {
             let mut rates = Vec::new();
             for _ in 0..reps {
-                let t = Instant::now();
-                let results = cluster.map(identity, 0..10_000u64).await?;
-                anyhow::ensure!(results.len() == 10_000, "W1b: wrong count");
-                rates.push(10_000.0 / t.elapsed().as_secs_f64());
+                rates.push(w1b_once(&cluster).await?);
             }
             let s = summary(&mut rates);
             emit(
@@ -329,13 +336,7 @@ async fn main() -> anyhow::Result<()> {
         if run("W2") {
             let (mut medians, mut p99s) = (Vec::new(), Vec::new());
             for _ in 0..reps {
-                let mut lat = Vec::with_capacity(1000);
-                for x in 0..1000u64 {
-                    let t = Instant::now();
-                    cluster.submit(identity, x)?.await?;
-                    lat.push(t.elapsed().as_secs_f64() * 1e6);
-                }
-                lat.sort_by(f64::total_cmp);
+                let lat = w2_once(&cluster).await?;
                 medians.push(percentile(&lat, 0.5));
                 p99s.push(percentile(&lat, 0.99));
             }

@@ -36,6 +36,23 @@ impl AdminService {
     pub fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
     }
+
+    /// `f` on the record of the job `selector` names (open or recently finished) and its
+    /// listing, under the core's lock.
+    fn with_job<R>(
+        &self,
+        selector: &str,
+        f: impl FnOnce(&crate::core::record::JobRecord, ladle_proto::v1::JobInfo, Instant) -> R,
+    ) -> Result<R, Status> {
+        let now = Instant::now();
+        self.shared.with_core(|core, _| {
+            let views = core.jobs();
+            let record = core.record();
+            let r = record.find(selector).map_err(job_not_found)?;
+            let view = views.iter().find(|v| v.job.id == r.job.id);
+            Ok(f(r, convert::job_record_info(r, view, record, now), now))
+        })
+    }
 }
 
 #[tonic::async_trait]
@@ -140,28 +157,21 @@ impl admin_service_server::AdminService for AdminService {
         request: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
         let selector = request.into_inner().job;
-        let now = Instant::now();
-        self.shared.with_core(|core, _| {
-            let view = core.jobs();
-            let record = core.record();
-            let r = record.find(&selector).map_err(job_not_found)?;
-            let view = view.iter().find(|v| v.job.id == r.job.id);
-            Ok(Response::new(ListTasksResponse {
-                job: Some(convert::job_record_info(r, view, record, now)),
-                recent: r
-                    .recent
-                    .iter()
-                    .rev()
-                    .map(|t| convert::task_info(t, now))
-                    .collect(),
-                failed: r
-                    .failures
-                    .iter()
-                    .rev()
-                    .map(|t| convert::task_info(t, now))
-                    .collect(),
-            }))
+        self.with_job(&selector, |r, job, now| {
+            let tasks =
+                |list: &std::collections::VecDeque<crate::core::record::TaskRecord>| -> Vec<_> {
+                    list.iter()
+                        .rev()
+                        .map(|t| convert::task_info(t, now))
+                        .collect()
+                };
+            ListTasksResponse {
+                job: Some(job),
+                recent: tasks(&r.recent),
+                failed: tasks(&r.failures),
+            }
         })
+        .map(Response::new)
     }
 
     async fn job_logs(
@@ -169,26 +179,20 @@ impl admin_service_server::AdminService for AdminService {
         request: Request<JobLogsRequest>,
     ) -> Result<Response<JobLogsResponse>, Status> {
         let selector = request.into_inner().job;
-        let now = Instant::now();
-        self.shared.with_core(|core, _| {
-            let view = core.jobs();
-            let record = core.record();
-            let r = record.find(&selector).map_err(job_not_found)?;
-            let view = view.iter().find(|v| v.job.id == r.job.id);
-            Ok(Response::new(JobLogsResponse {
-                job: Some(convert::job_record_info(r, view, record, now)),
-                lines: r
-                    .output
-                    .iter()
-                    .map(|l| ladle_proto::v1::LogLine {
-                        host: l.host.to_string(),
-                        stderr: l.stderr,
-                        text: l.line.clone(),
-                    })
-                    .collect(),
-                dropped: r.output_dropped,
-            }))
+        self.with_job(&selector, |r, job, _| JobLogsResponse {
+            job: Some(job),
+            lines: r
+                .output
+                .iter()
+                .map(|l| ladle_proto::v1::LogLine {
+                    host: l.host.to_string(),
+                    stderr: l.stderr,
+                    text: l.line.clone(),
+                })
+                .collect(),
+            dropped: r.output_dropped,
         })
+        .map(Response::new)
     }
 
     async fn cancel_job(
