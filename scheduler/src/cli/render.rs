@@ -272,13 +272,7 @@ pub fn job_rows(jobs: Vec<JobInfo>) -> Vec<JobRow> {
 }
 
 pub fn job_row(j: JobInfo) -> JobRow {
-    // A job that ended left what it had not finished: cancelled with it.
-    let ended = j.state != "running";
-    let (queued, cancelled) = if ended {
-        (0, j.items_cancelled + j.items_waiting)
-    } else {
-        (j.items_waiting, j.items_cancelled)
-    };
+    let (queued, cancelled) = (j.items_waiting, j.items_cancelled);
     let resolved = j.items_done + j.items_failed + cancelled;
     JobRow {
         progress: if j.items_submitted == 0 {

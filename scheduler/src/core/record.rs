@@ -178,9 +178,6 @@ pub struct JobRecord {
     pub ended: Option<Instant>,
     pub outcome: JobOutcome,
     pub items: Items,
-    /// Tasks (chunks count one) finished, and those that failed.
-    pub tasks_done: u64,
-    pub tasks_failed: u64,
     /// Runs again after the task's own error (its retries), after a worker crash, and
     /// placements moved (an agent lost, or work stolen by an idle agent).
     pub retries: u64,
@@ -220,6 +217,15 @@ impl Histogram {
 }
 
 impl JobRecord {
+    /// Its items queued and cancelled as listings show them: a job that ended left what it had
+    /// not finished, cancelled with it.
+    pub fn queued_and_cancelled(&self) -> (u64, u64) {
+        match self.ended {
+            None => (self.items.waiting(), self.items.cancelled),
+            Some(_) => (0, self.items.cancelled + self.items.waiting()),
+        }
+    }
+
     fn new(job: Arc<Job>, now: Instant) -> Self {
         Self {
             job,
@@ -227,8 +233,6 @@ impl JobRecord {
             ended: None,
             outcome: JobOutcome::Running,
             items: Items::default(),
-            tasks_done: 0,
-            tasks_failed: 0,
             retries: 0,
             crashes: 0,
             requeues: 0,
@@ -454,11 +458,6 @@ impl Record {
         j.items.failed += items_failed;
         j.items.done += items - items_failed;
         j.crashes += u64::from(crashed);
-        if failed {
-            j.tasks_failed += 1;
-        } else {
-            j.tasks_done += 1;
-        }
         if items_failed > 0 {
             push_bounded(&mut j.failures, task.clone(), FAILED_TASKS);
         }

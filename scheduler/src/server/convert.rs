@@ -353,9 +353,8 @@ pub fn job_record_info(
     info.items_submitted = r.items.submitted;
     info.items_done = r.items.done;
     info.items_failed = r.items.failed;
-    info.items_cancelled = r.items.cancelled;
+    (info.items_waiting, info.items_cancelled) = r.queued_and_cancelled();
     info.items_running = r.items.running;
-    info.items_waiting = r.items.waiting();
     info.retries = r.retries;
     info.requeues = r.requeues;
     info.age_ms = ago(r.opened);

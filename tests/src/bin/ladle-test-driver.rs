@@ -534,7 +534,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             for (round, inputs) in [(0, 0..300u64), (1, 300..600u64)] {
                 if round == 1 {
                     let deadline = Instant::now() + Duration::from_secs(120);
-                    while !gate.exists() && Instant::now() < deadline {
+                    while !gate.exists() {
+                        if Instant::now() > deadline {
+                            return Err(
+                                format!("{} did not appear within 120 s", gate.display()).into()
+                            );
+                        }
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }

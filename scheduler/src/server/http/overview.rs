@@ -175,17 +175,8 @@ pub fn overview(shared: &Shared) -> Overview {
             items_done: j.items.done,
             items_failed: j.items.failed,
             items_running: j.items.running,
-            items_queued: if j.ended.is_none() {
-                j.items.waiting()
-            } else {
-                0
-            },
-            items_cancelled: j.items.cancelled
-                + if j.ended.is_some() {
-                    j.items.waiting()
-                } else {
-                    0
-                },
+            items_queued: j.queued_and_cancelled().0,
+            items_cancelled: j.queued_and_cancelled().1,
             retries: j.retries,
             started_ms: unix_ms(j.opened),
             ended_ms: j.ended.map(unix_ms),
